@@ -1,0 +1,4 @@
+"""``python -m kdsearch`` (also what ``torchrun -m kdsearch`` runs)."""
+from kdsearch.cli import entry
+
+entry()

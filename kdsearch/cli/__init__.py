@@ -1,0 +1,77 @@
+"""The ``kdsearch`` command line: parse and validate, call one library function, render."""
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import click
+import typer
+
+from kdsearch import __version__
+from kdsearch.cli._console import err_console
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="kdsearch",
+    help=(
+        "Find the student network that distils best from your teacher, train it, and ship it as ONNX.\n\n"
+        "Example: kdsearch run --data fashion-mnist --preset quick --out runs/quick"
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=True,
+    rich_markup_mode="rich",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"kdsearch {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
+) -> None:
+    """kdsearch: search, distil, quantize and export a student for your teacher."""
+
+
+from kdsearch.cli import info, run, stages  # noqa: E402  (commands register on `app`)
+
+run.register(app)
+stages.register(app)
+info.register(app)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: user mistakes become one red line on stderr and a non-zero exit, never a traceback."""
+    from kdsearch.errors import KdsearchError
+
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv if argv is not None else sys.argv[1:], prog_name="kdsearch", standalone_mode=False)
+    except KdsearchError as e:
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        return e.exit_code
+    except click.exceptions.NoArgsIsHelpError as e:  # `kdsearch` alone prints help
+        e.ctx.get_help() and click.echo(e.ctx.get_help())
+        return 0
+    except click.UsageError as e:
+        cmd = e.ctx.command_path if e.ctx else "kdsearch"
+        err_console.print(f"[bold red]error:[/] {cmd}: {e.format_message()} (see {cmd} --help)", highlight=False, soft_wrap=True)
+        return 2
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.ClickException as e:
+        err_console.print(f"[bold red]error:[/] {e.format_message()}", highlight=False, soft_wrap=True)
+        return e.exit_code
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        err_console.print("[bold red]stopped[/] (Ctrl-C); add --resume to the same command to continue", highlight=False)
+        return 130
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())

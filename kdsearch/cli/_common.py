@@ -1,0 +1,34 @@
+"""Turning flags into configurations: a flag left unset never overrides the config file."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from kdsearch.pipeline import RunConfig, config_from_dict, preset
+
+__all__ = ["base_config", "override", "section"]
+
+
+def base_config(config_file: Path | None, preset_name: str | None = None) -> RunConfig:
+    """The preset (if any), then the YAML config file on top."""
+    from kdsearch.config_files import load_yaml
+
+    config = preset(preset_name) if preset_name else RunConfig()
+    if config_file is not None:
+        config = config_from_dict(load_yaml(config_file, "config file") or {}, config)
+    return config
+
+
+def section(obj: Any, **flags: Any) -> Any:
+    """``replace(obj, **flags)`` for the flags that were given (not None)."""
+    given = {k: v for k, v in flags.items() if v is not None}
+    return replace(obj, **given) if given else obj
+
+
+def override(config: RunConfig, **sections: dict[str, Any]) -> RunConfig:
+    """Apply flags per section: ``override(cfg, search={"trials": 10}, top={"teacher": "x"})``."""
+    top = sections.pop("top", {})
+    changes = {name: section(getattr(config, name), **flags) for name, flags in sections.items()}
+    changes.update({k: v for k, v in top.items() if v is not None})
+    return replace(config, **changes)

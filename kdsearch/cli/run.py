@@ -1,0 +1,66 @@
+"""``kdsearch run``: the whole chain into one run directory."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from kdsearch.cli import _options as o
+from kdsearch.cli._common import base_config, override
+from kdsearch.cli._console import close, console, make_progress, print_json
+
+__all__ = ["register"]
+
+
+def run(
+    out: o.Out = Path("runs/quick"),
+    data: Annotated[Optional[str], typer.Option("--data", help="Dataset NAME[:PATH] (default fashion-mnist).", rich_help_panel=o.DATA)] = None,
+    data_dir: o.DataDir = None,
+    subset: o.Subset = None,
+    teacher: o.OptTeacher = None,
+    preset_name: Annotated[str, typer.Option("--preset", help="quick (≈15 min on 2 CPU cores), tiny (seconds) or standard.", rich_help_panel=o.RUN)] = "quick",
+    config_file: o.Config = None,
+    space: Annotated[Optional[str], typer.Option("--space", help="Search space name or YAML file.", rich_help_panel=o.SEARCH)] = None,
+    trials: o.Trials = None,
+    max_params: o.MaxParams = None,
+    epochs: o.Epochs = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for every stage.", rich_help_panel=o.RUN)] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu or cuda.", rich_help_panel=o.RUN)] = None,
+    resume: o.Resume = False,
+    force: o.Force = False,
+    json_out: o.Json = False,
+    quiet: o.Quiet = False,
+) -> None:
+    """Run teach (when no --teacher) → search → distill → export into one run directory.
+
+    Example: kdsearch run --data fashion-mnist --preset quick --out runs/quick
+    """
+    from kdsearch.pipeline import run_pipeline
+
+    config = base_config(config_file, preset_name)
+    dev = {"device": device} if device else {}
+    sd = {"seed": seed} if seed is not None else {}
+    config = override(
+        config,
+        data={"spec": data, "data_dir": str(data_dir) if data_dir else None, "subset": subset, **sd},
+        search={"space": space, "trials": trials, "max_params": max_params, **sd},
+        distill={"epochs": epochs, **dev, **sd},
+        teach={**dev, **sd},
+        top={"teacher": teacher, "device": device},
+    )
+    progress = make_progress(quiet, json_out)
+    try:
+        summary = run_pipeline(config, out, resume=resume, force=force, progress=progress)
+    finally:
+        close(progress)
+    if json_out:
+        print_json(summary)
+    else:
+        from kdsearch.report.tables import summary_table
+
+        console.print(summary_table(summary))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run", rich_help_panel="Pipeline")(run)

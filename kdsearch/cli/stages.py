@@ -1,0 +1,253 @@
+"""One command per stage: teach, search, distill, export."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import typer
+
+from kdsearch.cli import _options as o
+from kdsearch.cli._common import base_config, override
+from kdsearch.cli._console import close, console, make_progress, print_json
+
+__all__ = ["register"]
+
+Space = Annotated[Optional[str], typer.Option("--space", help="Search space: a built-in name (see `kdsearch spaces`) or a YAML file.", rich_help_panel=o.SEARCH)]
+Lr = Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (default 0.1·batch/128 for SGD).", rich_help_panel=o.TRAIN)]
+Batch = Annotated[Optional[int], typer.Option("--batch-size", help="Training batch size.", rich_help_panel=o.TRAIN)]
+
+
+def _data(config, data, data_dir, subset, seed):
+    return {"spec": data, "data_dir": str(data_dir) if data_dir else None, "subset": subset, "seed": seed}
+
+
+def teach(
+    out: o.Out,
+    model: Annotated[str, typer.Option("--model", help="Zoo model to train (see `kdsearch models`).", rich_help_panel=o.RUN)] = "resnet20",
+    data: o.Data = "fashion-mnist",
+    data_dir: o.DataDir = None,
+    subset: o.Subset = None,
+    epochs: o.Epochs = None,
+    batch_size: Batch = None,
+    lr: Lr = None,
+    seed: o.Seed = 0,
+    device: o.Device = "auto",
+    config_file: o.Config = None,
+    resume: o.Resume = False,
+    force: o.Force = False,
+    json_out: o.Json = False,
+    quiet: o.Quiet = False,
+) -> None:
+    """Train a teacher from scratch (there is no pretrained teacher offline) into a model directory.
+
+    Example: kdsearch teach --model resnet56 --data fashion-mnist --out teachers/r56
+    """
+    from kdsearch.pipeline import load_run_dataset, prepare_run_dir, save_run_config, teach_stage
+
+    config = base_config(config_file)
+    config = override(config, data=_data(config, data, data_dir, subset, seed),
+                      teach={"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "device": device},
+                      top={"teacher_model": model})
+    progress = make_progress(quiet, json_out)
+    try:
+        prepare_run_dir(out, resume=resume, force=force)
+        save_run_config(out, config)
+        dataset = load_run_dataset(config)
+        metrics = teach_stage(out, config, dataset, resume=resume, progress=progress)  # --out is the model directory
+    finally:
+        close(progress)
+    result = {"model_dir": str(out), "model": model, "val_acc": metrics["val_acc"], "test_acc": metrics["test_acc"],
+              "params": metrics["params"]}
+    if json_out:
+        print_json(result)
+    else:
+        console.print(f"teacher {model}: val top-1 {metrics['val_acc']:.4f}, test top-1 {metrics['test_acc']:.4f}, "
+                      f"{metrics['params']:,} params → {out}  (use --teacher {out})")
+
+
+def search(
+    teacher: o.Teacher,
+    out: o.Out,
+    data: o.Data = "fashion-mnist",
+    data_dir: o.DataDir = None,
+    subset: o.Subset = None,
+    space: Space = None,
+    proxy: Annotated[Optional[str], typer.Option("--proxy", help="Proxy that ranks candidates (see `kdsearch proxies`).", rich_help_panel=o.SEARCH)] = None,
+    objectives: Annotated[Optional[str], typer.Option("--objectives", help="Comma list: a proxy, then costs (params, flops, latency) for a Pareto search.", rich_help_panel=o.SEARCH)] = None,
+    trials: o.Trials = None,
+    sampler: Annotated[Optional[str], typer.Option("--sampler", help="evolution (NSGA-II), nsga3, tpe or random.", rich_help_panel=o.SEARCH)] = None,
+    population: Annotated[Optional[int], typer.Option("--population", help="NSGA population size.", rich_help_panel=o.SEARCH)] = None,
+    mutation_prob: Annotated[Optional[float], typer.Option("--mutation-prob", help="NSGA-II mutation probability (default 1/genes).", rich_help_panel=o.SEARCH)] = None,
+    crossover_prob: Annotated[Optional[float], typer.Option("--crossover-prob", help="NSGA-II crossover probability.", rich_help_panel=o.SEARCH)] = None,
+    max_params: o.MaxParams = None,
+    max_flops: Annotated[Optional[int], typer.Option("--max-flops", help="Hard budget: most FLOPs at batch 1.", rich_help_panel=o.SEARCH)] = None,
+    max_latency_ms: Annotated[Optional[float], typer.Option("--max-latency-ms", help="Hard budget: ONNX Runtime latency at batch 1 on this machine.", rich_help_panel=o.SEARCH)] = None,
+    pick: Annotated[Optional[str], typer.Option("--pick", help="Winner rule: best (highest proxy) or knee (of the Pareto front).", rich_help_panel=o.SEARCH)] = None,
+    teacher_init: Annotated[Optional[str], typer.Option("--teacher-init", help="Score against the pretrained teacher or a freshly initialised one (DisWOT's procedure).", rich_help_panel=o.SEARCH)] = None,
+    proxy_batch: Annotated[Optional[int], typer.Option("--proxy-batch", help="Images scored per candidate.", rich_help_panel=o.SEARCH)] = None,
+    seed_arch: Annotated[Optional[List[Path]], typer.Option("--seed-arch", help="Arch JSON to evaluate first (repeatable).", rich_help_panel=o.SEARCH)] = None,
+    storage: Annotated[Optional[str], typer.Option("--storage", help="Optuna RDB URL (default: SQLite in the run directory).", rich_help_panel=o.SEARCH)] = None,
+    study_name: Annotated[Optional[str], typer.Option("--study-name", help="Study name in the storage.", rich_help_panel=o.SEARCH)] = None,
+    seed: o.Seed = 0,
+    config_file: o.Config = None,
+    resume: o.Resume = False,
+    force: o.Force = False,
+    json_out: o.Json = False,
+    quiet: o.Quiet = False,
+) -> None:
+    """Search a space for the student that scores best against the teacher, training-free.
+
+    Example: kdsearch search --teacher teachers/r20 --data fashion-mnist --max-params 60000 --trials 100 --out runs/s1
+    """
+    from kdsearch.arch import Arch
+    from kdsearch.pipeline import load_run_dataset, search_config_for, resolve_teacher, prepare_run_dir, save_run_config
+    from kdsearch.search.study import run_search, storage_url
+
+    config = base_config(config_file)
+    objs = tuple(x.strip() for x in objectives.split(",") if x.strip()) if objectives else None
+    search_flags = {
+        "space": space, "proxy": proxy or (objs[0] if objs else None), "objectives": objs, "trials": trials,
+        "sampler": sampler, "population": population, "mutation_prob": mutation_prob, "crossover_prob": crossover_prob,
+        "max_params": max_params, "max_flops": max_flops, "max_latency_ms": max_latency_ms, "pick": pick,
+        "teacher_init": teacher_init, "proxy_batch": proxy_batch, "storage": storage, "study_name": study_name, "seed": seed,
+    }
+    if proxy and not objs:
+        search_flags["objectives"] = (proxy, *config.search.objectives[1:])
+    config = override(config, data=_data(config, data, data_dir, subset, seed), search=search_flags, top={"teacher": teacher})
+    seeds = [Arch.load(p) for p in seed_arch or []]
+    progress = make_progress(quiet, json_out)
+    try:
+        prepare_run_dir(out, resume=resume, force=force)
+        save_run_config(out, config)
+        dataset = load_run_dataset(config)
+        t = resolve_teacher(out, config, dataset)
+        result = run_search(t, dataset, out / "search", search_config_for(config, t), resume=resume, seed_archs=seeds,
+                            progress=progress)
+    finally:
+        close(progress)
+    url = storage_url(config.search, out / "search")
+    if json_out:
+        print_json({"winner": result.winner.to_dict(), **{k: result.winner_row[k] for k in ("params", "flops")},
+                    "score": result.winner_row[f"score_{config.search.proxy}"], "trials": len(result.rows),
+                    "feasible": result.feasible, "storage": url, "study_name": config.search.study_name})
+    else:
+        from kdsearch.report.tables import leaderboard_table
+
+        console.print(leaderboard_table(result.rows, config.search.proxy, result.winner_row))
+        console.print(f"winner → {out / 'search' / 'winner.json'}")
+        console.print(f"view the study: optuna-dashboard {url}", highlight=False)
+
+
+def distill(
+    run_dir: Annotated[Optional[Path], typer.Argument(help="A run directory with search/winner.json (or give --teacher, --student, --out).")] = None,
+    teacher: Annotated[Optional[str], typer.Option("--teacher", help="Teacher spec (default: the run's).", rich_help_panel=o.RUN)] = None,
+    student: Annotated[Optional[Path], typer.Option("--student", help="Arch JSON of the student (default: the run's search/winner.json).", rich_help_panel=o.RUN)] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Run directory to write (default: RUN_DIR).", rich_help_panel=o.OUT)] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="Dataset NAME[:PATH] (default: the run's).", rich_help_panel=o.DATA)] = None,
+    data_dir: o.DataDir = None,
+    subset: o.Subset = None,
+    loss: Annotated[Optional[str], typer.Option("--loss", help="Losses by name and weight, e.g. kd:1,ce:1.", rich_help_panel=o.TRAIN)] = None,
+    epochs: o.Epochs = None,
+    batch_size: Batch = None,
+    lr: Lr = None,
+    temperature: Annotated[Optional[float], typer.Option("--temperature", help="KD temperature.", rich_help_panel=o.TRAIN)] = None,
+    cache_teacher: Annotated[Optional[bool], typer.Option("--cache-teacher/--no-cache-teacher", help="Compute the teacher's outputs once and reuse them every epoch; applies only with --no-augment (inputs must not change between epochs).", rich_help_panel=o.TRAIN)] = None,
+    augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="The dataset's standard augmentation (random crop, flip).", rich_help_panel=o.TRAIN)] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed.", rich_help_panel=o.RUN)] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu or cuda.", rich_help_panel=o.RUN)] = None,
+    config_file: o.Config = None,
+    resume: o.Resume = False,
+    force: o.Force = False,
+    json_out: o.Json = False,
+    quiet: o.Quiet = False,
+) -> None:
+    """Distil a student from the teacher (GPU when present), checkpointing every epoch.
+
+    Example: kdsearch distill runs/quick --epochs 10   or
+    kdsearch distill --teacher teachers/r20 --student winner.json --data fashion-mnist --out runs/d1
+    """
+    from kdsearch.arch import Arch
+    from kdsearch.errors import UsageError
+    from kdsearch.pipeline import load_run_dataset, resolve_teacher, distill_stage, load_run_config, prepare_run_dir, save_run_config
+
+    if run_dir is not None:
+        config = load_run_config(run_dir)
+        out = out or run_dir
+        arch_file = student or run_dir / "search" / "winner.json"
+        if not arch_file.exists():
+            raise UsageError(f"{run_dir} has no search/winner.json; run `kdsearch search` first or give --student")
+    else:
+        if teacher is None or student is None or out is None:
+            raise UsageError("give a RUN_DIR, or all of --teacher, --student and --out")
+        config = base_config(config_file)
+        arch_file = student
+    arch = Arch.load(arch_file)
+    config = override(config, data={"spec": data, "data_dir": str(data_dir) if data_dir else None, "subset": subset, "seed": seed},
+                      distill={"loss": loss, "epochs": epochs, "batch_size": batch_size, "lr": lr, "temperature": temperature,
+                               "cache_teacher": cache_teacher, "augment": augment, "seed": seed, "device": device},
+                      top={"teacher": teacher})
+    if run_dir is not None and config.teacher is None:
+        config = replace(config, teacher=str(run_dir / "teacher"))
+    progress = make_progress(quiet, json_out)
+    try:
+        if run_dir is None or out != run_dir:
+            prepare_run_dir(out, resume=resume, force=force)
+        elif (out / "distill").exists() and not (resume or force):
+            raise UsageError(f"{out / 'distill'} already exists; add --resume to continue it or --force to start over")
+        elif force and (out / "distill").exists() and not resume:
+            import shutil
+
+            shutil.rmtree(out / "distill")
+        save_run_config(out, config)
+        dataset = load_run_dataset(config)
+        t = resolve_teacher(out, config, dataset)
+        metrics = distill_stage(out, config, dataset, t, arch, resume=resume, progress=progress)
+    finally:
+        close(progress)
+    if json_out:
+        print_json({k: v for k, v in metrics.items() if k != "history"})
+    else:
+        console.print(f"student val top-1 {metrics['val_acc']:.4f} (teacher {metrics.get('teacher_val_acc') or float('nan'):.4f}), "
+                      f"{metrics['params']:,} params → {out / 'distill'}")
+
+
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory with distill/student.json.")],
+    int8: Annotated[Optional[str], typer.Option("--int8", help="none, ptq (post-training static) or qat (from `kdsearch quantize`).", rich_help_panel=o.OUT)] = None,
+    opset: Annotated[Optional[int], typer.Option("--opset", help="ONNX opset (18 or more).", rich_help_panel=o.OUT)] = None,
+    provider: Annotated[Optional[str], typer.Option("--provider", help="ONNX Runtime provider: cpu, cuda or tensorrt (falls back to cpu with a warning).", rich_help_panel=o.OUT)] = None,
+    calib_images: Annotated[Optional[int], typer.Option("--calib-images", help="Training images that calibrate PTQ.", rich_help_panel=o.OUT)] = None,
+    latency_runs: Annotated[Optional[int], typer.Option("--latency-runs", help="Timed runs per latency figure.", rich_help_panel=o.OUT)] = None,
+    json_out: o.Json = False,
+    quiet: o.Quiet = False,
+) -> None:
+    """Export the distilled student to ONNX, verify it against PyTorch and measure it in ONNX Runtime.
+
+    Example: kdsearch export runs/quick --int8 ptq
+    """
+    from kdsearch.pipeline import load_run_dataset, export_stage, load_run_config, save_run_config
+
+    config = load_run_config(run_dir)
+    config = override(config, export={"int8": int8, "opset": opset, "provider": provider, "calib_images": calib_images,
+                                      "latency_runs": latency_runs})
+    progress = make_progress(quiet, json_out)
+    try:
+        dataset = load_run_dataset(config)
+        report = export_stage(run_dir, config, dataset, progress=progress)
+        save_run_config(run_dir, config)
+    finally:
+        close(progress)
+    if json_out:
+        print_json(report)
+    else:
+        from kdsearch.report.tables import export_table
+
+        console.print(export_table(report))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("teach", rich_help_panel="Stages")(teach)
+    app.command("search", rich_help_panel="Stages")(search)
+    app.command("distill", rich_help_panel="Stages")(distill)
+    app.command("export", rich_help_panel="Stages")(export)

@@ -1,0 +1,140 @@
+"""The distill and teach stages: train a network and leave a model directory behind."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdsearch.arch import Arch
+from kdsearch.data import Dataset
+from kdsearch.distill.evaluate import predict_logits, topk_accuracy
+from kdsearch.distill.trainer import TrainConfig, train
+from kdsearch.files import write_json
+from kdsearch.models.teacher import Teacher, save_model_dir
+from kdsearch.progress import NULL_PROGRESS, Progress
+
+__all__ = ["distill_student", "train_teacher", "build_student"]
+
+
+def build_student(arch: Arch, dataset: Dataset, seed: int) -> nn.Module:
+    """Build ``arch`` for ``dataset`` with a seeded initialisation."""
+    from kdsearch.spaces import space_for_arch
+
+    space = space_for_arch(arch)
+    space.validate(arch)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return space.build(arch, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
+
+
+def _finish(
+    model: nn.Module,
+    dataset: Dataset,
+    out_dir: Path,
+    result: dict[str, Any],
+    *,
+    weights_name: str,
+    arch: Arch | None,
+    model_name: str | None,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    test_acc = None
+    if dataset.test is not None:
+        logits = predict_logits(model, dataset.test.images, dataset.mean, dataset.std)
+        test_acc = topk_accuracy(logits, dataset.test.labels)
+    metrics = {
+        "val_acc": result.get("val_acc"),
+        "val_top5": result.get("val_top5"),
+        "test_acc": test_acc,
+        "params": sum(p.numel() for p in model.parameters()),
+        **extra,
+        "history": result.get("history", []),
+    }
+    save_model_dir(
+        out_dir,
+        model,
+        num_classes=dataset.num_classes,
+        in_channels=dataset.in_channels,
+        arch=arch,
+        model_name=model_name,
+        trained=True,
+        extra={
+            "val_acc": metrics["val_acc"],
+            "test_acc": test_acc,
+            "dataset": dataset.name,
+            "normalization": {"mean": list(dataset.mean), "std": list(dataset.std)},
+            "epochs": len(metrics["history"]),
+        },
+        weights_name=weights_name,
+    )
+    write_json(out_dir / "metrics.json", metrics)
+    _plot_curves(metrics["history"], out_dir / "curves.png")
+    return metrics
+
+
+def distill_student(
+    arch: Arch,
+    teacher: Teacher,
+    dataset: Dataset,
+    out_dir: Path,
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    progress: Progress = NULL_PROGRESS,
+) -> dict[str, Any]:
+    """Distil ``arch`` from ``teacher``; writes student.safetensors/json, metrics.json, curves.png."""
+    student = build_student(arch, dataset, config.seed)
+    result = train(student, dataset, out_dir, config, teacher=teacher.module, resume=resume, progress=progress)
+    extra = {
+        "teacher": teacher.source,
+        "teacher_val_acc": result.get("teacher_val_acc"),
+        "agreement": result.get("agreement"),
+        "loss": config.loss,
+    }
+    return _finish(student, dataset, out_dir, result, weights_name="student", arch=arch, model_name=None, extra=extra)
+
+
+def train_teacher(
+    model: nn.Module,
+    dataset: Dataset,
+    out_dir: Path,
+    config: TrainConfig,
+    *,
+    arch: Arch | None,
+    model_name: str | None,
+    resume: bool = False,
+    progress: Progress = NULL_PROGRESS,
+) -> dict[str, Any]:
+    """Train a teacher with cross-entropy; writes model.json + model.safetensors + metrics.json."""
+    result = train(model, dataset, out_dir, config, teacher=None, resume=resume, progress=progress)
+    return _finish(model, dataset, out_dir, result, weights_name="model", arch=arch, model_name=model_name, extra={})
+
+
+def _plot_curves(history: list[dict[str, Any]], path: Path) -> None:
+    if not history:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from kdsearch.files import atomic_path
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
+    for term in history[0]["train_loss"]:
+        ax_loss.plot(epochs, [h["train_loss"].get(term, float("nan")) for h in history], marker="o", label=term)
+    ax_loss.set(xlabel="epoch", ylabel="train loss", title="loss by term")
+    ax_loss.legend()
+    ax_acc.plot(epochs, [h["train_acc"] for h in history], marker="o", label="train top-1")
+    ax_acc.plot(epochs, [h["val_acc"] for h in history], marker="o", label="val top-1")
+    if "agreement" in history[0]:
+        ax_acc.plot(epochs, [h["agreement"] for h in history], marker="o", label="teacher agreement")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    ax_acc.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)

@@ -1,0 +1,201 @@
+"""Load a teacher from a spec: a zoo name, a kdsearch model directory, TorchScript or ``.pt2``.
+
+Nothing is ever unpickled: weights come from safetensors, TorchScript archives hold no Python
+code, and ``.pt2`` files are read with ``torch.export.load``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdsearch.arch import Arch
+from kdsearch.errors import ConfigError, ModelError, UsageError
+from kdsearch.files import atomic_path, read_json, write_json
+
+__all__ = ["Teacher", "load_teacher", "save_model_dir", "load_model_dir", "build_from_description", "check_io"]
+
+
+@dataclass
+class Teacher:
+    """A teacher network and what is known about it."""
+
+    module: nn.Module
+    source: str  # the spec it came from
+    trained: bool | None  # False: a freshly initialised zoo model; None: an opaque file, cannot tell
+    arch: Arch | None = None  # when the teacher is a member of a search space
+    model_name: str | None = None  # when it is a zoo model
+    info: dict[str, Any] = field(default_factory=dict)  # model.json metadata (val_acc, dataset...)
+
+    def fresh_copy(self, seed: int) -> nn.Module:
+        """A newly initialised network of the same architecture (DisWOT's reference teacher)."""
+        if self.arch is None and self.model_name is None:
+            raise UsageError(
+                f"--teacher-init random needs a teacher whose architecture kdsearch knows (a zoo name or a "
+                f"kdsearch model directory); {self.source} is an opaque file: use --teacher-init pretrained"
+            )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return build_from_description(
+                {"arch": self.arch.to_dict() if self.arch else None, "model": self.model_name},
+                self.info["num_classes"],
+                self.info["in_channels"],
+            )
+
+
+def build_from_description(desc: dict[str, Any], num_classes: int, in_channels: int) -> nn.Module:
+    """Build a network from ``{"arch": {...}}`` or ``{"model": "resnet20"}`` (model.json's keys)."""
+    if desc.get("arch"):
+        from kdsearch.spaces import space_for_arch
+
+        arch = Arch.from_dict(desc["arch"])
+        space = space_for_arch(arch)
+        space.validate(arch)
+        return space.build(arch, num_classes=num_classes, in_channels=in_channels)
+    if desc.get("model"):
+        from kdsearch.models.zoo import create_model
+
+        return create_model(desc["model"], num_classes=num_classes, in_channels=in_channels)
+    raise ConfigError("model.json needs an 'arch' or a 'model' entry")
+
+
+_MODEL_JSON_KEYS = {"arch", "model", "num_classes", "in_channels", "trained", "val_acc", "test_acc", "dataset",
+                    "kdsearch_version", "normalization", "epochs"}
+
+
+def save_model_dir(
+    directory: Path,
+    model: nn.Module,
+    *,
+    num_classes: int,
+    in_channels: int,
+    arch: Arch | None = None,
+    model_name: str | None = None,
+    trained: bool = True,
+    extra: dict[str, Any] | None = None,
+    weights_name: str = "model",
+) -> None:
+    """Write ``<weights_name>.json`` (architecture + metadata) and ``<weights_name>.safetensors``."""
+    from safetensors.torch import save_file
+
+    from kdsearch import __version__
+
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(directory / f"{weights_name}.safetensors") as tmp:
+        save_file(state, str(tmp))
+    meta: dict[str, Any] = {
+        "arch": arch.to_dict() if arch else None,
+        "model": model_name,
+        "num_classes": num_classes,
+        "in_channels": in_channels,
+        "trained": trained,
+        "kdsearch_version": __version__,
+    }
+    meta.update(extra or {})
+    write_json(directory / f"{weights_name}.json", meta)
+
+
+def load_model_dir(directory: Path, weights_name: str = "model") -> tuple[nn.Module, dict[str, Any]]:
+    """Read a model directory written by :func:`save_model_dir`."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    meta = read_json(directory / f"{weights_name}.json", f"{weights_name}.json")
+    if not isinstance(meta, dict):
+        raise ConfigError(f"{directory / (weights_name + '.json')} must hold a JSON object")
+    unknown = set(meta) - _MODEL_JSON_KEYS
+    if unknown:
+        raise ConfigError(f"{weights_name}.json has unknown key(s) {', '.join(sorted(unknown))}; remove them")
+    for key in ("num_classes", "in_channels"):
+        if not isinstance(meta.get(key), int) or meta[key] <= 0:
+            raise ConfigError(f"{weights_name}.json needs a positive integer {key!r}")
+    model = build_from_description(meta, meta["num_classes"], meta["in_channels"])
+    weights = directory / f"{weights_name}.safetensors"
+    if not weights.exists():
+        raise ModelError(f"{weights} is missing; a model directory needs {weights_name}.json and {weights_name}.safetensors")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise ModelError(f"{weights} is not a readable safetensors file ({e}); re-create it") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise ModelError(f"{weights} does not match the architecture in {weights_name}.json ({first})") from None
+    return model, meta
+
+
+def _load_pt2(path: Path) -> nn.Module:
+    try:
+        program = torch.export.load(str(path))
+    except Exception as e:  # noqa: BLE001 - any failure to read is the user's file
+        raise ModelError(f"{path} is not a readable torch.export .pt2 file ({type(e).__name__}: {e})") from None
+    # unflatten restores the module hierarchy, so features can be hooked by module path
+    return torch.export.unflatten(program)
+
+
+def _load_torchscript(path: Path) -> nn.Module:
+    try:
+        return torch.jit.load(str(path), map_location="cpu")
+    except Exception as e:  # noqa: BLE001
+        raise ModelError(f"{path} is not a readable TorchScript file ({type(e).__name__}); save it with torch.jit.save") from None
+
+
+def load_teacher(spec: str, *, num_classes: int, in_channels: int) -> Teacher:
+    """Resolve ``--teacher SPEC`` into a :class:`Teacher` on the CPU."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "model.json").exists():
+            raise UsageError(f"teacher directory {path} has no model.json; give a kdsearch model directory (from `kdsearch teach`)")
+        module, meta = load_model_dir(path)
+        arch = Arch.from_dict(meta["arch"]) if meta.get("arch") else None
+        teacher = Teacher(module, spec, bool(meta.get("trained", True)), arch, meta.get("model"), meta)
+    elif path.suffix == ".pt2" and path.is_file():
+        teacher = Teacher(_load_pt2(path), spec, None, info={})
+    elif path.suffix in {".pt", ".ts", ".torchscript", ".jit"} and path.is_file():
+        teacher = Teacher(_load_torchscript(path), spec, None, info={})
+    elif path.exists():
+        raise UsageError(
+            f"cannot read a teacher from {path}: use a zoo name, a kdsearch model directory, a TorchScript file "
+            "(.pt/.ts) or a torch.export file (.pt2)"
+        )
+    else:
+        from kdsearch.models.zoo import MODELS, create_model, model_arch
+
+        if spec not in MODELS:
+            if "/" in spec or "." in spec:
+                raise UsageError(f"teacher {spec} does not exist; check the path")
+            MODELS.get(spec)  # raises the registry's "unknown model" error listing known names
+        module = create_model(spec, num_classes=num_classes, in_channels=in_channels)
+        teacher = Teacher(module, spec, False, model_arch(spec), spec, {})
+    teacher.info.setdefault("num_classes", num_classes)
+    teacher.info.setdefault("in_channels", in_channels)
+    check_io(teacher.module, num_classes=num_classes, in_channels=in_channels, what=f"teacher {spec}")
+    return teacher
+
+
+def check_io(model: nn.Module, *, num_classes: int, in_channels: int, what: str, size: int = 32) -> None:
+    """Fail clearly when ``model`` does not take ``in_channels`` or output ``num_classes``."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(2, in_channels, size, size))
+    except Exception as e:  # noqa: BLE001 - a shape error here is a data/teacher mismatch
+        raise UsageError(
+            f"{what} cannot take {in_channels}-channel images ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
+            "use a teacher trained on data of this kind"
+        ) from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        raise UsageError(f"{what} must return logits of shape (batch, classes)")
+    if out.shape[1] != num_classes:
+        raise UsageError(
+            f"{what} predicts {out.shape[1]} classes but the data has {num_classes}; use a teacher trained on this data"
+        )

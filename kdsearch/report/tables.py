@@ -1,0 +1,80 @@
+"""Rich tables for the terminal: the run summary, the search leaderboard, the export report."""
+from __future__ import annotations
+
+import json
+from typing import Any, Sequence
+
+from rich.table import Table
+
+__all__ = ["summary_table", "leaderboard_table", "export_table", "fmt_int"]
+
+
+def fmt_int(n: float | None) -> str:
+    if n is None:
+        return "–"
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.2f}%"
+
+
+def _ms(x: float | None) -> str:
+    return "–" if x is None else f"{x:.3f} ms"
+
+
+def summary_table(summary: dict[str, Any]) -> Table:
+    """Teacher against student: accuracy, size, cost, latency."""
+    t, s, onnx = summary["teacher"], summary["student"], summary["onnx"]
+    table = Table(title=f"kdsearch run: {summary['run_dir']}")
+    table.add_column("")
+    table.add_column("teacher", justify="right")
+    table.add_column("student", justify="right")
+    table.add_column("ratio", justify="right")
+    table.add_row("val top-1", _pct(t["val_acc"]), _pct(s["val_acc"]),
+                  f"{(s['val_acc'] or 0) - (t['val_acc'] or 0):+.2%}" if t["val_acc"] else "–")
+    table.add_row("params", fmt_int(t["params"]), fmt_int(s["params"]), f"{summary['reduction']['params']:.1f}× fewer")
+    table.add_row("FLOPs", fmt_int(t["flops"]), fmt_int(s["flops"]), f"{summary['reduction']['flops']:.1f}× fewer")
+    table.add_row("ONNX val top-1", "", _pct(onnx["val_acc"]), f"agreement {_pct(onnx['top1_agreement'])}")
+    table.add_row("latency b=1 (PyTorch → ORT)", "", f"{_ms(onnx['pytorch_latency_ms_b1'])} → {_ms(onnx['latency_ms_b1'])}",
+                  f"{onnx['pytorch_latency_ms_b1'] / max(onnx['latency_ms_b1'], 1e-9):.1f}× faster")
+    timings = ", ".join(f"{k} {v:.0f}s" for k, v in summary["timings_s"].items())
+    table.caption = f"wall time: {timings}"
+    return table
+
+
+def leaderboard_table(rows: Sequence[dict[str, Any]], proxy: str, winner: dict[str, Any], top: int = 10) -> Table:
+    """The best candidates by the ranking proxy."""
+    key = f"score_{proxy}"
+    best = sorted({r["arch"]: r for r in rows}.values(), key=lambda r: -r[key])
+    feasible = [r for r in best if r["feasible"]][:top]
+    table = Table(title=f"top candidates by {proxy} ({len(best)} unique, {sum(r['feasible'] for r in best)} within budget)")
+    for col in ("", "arch genes", proxy, "params", "FLOPs"):
+        table.add_column(col, justify="left" if col == "arch genes" else "right")
+    for r in feasible:
+        genes = json.dumps(json.loads(r["arch"])["genes"], separators=(",", ":"))
+        table.add_row("★" if r["arch"] == winner["arch"] else "", genes, f"{r[key]:.5g}", fmt_int(r["params"]), fmt_int(r["flops"]))
+    return table
+
+
+def export_table(report: dict[str, Any]) -> Table:
+    """One row per exported file: accuracy, parity, latency, size."""
+    table = Table(title="ONNX export")
+    for col in ("file", "val top-1", "top-1 agreement", "p50 b=1", "p50 b=32", "size", "provider"):
+        table.add_column(col, justify="right" if col != "file" else "left")
+    for kind, f in report["files"].items():
+        agreement = min((p.get("top1_agreement", 1.0) for p in f.get("parity", {}).values()), default=None)
+        lat = f.get("latency", {})
+        table.add_row(
+            f"{kind}: {f['path'].rsplit('/', 1)[-1]}",
+            _pct(f.get("accuracy")),
+            _pct(agreement),
+            _ms(lat.get("batch_1", {}).get("p50")),
+            _ms(lat.get("batch_32", {}).get("p50")),
+            fmt_int(f.get("size_bytes")) + "B",
+            str(f.get("provider_used", "")),
+        )
+    return table

@@ -1,0 +1,36 @@
+"""Every command explains itself with an example."""
+from __future__ import annotations
+
+import pytest
+
+COMMANDS = ["run", "teach", "search", "distill", "export", "spaces", "proxies", "models"]
+
+
+def test_root_help_lists_commands(cli):
+    code, out, _ = cli("--help")
+    assert code == 0
+    for command in COMMANDS:
+        assert command in out
+    assert "Example" in out
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_command_help_has_example(cli, command):
+    code, out, _ = cli(command, "--help")
+    assert code == 0
+    assert "Example" in out
+    assert "kdsearch " + command in out
+
+
+def test_version(cli):
+    from kdsearch import __version__
+
+    code, out, _ = cli("--version")
+    assert code == 0 and __version__ in out
+
+
+def test_unknown_option_is_one_line_usage_error(cli):
+    code, out, err = cli("search", "--no-such-flag")
+    assert code == 2
+    assert "Traceback" not in err + out
+    assert len(err.strip().splitlines()) == 1

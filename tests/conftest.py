@@ -1,0 +1,57 @@
+"""Shared fixtures: small real data sets and a CLI runner."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("KDSEARCH_NO_DOWNLOAD", "1")  # tests never touch the network
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.fixture(scope="session")
+def fashion_npz(tmp_path_factory) -> Path:
+    """1,200 real Fashion-MNIST images as an npz (or synthetic stripes when the package is absent)."""
+    path = tmp_path_factory.mktemp("data") / "fashion_small.npz"
+    if (FASHION / "train-images-idx3-ubyte.gz").exists():
+        from kdsearch.data import load_dataset
+
+        d = load_dataset("fashion-mnist", subset=1000, seed=0)
+        x = d.train.images[:, 0].numpy()
+        y = d.train.labels.numpy()
+        np.savez(path, x=x, y=y, x_test=d.val.images[:200, 0].numpy(), y_test=d.val.labels[:200].numpy())
+    else:
+        rng = np.random.default_rng(0)
+        y = rng.integers(0, 10, 1200)
+        x = np.zeros((1200, 28, 28), np.uint8)
+        for i, label in enumerate(y):
+            x[i, :, label * 2 : label * 2 + 4] = 200
+        x = (x + rng.integers(0, 40, x.shape)).astype(np.uint8)
+        np.savez(path, x=x[:1000], y=y[:1000], x_test=x[1000:], y_test=y[1000:])
+    return path
+
+
+@pytest.fixture()
+def cli():
+    """Run the CLI in-process: returns (exit_code, stdout, stderr)."""
+    from kdsearch.cli import main
+
+    def invoke(*args: str):
+        import contextlib
+        import io
+
+        out, err = io.StringIO(), io.StringIO()
+        from kdsearch.cli import _console
+
+        _console.console.file = out
+        _console.err_console.file = err
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main([str(a) for a in args])
+        _console.console.file = None
+        _console.err_console.file = None
+        return code, out.getvalue(), err.getvalue()
+
+    return invoke

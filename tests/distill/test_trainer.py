@@ -1,0 +1,118 @@
+"""The trainer: learns, checkpoints every epoch, resumes to identical weights, stops on NaN."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from kdsearch.data import load_dataset
+from kdsearch.distill.checkpoint import load_checkpoint
+from kdsearch.distill.trainer import TrainConfig, train
+from kdsearch.errors import TrainingError, UsageError
+from kdsearch.models.resnet_cifar import ResNetCifar
+
+
+@pytest.fixture(scope="module")
+def data(fashion_npz):
+    return load_dataset(f"npz:{fashion_npz}", subset=512, seed=0)
+
+
+def _net(width: int = 8, seed: int = 0) -> ResNetCifar:
+    torch.manual_seed(seed)
+    return ResNetCifar([1, 1, 1], [width, width, 2 * width], num_classes=10, in_channels=1)
+
+
+def test_training_learns_and_checkpoints(data, tmp_path):
+    model = _net()
+    config = TrainConfig(epochs=2, batch_size=64, loss="ce", lr=0.05)
+    result = train(model, data, tmp_path, config)
+    assert len(result["history"]) == 2
+    assert result["history"][-1]["train_loss"]["ce"] < result["history"][0]["train_loss"]["ce"]
+    assert result["val_acc"] > 0.2  # ten classes: chance is 0.1
+    state = load_checkpoint(tmp_path / "last.ckpt")
+    assert state["epoch"] == 2
+    for k, v in model.state_dict().items():
+        assert torch.equal(state["model"][k], v)
+
+
+def test_resume_gives_identical_weights(data, tmp_path):
+    teacher = _net(width=16, seed=1).eval()
+    config = TrainConfig(epochs=3, batch_size=64, loss="kd:1,ce:1", lr=0.05, seed=3)
+    straight = _net()
+    train(straight, data, tmp_path / "a", config, teacher=teacher)
+
+    interrupted = _net()
+    short = TrainConfig(**{**config.__dict__, "epochs": 3})
+    # run the first epoch only by stopping after it: simulate with a progress hook that raises
+    from kdsearch.progress import Progress
+
+    class StopAfterFirst(Progress):
+        def note(self, message: str) -> None:
+            if message.startswith("epoch 1/"):
+                raise KeyboardInterrupt
+
+    from kdsearch.errors import Interrupted
+
+    with pytest.raises(Interrupted):
+        train(interrupted, data, tmp_path / "b", short, teacher=teacher, progress=StopAfterFirst())
+    assert load_checkpoint(tmp_path / "b" / "last.ckpt")["epoch"] == 1
+    resumed = _net(seed=99)  # different init: everything must come from the checkpoint
+    train(resumed, data, tmp_path / "b", short, teacher=teacher, resume=True)
+    for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(data, tmp_path):
+    model = _net()
+    train(model, data, tmp_path, TrainConfig(epochs=1, batch_size=64, loss="ce", lr=0.01))
+    before = (tmp_path / "last.ckpt").read_bytes()
+    with pytest.raises(TrainingError, match="lower --lr"):
+        train(_net(), data, tmp_path / "nan", TrainConfig(epochs=1, batch_size=64, loss="ce", lr=1e30, grad_clip=None))
+    assert (tmp_path / "last.ckpt").read_bytes() == before
+
+
+def test_kd_without_teacher_is_a_usage_error(data, tmp_path):
+    with pytest.raises(UsageError, match="needs a teacher"):
+        train(_net(), data, tmp_path, TrainConfig(epochs=1, loss="kd:1,ce:1"))
+
+
+def test_cache_teacher_needs_deterministic_inputs(data, tmp_path):
+    with pytest.raises(UsageError, match="--no-augment"):
+        train(_net(), data, tmp_path, TrainConfig(epochs=1, cache_teacher=True), teacher=_net(16))
+
+
+def test_cache_teacher_matches_live_teacher(data, tmp_path):
+    teacher = _net(16, seed=1).eval()
+    config = TrainConfig(epochs=1, batch_size=64, loss="kd:1,ce:1,at:1", augment=False, seed=1)
+    live, cached = _net(), _net()
+    train(live, data, tmp_path / "live", config, teacher=teacher)
+    train(cached, data, tmp_path / "cached", TrainConfig(**{**config.__dict__, "cache_teacher": True}), teacher=teacher)
+    for a, b in zip(live.state_dict().values(), cached.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [{"epochs": 0}, {"batch_size": -1}, {"lr": -0.1}, {"optimizer": "lion"}])
+def test_bad_config_is_usage_error(bad):
+    with pytest.raises(UsageError):
+        TrainConfig(**bad)
+
+
+def test_tiny_dataset_smaller_than_a_batch(data, tmp_path):
+
+    with pytest.raises(UsageError, match="fewer than one batch"):
+        train(_net(), data, tmp_path, TrainConfig(epochs=1, batch_size=100000, loss="ce"))
+
+
+def test_checkpoint_refuses_pickled_code(tmp_path):
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (tmp_path / "pwned",))
+
+    bad = tmp_path / "last.ckpt"
+    bad.write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(TrainingError, match="not a loadable"):
+        load_checkpoint(bad)
+    assert not (tmp_path / "pwned").exists()
