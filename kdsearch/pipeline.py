@@ -5,6 +5,7 @@ configuration of all of them, so ``kdsearch run --config run.yaml`` reproduces a
 """
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -93,6 +94,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
         "data": {"subset": 512},
         "teacher_model": "resnet8",
+        "student_fraction": 1.0,
         "teach": {"loss": "ce", "epochs": 1, "batch_size": 64},
         "search": {"trials": 6, "population": 4, "proxy_batch": 16},
         "distill": {"epochs": 1, "batch_size": 64},
@@ -266,7 +268,8 @@ def distill_stage(run_dir: Path, config: RunConfig, dataset, teacher, arch: Arch
         return read_json(out / "metrics.json")
     if teacher.trained is not True:
         progress.note(f"warning: teacher {teacher.source} is not known to be trained; distilling from it may not help")
-    return distill_student(arch, teacher, dataset, out, config.distill, resume=resume, progress=progress)
+    return distill_student(arch, teacher, dataset, out, config.distill, resume=resume, space_spec=config.search.space,
+                           progress=progress)
 
 
 def export_stage(run_dir: Path, config: RunConfig, dataset, *, progress: Progress) -> dict[str, Any]:
@@ -327,7 +330,7 @@ def run_pipeline(config: RunConfig, run_dir: Path, *, resume: bool = False, forc
     arch, winner = search_stage(run_dir, config, dataset, teacher, resume=resume, progress=progress)
     timings["search"] = time.perf_counter() - t
     t = time.perf_counter()
-    progress.note(f"stage distill: {arch.key}")
+    progress.note(f"stage distill: {arch.space} {json.dumps(arch.genes, separators=(',', ':'))}")
     student_metrics = distill_stage(run_dir, config, dataset, teacher, arch, resume=resume, progress=progress)
     timings["distill"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -344,7 +347,7 @@ def build_summary(run_dir, dataset, teacher, teacher_metrics, winner, student_me
 
     h, w = dataset.image_size
     teacher_params = sum(p.numel() for p in teacher.module.parameters())
-    teacher_flops = count_flops(teacher.module, (1, dataset.in_channels, h, w))
+    teacher_flops = count_flops(teacher.module, (dataset.in_channels, h, w))
     teacher_acc = (teacher_metrics or {}).get("val_acc") or student_metrics.get("teacher_val_acc")
     fp32 = export["files"]["fp32"]
     return {
@@ -361,11 +364,11 @@ def build_summary(run_dir, dataset, teacher, teacher_metrics, winner, student_me
         },
         "reduction": {"params": teacher_params / max(1, winner["params"]), "flops": teacher_flops / max(1, winner["flops"])},
         "onnx": {
-            "path": fp32["path"],
+            "path": str(run_dir / "export" / fp32["path"]),
             "val_acc": fp32.get("accuracy"),
             "top1_agreement": min(p["top1_agreement"] for p in fp32["parity"].values()),
-            "latency_ms_b1": fp32["latency"]["batch_1"]["p50"],
-            "pytorch_latency_ms_b1": export["pytorch"]["latency"]["batch_1"]["p50"],
+            "latency_ms_b1": fp32["latency_ms"]["batch_1"]["p50"],
+            "pytorch_latency_ms_b1": export["pytorch_eager"]["latency_ms"]["batch_1"]["p50"],
         },
         "timings_s": timings,
     }

@@ -4,13 +4,21 @@ from __future__ import annotations
 import sys
 from typing import Optional
 
-import click
 import typer
+
+try:  # typer >= 0.20 vendors click; older releases depend on it
+    from typer import _click as click
+except ImportError:  # pragma: no cover - depends on the installed typer
+    import click  # type: ignore[no-redef]
 
 from kdsearch import __version__
 from kdsearch.cli._console import err_console
 
 __all__ = ["app", "main"]
+
+# the same exceptions whether click is vendored (typer >= 0.20) or a dependency
+_EXIT = tuple({typer.Exit, getattr(click.exceptions, "Exit", typer.Exit)})
+_ABORT = tuple({typer.Abort, getattr(click.exceptions, "Abort", typer.Abort)})
 
 app = typer.Typer(
     name="kdsearch",
@@ -58,16 +66,16 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.NoArgsIsHelpError as e:  # `kdsearch` alone prints help
         e.ctx.get_help() and click.echo(e.ctx.get_help())
         return 0
-    except click.UsageError as e:
+    except click.exceptions.UsageError as e:
         cmd = e.ctx.command_path if e.ctx else "kdsearch"
         err_console.print(f"[bold red]error:[/] {cmd}: {e.format_message()} (see {cmd} --help)", highlight=False, soft_wrap=True)
         return 2
-    except click.exceptions.Exit as e:
+    except _EXIT as e:
         return e.exit_code
-    except click.ClickException as e:
+    except click.exceptions.ClickException as e:
         err_console.print(f"[bold red]error:[/] {e.format_message()}", highlight=False, soft_wrap=True)
         return e.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (*_ABORT, KeyboardInterrupt):
         err_console.print("[bold red]stopped[/] (Ctrl-C); add --resume to the same command to continue", highlight=False)
         return 130
     return 0

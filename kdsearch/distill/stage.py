@@ -18,12 +18,21 @@ from kdsearch.progress import NULL_PROGRESS, Progress
 __all__ = ["distill_student", "train_teacher", "build_student"]
 
 
-def build_student(arch: Arch, dataset: Dataset, seed: int) -> nn.Module:
-    """Build ``arch`` for ``dataset`` with a seeded initialisation."""
-    from kdsearch.spaces import space_for_arch
+def student_space(arch: Arch, space_spec: str | None = None):
+    """The space ``arch`` belongs to; ``space_spec`` (name or YAML) is needed for a user's space."""
+    from kdsearch.models.teacher import family_space
+    from kdsearch.spaces import load_space
 
-    space = space_for_arch(arch)
-    space.validate(arch)
+    if space_spec:
+        space = load_space(space_spec)
+        if space.name == arch.space:
+            return space
+    return family_space(arch)
+
+
+def build_student(arch: Arch, dataset: Dataset, seed: int, space_spec: str | None = None) -> nn.Module:
+    """Build ``arch`` for ``dataset`` with a seeded initialisation."""
+    space = student_space(arch, space_spec)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return space.build(arch, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
@@ -39,6 +48,7 @@ def _finish(
     arch: Arch | None,
     model_name: str | None,
     extra: dict[str, Any],
+    family: str | None = None,
 ) -> dict[str, Any]:
     test_acc = None
     if dataset.test is not None:
@@ -60,6 +70,7 @@ def _finish(
         arch=arch,
         model_name=model_name,
         trained=True,
+        family=family,
         extra={
             "val_acc": metrics["val_acc"],
             "test_acc": test_acc,
@@ -82,10 +93,11 @@ def distill_student(
     config: TrainConfig,
     *,
     resume: bool = False,
+    space_spec: str | None = None,
     progress: Progress = NULL_PROGRESS,
 ) -> dict[str, Any]:
     """Distil ``arch`` from ``teacher``; writes student.safetensors/json, metrics.json, curves.png."""
-    student = build_student(arch, dataset, config.seed)
+    student = build_student(arch, dataset, config.seed, space_spec)
     result = train(student, dataset, out_dir, config, teacher=teacher.module, resume=resume, progress=progress)
     extra = {
         "teacher": teacher.source,
@@ -93,7 +105,8 @@ def distill_student(
         "agreement": result.get("agreement"),
         "loss": config.loss,
     }
-    return _finish(student, dataset, out_dir, result, weights_name="student", arch=arch, model_name=None, extra=extra)
+    return _finish(student, dataset, out_dir, result, weights_name="student", arch=arch, model_name=None, extra=extra,
+                   family=student_space(arch, space_spec).family)
 
 
 def train_teacher(

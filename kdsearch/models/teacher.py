@@ -50,12 +50,8 @@ class Teacher:
 def build_from_description(desc: dict[str, Any], num_classes: int, in_channels: int) -> nn.Module:
     """Build a network from ``{"arch": {...}}`` or ``{"model": "resnet20"}`` (model.json's keys)."""
     if desc.get("arch"):
-        from kdsearch.spaces import space_for_arch
-
         arch = Arch.from_dict(desc["arch"])
-        space = space_for_arch(arch)
-        space.validate(arch)
-        return space.build(arch, num_classes=num_classes, in_channels=in_channels)
+        return family_space(arch, desc.get("family")).build(arch, num_classes=num_classes, in_channels=in_channels)
     if desc.get("model"):
         from kdsearch.models.zoo import create_model
 
@@ -63,7 +59,26 @@ def build_from_description(desc: dict[str, Any], num_classes: int, in_channels: 
     raise ConfigError("model.json needs an 'arch' or a 'model' entry")
 
 
-_MODEL_JSON_KEYS = {"arch", "model", "num_classes", "in_channels", "trained", "val_acc", "test_acc", "dataset",
+def family_space(arch: Arch, family: str | None = None):
+    """A built-in space able to build ``arch``: its own, or one of the same family.
+
+    Building checks only the family's rules, so an arch from a user's YAML (recorded with
+    its ``family``) rebuilds without that YAML.
+    """
+    from kdsearch.errors import SpaceError
+    from kdsearch.spaces import builtin_space_names, load_space, space_for_arch
+
+    try:
+        return space_for_arch(arch)
+    except SpaceError:
+        for name in builtin_space_names():
+            space = load_space(name)
+            if family is not None and space.family == family:
+                return space
+        raise
+
+
+_MODEL_JSON_KEYS = {"family", "arch", "model", "num_classes", "in_channels", "trained", "val_acc", "test_acc", "dataset",
                     "kdsearch_version", "normalization", "epochs"}
 
 
@@ -78,6 +93,7 @@ def save_model_dir(
     trained: bool = True,
     extra: dict[str, Any] | None = None,
     weights_name: str = "model",
+    family: str | None = None,
 ) -> None:
     """Write ``<weights_name>.json`` (architecture + metadata) and ``<weights_name>.safetensors``."""
     from safetensors.torch import save_file
@@ -90,6 +106,7 @@ def save_model_dir(
         save_file(state, str(tmp))
     meta: dict[str, Any] = {
         "arch": arch.to_dict() if arch else None,
+        "family": family or (family_space(arch).family if arch else None),
         "model": model_name,
         "num_classes": num_classes,
         "in_channels": in_channels,

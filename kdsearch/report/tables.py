@@ -67,9 +67,9 @@ def export_table(report: dict[str, Any]) -> Table:
         table.add_column(col, justify="right" if col != "file" else "left")
     for kind, f in report["files"].items():
         agreement = min((p.get("top1_agreement", 1.0) for p in f.get("parity", {}).values()), default=None)
-        lat = f.get("latency", {})
+        lat = f.get("latency_ms", {})
         table.add_row(
-            f"{kind}: {f['path'].rsplit('/', 1)[-1]}",
+            f"{kind}: {f['path']}",
             _pct(f.get("accuracy")),
             _pct(agreement),
             _ms(lat.get("batch_1", {}).get("p50")),

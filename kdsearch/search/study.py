@@ -110,7 +110,7 @@ def _cost_of(space, arch: Arch, dataset: Dataset) -> dict[str, float]:
 
     model = space.build(arch, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
     h, w = dataset.image_size
-    return {"params": count_params(model), "flops": count_flops(model, (1, dataset.in_channels, h, w))}
+    return {"params": count_params(model), "flops": count_flops(model, (dataset.in_channels, h, w))}
 
 
 def _violations(config: SearchConfig, costs: dict[str, float]) -> dict[str, float]:
@@ -125,32 +125,35 @@ def _violations(config: SearchConfig, costs: dict[str, float]) -> dict[str, floa
     return out
 
 
-def check_budget_feasible(space, dataset: Dataset, config: SearchConfig, samples: int = 200) -> float:
-    """Sample the space before searching; fail at once when no candidate meets the budgets.
+def feasible_samples(space, dataset: Dataset, config: SearchConfig, wanted: int, samples: int = 400) -> tuple[list[Arch], float]:
+    """Sample the space before searching: up to ``wanted`` distinct archs within the params and
+    FLOPs budgets, and the fraction of samples that met them.
 
-    Returns the fraction of sampled candidates that meet the params and FLOPs budgets.
+    Fails at once (a :class:`BudgetError`, before any scoring) when no sample meets the budgets.
     """
-    if config.max_params is None and config.max_flops is None:
-        return 1.0
     rng = random.Random(config.seed)
     smallest: dict[str, float] = {}
+    found: list[Arch] = []
+    seen: set[str] = set()
     ok = 0
-    seen = set()
     for _ in range(samples):
         arch = space.sample(rng)
         if arch.key in seen:
             continue
         seen.add(arch.key)
-        with torch.device("meta"):
+        with torch.device("meta"):  # parameter count without allocating or initialising
             model = space.build(arch, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
-        params = sum(p.numel() for p in model.parameters())
-        costs = {"params": params}
+        costs = {"params": sum(p.numel() for p in model.parameters())}
         if config.max_flops is not None:
             costs = _cost_of(space, arch, dataset)
         for k, v in costs.items():
             smallest[k] = min(smallest.get(k, math.inf), v)
         if all(v <= 0 for v in _violations(config, costs).values()):
             ok += 1
+            if len(found) < wanted:
+                found.append(arch)
+        elif config.max_params is None and config.max_flops is None:
+            break
     if ok == 0:
         parts = []
         if config.max_params is not None:
@@ -161,7 +164,7 @@ def check_budget_feasible(space, dataset: Dataset, config: SearchConfig, samples
             f"no candidate of space {space.name} meets {' and '.join(parts)} in {len(seen)} samples; "
             "raise the budget or use a space with smaller members"
         )
-    return ok / max(1, len(seen))
+    return found, ok / max(1, len(seen))
 
 
 class _Objective:
@@ -289,8 +292,10 @@ def run_search(
     unknown = [o for o in config.objectives if o not in COST_OBJECTIVES]
     proxy_names = list(dict.fromkeys(unknown))
     proxies = {name: create_proxy(name) for name in proxy_names}
-    feasible_fraction = check_budget_feasible(space, dataset, config)
-    progress.note(f"{feasible_fraction:.0%} of sampled {space.name} candidates meet the budget")
+    # The first generation is drawn from inside the budget, so evolution starts where the winner must be.
+    initial, feasible_fraction = feasible_samples(space, dataset, config, wanted=config.population)
+    if config.max_params is not None or config.max_flops is not None:
+        progress.note(f"{feasible_fraction:.0%} of sampled {space.name} candidates meet the budget")
 
     batch = fixed_batch(dataset, config.proxy_batch, config.seed)
     teacher_module = teacher.module if config.teacher_init == "pretrained" else teacher.fresh_copy(config.seed)
@@ -301,6 +306,9 @@ def run_search(
     for arch in seed_archs or []:
         space.validate(arch)
         study.enqueue_trial(space.params(arch), user_attrs={"seeded": True}, skip_if_exists=True)
+    if not study.trials:  # a fresh study (not a resumed one, not another worker's)
+        for arch in initial[: max(0, config.population - len(seed_archs or []))]:
+            study.enqueue_trial(space.params(arch), skip_if_exists=True)
     done = _count_complete(study)
     remaining = max(0, config.trials - done)
     progress.start("search", f"search {space.name}", config.trials)

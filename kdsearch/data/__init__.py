@@ -1,0 +1,38 @@
+"""Datasets in memory and fast tensor batches.
+
+``load_dataset("fashion-mnist")`` finds (or downloads, SHA-256 verified) the files, parses
+them without pickle, and returns a :class:`Dataset` of uint8 tensors; :func:`iterate_batches`
+shuffles, shards, augments and normalises batches straight from those tensors.
+Built-in sources: ``fashion-mnist``, ``mnist``, ``cifar10``, ``cifar100``, ``imagefolder:DIR``,
+``npz:FILE``; a new one is a function registered with ``@DATASETS.register(name)``.
+"""
+from __future__ import annotations
+
+from kdsearch.data.batches import augment_batch, fixed_batch, iterate_batches, normalize, num_batches
+from kdsearch.data.dataset import (
+    DATASETS,
+    Augment,
+    Dataset,
+    DatasetLoader,
+    ImageSet,
+    RawDataset,
+    load_dataset,
+)
+
+# The built-in sources register themselves in DATASETS on import.
+from kdsearch.data import cifar, idx, imagefolder, npz  # noqa: E402,F401  isort: skip
+
+__all__ = [
+    "DATASETS",
+    "ImageSet",
+    "Augment",
+    "Dataset",
+    "RawDataset",
+    "DatasetLoader",
+    "load_dataset",
+    "normalize",
+    "augment_batch",
+    "iterate_batches",
+    "num_batches",
+    "fixed_batch",
+]

@@ -1,0 +1,172 @@
+"""Batches straight from in-memory tensors: shuffle, shard, augment and normalise, vectorised."""
+from __future__ import annotations
+
+import math
+from typing import Iterator, Sequence
+
+import torch
+
+from kdsearch.data.dataset import Augment, Dataset, ImageSet, balanced_order
+from kdsearch.errors import UsageError
+
+__all__ = ["normalize", "augment_batch", "iterate_batches", "num_batches", "fixed_batch"]
+
+
+def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Scale uint8 pixels to 0-1, then subtract ``mean`` and divide by ``std`` per channel.
+
+    Args:
+        images: ``(B, C, H, W)`` uint8.
+        mean: C per-channel means on the 0-1 scale.
+        std: C per-channel standard deviations on the 0-1 scale.
+
+    Returns:
+        ``(B, C, H, W)`` float32 on the same device as ``images``.
+    """
+    c = images.shape[1]
+    if len(mean) != c or len(std) != c:
+        raise UsageError(
+            f"images have {c} channels but mean/std have {len(mean)}/{len(std)} values; "
+            "give one mean and one std per channel"
+        )
+    m = torch.tensor(mean, dtype=torch.float64)  # (C,)
+    s = torch.tensor(std, dtype=torch.float64)  # (C,)
+    # (x / 255 - m) / s == x * scale - shift, one fused multiply-add per pixel.
+    scale = (1.0 / (255.0 * s)).to(torch.float32).to(images.device).view(1, c, 1, 1)  # (1, C, 1, 1)
+    shift = (m / s).to(torch.float32).to(images.device).view(1, c, 1, 1)  # (1, C, 1, 1)
+    return torch.addcmul(-shift, images.to(torch.float32), scale)  # (B, C, H, W)
+
+
+def augment_batch(images_uint8: torch.Tensor, augment: Augment, generator: torch.Generator) -> torch.Tensor:
+    """Random pad-and-crop and horizontal flip of a whole batch at once.
+
+    Each image gets its own crop offset in ``[0, 2 * pad]`` on both axes and its own coin
+    for the flip; all random numbers come from ``generator`` (on the CPU), so a generator
+    in the same state gives the same batch on any device.
+
+    Args:
+        images_uint8: ``(B, C, H, W)`` uint8 on any device.
+        augment: what to apply.
+        generator: a CPU ``torch.Generator``.
+
+    Returns:
+        ``(B, C, H, W)`` uint8, a new tensor (the input is not modified).
+    """
+    if not augment.enabled or len(images_uint8) == 0:
+        return images_uint8
+    b, c, h, w = images_uint8.shape
+    device = images_uint8.device
+    p = augment.pad
+    if p > 0:
+        dy = torch.randint(0, 2 * p + 1, (b,), generator=generator)  # (B,)
+        dx = torch.randint(0, 2 * p + 1, (b,), generator=generator)  # (B,)
+    else:
+        dy = dx = torch.zeros(b, dtype=torch.int64)
+    flip = torch.randint(0, 2, (b,), generator=generator).bool() if augment.flip else torch.zeros(b, dtype=torch.bool)
+    padded = torch.nn.functional.pad(images_uint8, (p, p, p, p)) if p > 0 else images_uint8  # (B, C, Hp, Wp)
+    wp = w + 2 * p
+    cols = torch.arange(w)  # (W,)
+    # A flipped crop reads its columns right to left: the flip folds into the gather index.
+    cols = torch.where(flip[:, None], w - 1 - cols[None, :], cols[None, :]) + dx[:, None]  # (B, W)
+    rows = torch.arange(h)[None, :] + dy[:, None]  # (B, H)
+    flat = (rows[:, :, None] * wp + cols[:, None, :]).view(b, 1, h * w)  # (B, 1, H*W) into Hp*Wp
+    flat = flat.to(device).expand(b, c, h * w)  # (B, C, H*W)
+    # One gather over the flattened padded images: ~10x faster than 4-D advanced indexing.
+    return torch.gather(padded.reshape(b, c, -1), 2, flat).view(b, c, h, w)  # (B, C, H, W)
+
+
+def num_batches(n: int, batch_size: int, drop_last: bool, world_size: int = 1) -> int:
+    """Batches per epoch that :func:`iterate_batches` yields on each rank for ``n`` images."""
+    _check_batching(batch_size, 0, world_size)
+    shard = n // world_size
+    return shard // batch_size if drop_last else math.ceil(shard / batch_size)
+
+
+def _check_batching(batch_size: int, rank: int, world_size: int) -> None:
+    if batch_size <= 0:
+        raise UsageError(f"batch size must be positive, got {batch_size}")
+    if world_size <= 0 or not 0 <= rank < world_size:
+        raise UsageError(f"rank {rank} is not in 0..world_size-1 (world_size={world_size}); check the launcher")
+
+
+def iterate_batches(
+    data: ImageSet,
+    batch_size: int,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    shuffle: bool,
+    augment: Augment | None = None,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    drop_last: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield normalised ``(x, y)`` batches for one epoch.
+
+    With ``world_size > 1`` every rank must pass a generator in the same state: all ranks
+    draw the same permutation, drop the ``n % world_size`` last indices and take every
+    ``world_size``-th of the rest starting at ``rank``, so shards are disjoint and equal.
+
+    Args:
+        data: the images to batch.
+        batch_size: images per batch (per rank).
+        mean: per-channel mean for :func:`normalize`.
+        std: per-channel std for :func:`normalize`.
+        shuffle: draw a new order from ``generator``; else keep the stored order.
+        augment: augmentation to apply (None or a no-op :class:`Augment`: none).
+        generator: CPU generator for shuffling and augmentation; required when either is on.
+        device: where the batches go; uint8 pixels are moved, then augmented and normalised there.
+        drop_last: drop the last, smaller batch.
+        rank: this process's index among ``world_size``.
+        world_size: number of processes sharing the epoch.
+
+    Yields:
+        ``x`` float32 ``(B, C, H, W)`` on ``device`` and ``y`` int64 ``(B,)`` on ``device``.
+    """
+    _check_batching(batch_size, rank, world_size)
+    augmenting = augment is not None and augment.enabled
+    if (shuffle or augmenting) and generator is None:
+        raise UsageError(
+            "shuffling or augmenting needs a generator; pass generator=torch.Generator().manual_seed(seed)"
+        )
+    device = torch.device(device)
+    n = len(data)
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)  # (N,)
+    shard = n // world_size
+    order = order[: shard * world_size][rank::world_size]  # (shard,)
+    for start in range(0, shard, batch_size):
+        index = order[start : start + batch_size]
+        if drop_last and len(index) < batch_size:
+            break
+        x = data.images[index].to(device, non_blocking=True)  # (B, C, H, W) uint8
+        y = data.labels[index].to(device, non_blocking=True)  # (B,)
+        if augmenting:
+            assert augment is not None and generator is not None
+            x = augment_batch(x, augment, generator)
+        yield normalize(x, mean, std), y
+
+
+def fixed_batch(dataset: Dataset, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One deterministic, class-balanced-as-possible, normalised batch from ``dataset.train``.
+
+    Classes are visited round-robin (see :func:`~kdsearch.data.dataset.balanced_order`), so
+    ``size = k * num_classes`` gives exactly ``k`` images per class when each has ``k``.
+
+    Args:
+        dataset: the dataset.
+        size: images in the batch.
+        seed: which images; the same seed gives the same batch.
+
+    Returns:
+        ``x`` float32 ``(size, C, H, W)`` and ``y`` int64 ``(size,)``, on the CPU.
+    """
+    if not 0 < size <= len(dataset.train):
+        raise UsageError(
+            f"a batch of {size} images was asked but the training set has {len(dataset.train)}; "
+            f"ask for 1..{len(dataset.train)}"
+        )
+    order = balanced_order(dataset.train.labels, torch.Generator().manual_seed(seed))[:size]  # (size,)
+    x = normalize(dataset.train.images[order], dataset.mean, dataset.std)  # (size, C, H, W)
+    return x, dataset.train.labels[order].clone()

@@ -1,0 +1,124 @@
+"""export_model: files, export.json, the fp32 parity gate and provider fallback."""
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import kdsearch.export.stage as stage
+from kdsearch.errors import ExportError, UsageError
+from kdsearch.export import export_model, read_metadata
+
+from conftest import NORMALIZATION, tiny_resnet
+
+FILE_KEYS = {"path", "size_bytes", "opset", "provider_used", "parity", "accuracy", "latency_ms"}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory, model: nn.Module, images: torch.Tensor, labels: torch.Tensor):
+    out_dir = tmp_path_factory.mktemp("export")
+    messages: list[str] = []
+    calib = torch.randn(10, 3, 32, 32, generator=torch.Generator().manual_seed(9))
+    meta = {"normalization": json.dumps(NORMALIZATION), "val_acc": "0.5"}
+    # Asking for CUDA on a CPU-only machine must fall back with a warning, never fail.
+    cpu_only = not torch.cuda.is_available()
+    ctx = pytest.warns(UserWarning, match="'cuda' was asked") if cpu_only else contextlib.nullcontext()
+    with ctx:
+        report = export_model(model, val_images=images, val_labels=labels, calib_images=calib, out_dir=out_dir,
+                              int8="ptq", provider="cuda", latency_runs=3, parity_batch=8, metadata=meta,
+                              progress=messages.append)
+    return out_dir, report, messages
+
+
+def test_files_written(exported) -> None:
+    out_dir, _, messages = exported
+    names = sorted(p.name for p in out_dir.iterdir())
+    assert names == ["export.json", "export.log", "student.onnx", "student.ptq.onnx"]
+    assert "torchvision is not installed" in (out_dir / "export.log").read_text()  # chatter kept, not printed
+    assert messages and messages[-1].startswith("wrote ")
+
+
+def test_export_json_is_complete(exported, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> None:
+    out_dir, report, _ = exported
+    data = json.loads((out_dir / "export.json").read_text())
+    assert data == json.loads(json.dumps(report))
+    assert set(data) >= {"kdsearch_version", "opset", "provider_requested", "parity_rule", "files", "pytorch_eager"}
+    assert set(data["files"]) == {"fp32", "ptq"}
+    expected_used = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.no_grad():
+        torch_acc = float((model(images).argmax(1) == labels).float().mean())
+    for kind, entry in data["files"].items():
+        assert set(entry) == FILE_KEYS, kind
+        assert entry["size_bytes"] == (out_dir / entry["path"]).stat().st_size
+        assert entry["opset"] == 18 and entry["provider_used"] == expected_used
+        assert set(entry["latency_ms"]) == {"batch_1", "batch_32"}
+        for lat in entry["latency_ms"].values():
+            assert lat["runs"] == 3 and 0 < lat["p50"] <= lat["p90"]
+        assert 0.0 <= entry["accuracy"] <= 1.0
+    fp32 = data["files"]["fp32"]
+    assert fp32["accuracy"] == pytest.approx(torch_acc)
+    assert data["pytorch_eager"]["accuracy"] == pytest.approx(torch_acc)
+    for b in ("batch_1", "batch_8"):
+        assert fp32["parity"][b]["top1_agreement"] == 1.0 and fp32["parity"][b]["max_abs_diff"] < 1e-4
+    ptq = data["files"]["ptq"]["parity"]
+    assert ptq["reference"] == "pytorch_fp32" and ptq["batch_8"]["cosine"] > 0.98
+    assert set(data["pytorch_eager"]["latency_ms"]) == {"batch_1", "batch_32"}
+
+
+def test_metadata_in_both_files(exported) -> None:
+    out_dir, _, _ = exported
+    for name in ("student.onnx", "student.ptq.onnx"):
+        meta = read_metadata(out_dir / name)
+        assert json.loads(meta["normalization"]) == NORMALIZATION
+        assert meta["val_acc"] == "0.5" and meta["opset"] == "18"
+
+
+def test_parity_failure_renames_file(monkeypatch, tmp_path: Path, images: torch.Tensor, labels: torch.Tensor) -> None:
+    real_export = stage.export_onnx
+
+    def export_other_weights(model: nn.Module, *args, **kwargs):
+        other = copy.deepcopy(model)
+        with torch.no_grad():
+            other.classifier.bias.add_(0.5)  # the ONNX file no longer computes the PyTorch model
+        return real_export(other, *args, **kwargs)
+
+    monkeypatch.setattr(stage, "export_onnx", export_other_weights)
+    (tmp_path / "export.json").write_text("{}")  # a stale report from an earlier run must not survive
+    match = r"disagrees with PyTorch at batch 1: max \|logit diff\| 0\.5.*kept as student\.failed\.onnx"
+    with pytest.raises(ExportError, match=match):
+        export_model(tiny_resnet(), val_images=images[:8], val_labels=labels[:8], out_dir=tmp_path, latency_runs=1)
+    assert (tmp_path / "student.failed.onnx").is_file()
+    assert not (tmp_path / "student.onnx").exists() and not (tmp_path / "export.json").exists()
+
+
+def test_model_is_not_modified(tmp_path: Path, images: torch.Tensor, labels: torch.Tensor) -> None:
+    model = tiny_resnet(seed=4).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for stale in ("student.ptq.onnx", "student.failed.onnx"):  # left by earlier runs; not this run's output
+        (tmp_path / stale).write_bytes(b"old")
+    export_model(model, val_images=images[:4], val_labels=labels[:4], out_dir=tmp_path, latency_runs=1,
+                 parity_batch=2)
+    assert model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export.json", "export.log", "student.onnx"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"int8": "fp16"}, "none, ptq, qat"),
+        ({"int8": "qat"}, "needs qat_model"),
+        ({"int8": "ptq"}, "needs calib_images"),
+        ({"val_labels": torch.zeros(3, dtype=torch.long)}, "one label each"),
+    ],
+)
+def test_bad_arguments(tmp_path: Path, images: torch.Tensor, labels: torch.Tensor, kwargs: dict, match: str) -> None:
+    args = {"val_images": images[:4], "val_labels": labels[:4], "out_dir": tmp_path, **kwargs}
+    with pytest.raises(UsageError, match=match):
+        export_model(nn.Identity(), **args)
+    assert not any(tmp_path.iterdir())
