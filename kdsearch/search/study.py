@@ -6,6 +6,7 @@ import io
 import logging
 import math
 import random
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -197,7 +198,9 @@ class _Objective:
             costs = _cost_of(self.space, arch, self.dataset)
             if self.config.max_latency_ms is not None or "latency" in self.config.objectives:
                 costs["latency"] = _latency_ms(self.space, arch, self.dataset)
-            student = self.space.build(arch, num_classes=self.dataset.num_classes, in_channels=self.dataset.in_channels)
+            with torch.random.fork_rng(devices=[]):  # the same arch always gets the same initial weights
+                torch.manual_seed(self.config.seed * 1_000_003 + zlib.crc32(key.encode()))
+                student = self.space.build(arch, num_classes=self.dataset.num_classes, in_channels=self.dataset.in_channels)
             scores = score_candidate(student, self.batch, self.proxies, self.stats, seed=self.config.seed)
             attrs = {"arch": arch.to_dict(), "arch_key": key, "scores": scores, **costs, "reused": False}
             self.seen[key] = attrs

@@ -1,0 +1,108 @@
+"""The search stage: budgets, winner rules, deduplication, resume, determinism."""
+from __future__ import annotations
+
+import csv
+import json
+
+import optuna
+import pytest
+import torch
+
+from kdsearch.data import load_dataset
+from kdsearch.errors import BudgetError, UsageError
+from kdsearch.models.teacher import load_teacher
+from kdsearch.search import SearchConfig, pareto_front, pick_winner, run_search
+
+
+@pytest.fixture(scope="module")
+def data(fashion_npz):
+    return load_dataset(f"npz:{fashion_npz}", subset=256, seed=0)
+
+
+@pytest.fixture(scope="module")
+def teacher(data):
+    torch.manual_seed(0)
+    return load_teacher("resnet8", num_classes=data.num_classes, in_channels=data.in_channels)
+
+
+def _config(**kw) -> SearchConfig:
+    base = dict(trials=6, population=4, proxy_batch=16, max_params=40_000, seed=0)
+    base.update(kw)
+    return SearchConfig(**base)
+
+
+def _complete(out):
+    study = optuna.load_study(study_name="kdsearch", storage=f"sqlite:///{out / 'study.db'}")
+    return study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+
+
+def test_search_writes_artifacts_and_respects_budget(data, teacher, tmp_path):
+    result = run_search(teacher, data, tmp_path, _config())
+    assert result.winner_row["params"] <= 40_000
+    winner = json.loads((tmp_path / "winner.json").read_text())
+    assert winner["rule"] == "best" and winner["arch"] == result.winner.to_dict()
+    rows = list(csv.DictReader((tmp_path / "leaderboard.csv").open()))
+    assert len(rows) == 6
+    feasible = [r for r in rows if r["feasible"] == "True"]
+    assert max(float(r["score_diswot"]) for r in feasible) == pytest.approx(winner["score"])
+    assert (tmp_path / "pareto.png").stat().st_size > 1000
+
+
+def test_resume_counts_completed_trials(data, teacher, tmp_path):
+    run_search(teacher, data, tmp_path, _config(trials=4))
+    assert len(_complete(tmp_path)) == 4
+    with pytest.raises(UsageError, match="--resume"):
+        run_search(teacher, data, tmp_path, _config(trials=6))
+    run_search(teacher, data, tmp_path, _config(trials=6), resume=True)
+    trials = _complete(tmp_path)
+    assert len(trials) == 6
+    assert len({t.number for t in trials}) == 6
+
+
+def test_same_seed_same_study(data, teacher, tmp_path):
+    a = run_search(teacher, data, tmp_path / "a", _config())
+    b = run_search(teacher, data, tmp_path / "b", _config())
+    assert [r["arch"] for r in a.rows] == [r["arch"] for r in b.rows]
+    assert [r["score_diswot"] for r in a.rows] == pytest.approx([r["score_diswot"] for r in b.rows])
+
+
+def test_repeated_arch_is_not_scored_again(data, teacher, tmp_path, monkeypatch):
+    import kdsearch.proxies as proxies
+
+    calls = []
+    real = proxies.score_candidate
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(proxies, "score_candidate", counting)
+    result = run_search(teacher, data, tmp_path, _config(trials=10, population=2))
+    unique = {r["arch"] for r in result.rows}
+    assert len(calls) == len(unique)
+
+
+def test_impossible_budget_fails_before_scoring(data, teacher, tmp_path):
+    with pytest.raises(BudgetError, match="smallest sampled"):
+        run_search(teacher, data, tmp_path, _config(max_params=10))
+    assert not (tmp_path / "study.db").exists()
+
+
+def test_winner_rules():
+    rows = [
+        {"score": 1.0, "params": 10},
+        {"score": 5.0, "params": 100},  # the knee: most of the gain for a tenth of the cost
+        {"score": 5.5, "params": 1000},
+        {"score": 5.6, "params": 10000},
+        {"score": 0.5, "params": 500},  # dominated
+    ]
+    assert pick_winner(rows, "score", "best")["params"] == 10000
+    assert pick_winner(rows, "score", "knee")["params"] == 100
+    assert [r["params"] for r in pareto_front(rows, "score", "params")] == [10, 100, 1000, 10000]
+
+
+@pytest.mark.parametrize("bad", [{"trials": 0}, {"sampler": "annealing"}, {"pick": "worst"},
+                                 {"objectives": ("params",)}, {"max_params": -5}, {"teacher_init": "imagenet"}])
+def test_bad_search_config(bad):
+    with pytest.raises(UsageError):
+        _config(**bad)
