@@ -18,6 +18,7 @@ __all__ = [
     "TrainingError",
     "ExportError",
     "Interrupted",
+    "KdsearchWarning",
 ]
 
 
@@ -73,3 +74,7 @@ class Interrupted(KdsearchError):
     """The user pressed Ctrl-C; state was saved and the run can resume."""
 
     exit_code = 130
+
+
+class KdsearchWarning(UserWarning):
+    """A problem of the user's that does not stop the run; always shown on the terminal."""

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -122,6 +124,7 @@ def _section(cls, base: Any, values: Mapping[str, Any], where: str):
     if unknown:
         raise ConfigError(f"unknown key(s) in {where}: {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
     clean = {}
+    hints = typing.get_type_hints(cls)
     for f in fields(cls):
         if f.name in values:
             v = values[f.name]
@@ -129,11 +132,34 @@ def _section(cls, base: Any, values: Mapping[str, Any], where: str):
                 v = tuple(x.strip() for x in v.split(",") if x.strip())
             elif isinstance(v, list):
                 v = tuple(v)
+            if not _matches(v, hints[f.name]):
+                raise ConfigError(f"{where}.{f.name} = {v!r} has the wrong type; expected {_type_name(hints[f.name])}")
             clean[f.name] = v
     try:
         return replace(base, **clean)
     except TypeError as e:
         raise ConfigError(f"bad value in {where}: {e}") from None
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether a YAML value fits a dataclass field's type (int accepted for float, never bool for numbers)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin is tuple:
+        inner = typing.get_args(hint)[0]
+        return isinstance(value, tuple) and all(_matches(v, inner) for v in value)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
 
 
 def config_from_dict(data: Mapping[str, Any], base: RunConfig | None = None) -> RunConfig:
@@ -215,6 +241,35 @@ def load_run_dataset(config: RunConfig):
     return load_dataset(d.spec, data_dir=Path(d.data_dir) if d.data_dir else None, subset=d.subset, seed=d.seed)
 
 
+def check_inputs(config: RunConfig, dataset, *, search: bool = True):
+    """Fail on a bad teacher, zoo model, space, budget or storage before anything is written.
+
+    Returns the loaded teacher (None when the run trains its own).
+    """
+    import torch
+
+    from kdsearch.models.zoo import MODELS, create_model
+    from kdsearch.search.study import feasible_samples, get_storage
+    from kdsearch.spaces import load_space
+
+    space = load_space(config.search.space)
+    teacher = None
+    if config.teacher is not None:
+        from kdsearch.models.teacher import load_teacher
+
+        teacher = load_teacher(config.teacher, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
+        module = teacher.module
+    else:
+        MODELS.get(config.teacher_model)
+        with torch.device("meta"):
+            module = create_model(config.teacher_model, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
+    if search:
+        feasible_samples(space, dataset, search_config_for(config, module), wanted=0)
+    if search and config.search.storage:
+        get_storage(config.search.storage)
+    return teacher
+
+
 def teach_stage(out: Path, config: RunConfig, dataset, *, resume: bool, progress: Progress) -> dict[str, Any]:
     """Train ``config.teacher_model`` with cross-entropy into the model directory ``out``."""
     import torch
@@ -240,9 +295,11 @@ def resolve_teacher(run_dir: Path, config: RunConfig, dataset):
 
 
 def search_config_for(config: RunConfig, teacher) -> SearchConfig:
+    """The search configuration with ``--max-params`` defaulting to a fraction of the teacher's size."""
     s = config.search
     if s.max_params is None and config.student_fraction:
-        teacher_params = sum(p.numel() for p in teacher.module.parameters())
+        module = getattr(teacher, "module", teacher)
+        teacher_params = sum(p.numel() for p in module.parameters())
         s = replace(s, max_params=int(teacher_params * config.student_fraction))
     return s
 
@@ -286,6 +343,12 @@ def export_stage(run_dir: Path, config: RunConfig, dataset, *, progress: Progres
     model, meta = load_model_dir(src, weights_name="student")
     model.eval()
     e = config.export
+    qat_model = None
+    if e.int8 == "qat":
+        from kdsearch.quant import load_qat_model  # raises UsageError when `kdsearch quantize` has not run
+
+        progress.note(f"rebuilding the int8 QAT model from {run_dir / 'qat'}")
+        qat_model = load_qat_model(run_dir / "qat")
     calib = dataset.train.images[: e.calib_images]
     metadata = {
         "arch": json.dumps(meta.get("arch")),
@@ -301,6 +364,7 @@ def export_stage(run_dir: Path, config: RunConfig, dataset, *, progress: Progres
         calib_images=normalize(calib, dataset.mean, dataset.std),
         out_dir=run_dir / "export",
         int8=e.int8,
+        qat_model=qat_model,
         opset=e.opset,
         provider=e.provider,
         latency_runs=e.latency_runs,
@@ -311,13 +375,25 @@ def export_stage(run_dir: Path, config: RunConfig, dataset, *, progress: Progres
 
 def run_pipeline(config: RunConfig, run_dir: Path, *, resume: bool = False, force: bool = False,
                  progress: Progress = NULL_PROGRESS) -> dict[str, Any]:
-    """Run every stage into ``run_dir`` and return the summary (also ``summary.json``)."""
-    prepare_run_dir(run_dir, resume=resume, force=force)
-    save_run_config(run_dir, config)
+    """Run every stage into ``run_dir`` and return the summary (also ``summary.json``).
+
+    Every input is checked before the run directory is touched, so a typo leaves nothing behind.
+    """
     timings: dict[str, float] = {}
     t = time.perf_counter()
     dataset = load_run_dataset(config)
     timings["data"] = time.perf_counter() - t
+    check_inputs(config, dataset)
+    prepare_run_dir(run_dir, resume=resume, force=force)
+    save_run_config(run_dir, config)
+    from kdsearch.logs import capture_library_noise
+
+    with capture_library_noise(run_dir / "kdsearch.log"):  # library chatter goes to the log, not the terminal
+        return _run_stages(config, run_dir, dataset, timings, resume=resume, progress=progress)
+
+
+def _run_stages(config: RunConfig, run_dir: Path, dataset, timings: dict[str, float], *, resume: bool,
+                progress: Progress) -> dict[str, Any]:
     teacher_metrics = None
     if config.teacher is None:
         t = time.perf_counter()
@@ -338,7 +414,11 @@ def run_pipeline(config: RunConfig, run_dir: Path, *, resume: bool = False, forc
     export = export_stage(run_dir, config, dataset, progress=progress)
     timings["export"] = time.perf_counter() - t
     summary = build_summary(run_dir, dataset, teacher, teacher_metrics, winner, student_metrics, export, timings)
+    summary["report"] = str(run_dir / "report.html")
     write_json(run_dir / "summary.json", summary)
+    from kdsearch.report.html import write_report
+
+    write_report(run_dir)  # after summary.json: the page reads it (teacher FLOPs, timings)
     return summary
 
 

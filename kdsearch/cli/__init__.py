@@ -46,11 +46,17 @@ def _root(
     """kdsearch: search, distil, quantize and export a student for your teacher."""
 
 
-from kdsearch.cli import info, run, stages  # noqa: E402  (commands register on `app`)
+from kdsearch.cli import correlate, info, run, score, stages  # noqa: E402  (commands register on `app`)
 
 run.register(app)
 stages.register(app)
+correlate.register(app)
+score.register(app)
 info.register(app)
+
+from kdsearch.cli import report as report_cli  # noqa: E402
+
+report_cli.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
 
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv if argv is not None else sys.argv[1:], prog_name="kdsearch", standalone_mode=False)
+        code = command.main(args=argv if argv is not None else sys.argv[1:], prog_name="kdsearch", standalone_mode=False)
+        if isinstance(code, int):  # without standalone mode, click returns typer.Exit's code instead of exiting
+            return code
     except KdsearchError as e:
         err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         return e.exit_code

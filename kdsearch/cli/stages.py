@@ -10,6 +10,7 @@ import typer
 from kdsearch.cli import _options as o
 from kdsearch.cli._common import base_config, override
 from kdsearch.cli._console import close, console, make_progress, print_json
+from kdsearch.logs import capture_library_noise
 
 __all__ = ["register"]
 
@@ -43,7 +44,7 @@ def teach(
 
     Example: kdsearch teach --model resnet56 --data fashion-mnist --out teachers/r56
     """
-    from kdsearch.pipeline import load_run_dataset, prepare_run_dir, save_run_config, teach_stage
+    from kdsearch.pipeline import check_inputs, load_run_dataset, prepare_run_dir, save_run_config, teach_stage
 
     config = base_config(config_file)
     config = override(config, data=_data(config, data, data_dir, subset, seed),
@@ -51,10 +52,12 @@ def teach(
                       top={"teacher_model": model})
     progress = make_progress(quiet, json_out)
     try:
+        dataset = load_run_dataset(config)
+        check_inputs(config, dataset, search=False)
         prepare_run_dir(out, resume=resume, force=force)
         save_run_config(out, config)
-        dataset = load_run_dataset(config)
-        metrics = teach_stage(out, config, dataset, resume=resume, progress=progress)  # --out is the model directory
+        with capture_library_noise(out / "kdsearch.log"):
+            metrics = teach_stage(out, config, dataset, resume=resume, progress=progress)  # --out is the model directory
     finally:
         close(progress)
     result = {"model_dir": str(out), "model": model, "val_acc": metrics["val_acc"], "test_acc": metrics["test_acc"],
@@ -85,6 +88,8 @@ def search(
     max_latency_ms: Annotated[Optional[float], typer.Option("--max-latency-ms", help="Hard budget: ONNX Runtime latency at batch 1 on this machine.", rich_help_panel=o.SEARCH)] = None,
     pick: Annotated[Optional[str], typer.Option("--pick", help="Winner rule: best (highest proxy) or knee (of the Pareto front).", rich_help_panel=o.SEARCH)] = None,
     teacher_init: Annotated[Optional[str], typer.Option("--teacher-init", help="Score against the pretrained teacher or a freshly initialised one (DisWOT's procedure).", rich_help_panel=o.SEARCH)] = None,
+    teacher_feature: Annotated[Optional[str], typer.Option("--teacher-feature", help="Module path of the teacher's last 4-D feature map (default: found automatically).", rich_help_panel=o.SEARCH)] = None,
+    teacher_classifier: Annotated[Optional[str], typer.Option("--teacher-classifier", help="Module path of the teacher's final linear layer (default: found automatically).", rich_help_panel=o.SEARCH)] = None,
     proxy_batch: Annotated[Optional[int], typer.Option("--proxy-batch", help="Images scored per candidate.", rich_help_panel=o.SEARCH)] = None,
     seed_arch: Annotated[Optional[List[Path]], typer.Option("--seed-arch", help="Arch JSON to evaluate first (repeatable).", rich_help_panel=o.SEARCH)] = None,
     storage: Annotated[Optional[str], typer.Option("--storage", help="Optuna RDB URL (default: SQLite in the run directory).", rich_help_panel=o.SEARCH)] = None,
@@ -101,7 +106,7 @@ def search(
     Example: kdsearch search --teacher teachers/r20 --data fashion-mnist --max-params 60000 --trials 100 --out runs/s1
     """
     from kdsearch.arch import Arch
-    from kdsearch.pipeline import load_run_dataset, search_config_for, resolve_teacher, prepare_run_dir, save_run_config
+    from kdsearch.pipeline import check_inputs, load_run_dataset, prepare_run_dir, resolve_teacher, save_run_config, search_config_for
     from kdsearch.search.study import run_search, storage_url
 
     config = base_config(config_file)
@@ -110,7 +115,8 @@ def search(
         "space": space, "proxy": proxy or (objs[0] if objs else None), "objectives": objs, "trials": trials,
         "sampler": sampler, "population": population, "mutation_prob": mutation_prob, "crossover_prob": crossover_prob,
         "max_params": max_params, "max_flops": max_flops, "max_latency_ms": max_latency_ms, "pick": pick,
-        "teacher_init": teacher_init, "proxy_batch": proxy_batch, "storage": storage, "study_name": study_name, "seed": seed,
+        "teacher_init": teacher_init, "teacher_feature": teacher_feature, "teacher_classifier": teacher_classifier,
+        "proxy_batch": proxy_batch, "storage": storage, "study_name": study_name, "seed": seed,
     }
     if proxy and not objs:
         search_flags["objectives"] = (proxy, *config.search.objectives[1:])
@@ -118,10 +124,11 @@ def search(
     seeds = [Arch.load(p) for p in seed_arch or []]
     progress = make_progress(quiet, json_out)
     try:
+        dataset = load_run_dataset(config)
+        check_inputs(config, dataset)
+        t = resolve_teacher(out, config, dataset)
         prepare_run_dir(out, resume=resume, force=force)
         save_run_config(out, config)
-        dataset = load_run_dataset(config)
-        t = resolve_teacher(out, config, dataset)
         result = run_search(t, dataset, out / "search", search_config_for(config, t), resume=resume, seed_archs=seeds,
                             progress=progress)
     finally:
@@ -154,6 +161,16 @@ def distill(
     temperature: Annotated[Optional[float], typer.Option("--temperature", help="KD temperature.", rich_help_panel=o.TRAIN)] = None,
     cache_teacher: Annotated[Optional[bool], typer.Option("--cache-teacher/--no-cache-teacher", help="Compute the teacher's outputs once and reuse them every epoch; applies only with --no-augment (inputs must not change between epochs).", rich_help_panel=o.TRAIN)] = None,
     augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="The dataset's standard augmentation (random crop, flip).", rich_help_panel=o.TRAIN)] = None,
+    optimizer: Annotated[Optional[str], typer.Option("--optimizer", help="sgd (Nesterov) or adamw.", rich_help_panel=o.TRAIN)] = None,
+    schedule: Annotated[Optional[str], typer.Option("--schedule", help="Learning-rate schedule: cosine (with warm-up) or onecycle.", rich_help_panel=o.TRAIN)] = None,
+    warmup_epochs: Annotated[Optional[float], typer.Option("--warmup-epochs", help="Linear warm-up before the cosine decay, in epochs (may be fractional).", rich_help_panel=o.TRAIN)] = None,
+    grad_clip: Annotated[Optional[float], typer.Option("--grad-clip", help="Clip the global gradient norm to this (0: no clipping).", rich_help_panel=o.TRAIN)] = None,
+    weight_decay: Annotated[Optional[float], typer.Option("--weight-decay", help="Weight decay (never applied to norms and biases).", rich_help_panel=o.TRAIN)] = None,
+    label_smoothing: Annotated[Optional[float], typer.Option("--label-smoothing", help="Label smoothing of the ce term, in [0, 1).", rich_help_panel=o.TRAIN)] = None,
+    temperature_schedule: Annotated[Optional[str], typer.Option("--temperature-schedule", help="fixed, or dts: the KD temperature follows the student-teacher cross-entropy gap.", rich_help_panel=o.TRAIN)] = None,
+    loss_option: Annotated[Optional[List[str]], typer.Option("--loss-option", help="A loss option NAME.KEY=VALUE, e.g. dkd.beta=2 (repeatable).", rich_help_panel=o.TRAIN)] = None,
+    compile_model: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the student (pays off on a GPU over long runs).", rich_help_panel=o.TRAIN)] = None,
+    assistant: Annotated[Optional[str], typer.Option("--assistant", help="Teacher-assistant distillation through ARCH.json, or auto: the search front's arch sized between teacher and student.", rich_help_panel=o.TRAIN)] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed.", rich_help_panel=o.RUN)] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu or cuda.", rich_help_panel=o.RUN)] = None,
     config_file: o.Config = None,
@@ -164,12 +181,15 @@ def distill(
 ) -> None:
     """Distil a student from the teacher (GPU when present), checkpointing every epoch.
 
+    Several processes: torchrun --nproc-per-node 2 -m kdsearch distill RUN_DIR (rank 0 writes the files).
+
     Example: kdsearch distill runs/quick --epochs 10   or
     kdsearch distill --teacher teachers/r20 --student winner.json --data fashion-mnist --out runs/d1
     """
     from kdsearch.arch import Arch
+    from kdsearch.distill.distributed import is_main_process
     from kdsearch.errors import UsageError
-    from kdsearch.pipeline import load_run_dataset, resolve_teacher, distill_stage, load_run_config, prepare_run_dir, save_run_config
+    from kdsearch.pipeline import check_inputs, distill_stage, load_run_config, load_run_dataset, prepare_run_dir, resolve_teacher, save_run_config
 
     if run_dir is not None:
         config = load_run_config(run_dir)
@@ -185,13 +205,23 @@ def distill(
     arch = Arch.load(arch_file)
     config = override(config, data={"spec": data, "data_dir": str(data_dir) if data_dir else None, "subset": subset, "seed": seed},
                       distill={"loss": loss, "epochs": epochs, "batch_size": batch_size, "lr": lr, "temperature": temperature,
-                               "cache_teacher": cache_teacher, "augment": augment, "seed": seed, "device": device},
+                               "cache_teacher": cache_teacher, "augment": augment, "seed": seed, "device": device,
+                               "optimizer": optimizer, "schedule": schedule, "warmup_epochs": warmup_epochs,
+                               "grad_clip": grad_clip, "weight_decay": weight_decay, "label_smoothing": label_smoothing,
+                               "temperature_schedule": temperature_schedule, "compile": compile_model,
+                               "loss_options": tuple(loss_option) if loss_option else None},
                       top={"teacher": teacher})
     if run_dir is not None and config.teacher is None:
         config = replace(config, teacher=str(run_dir / "teacher"))
-    progress = make_progress(quiet, json_out)
+    main = is_main_process()  # under torchrun, rank 0 alone prepares the directory and prints
+    progress = make_progress(quiet or not main, json_out)
     try:
-        if run_dir is None or out != run_dir:
+        dataset = load_run_dataset(config)
+        check_inputs(config, dataset)
+        t = resolve_teacher(out, config, dataset)
+        if not main:
+            pass
+        elif run_dir is None or out != run_dir:
             prepare_run_dir(out, resume=resume, force=force)
         elif (out / "distill").exists() and not (resume or force):
             raise UsageError(f"{out / 'distill'} already exists; add --resume to continue it or --force to start over")
@@ -199,12 +229,19 @@ def distill(
             import shutil
 
             shutil.rmtree(out / "distill")
-        save_run_config(out, config)
-        dataset = load_run_dataset(config)
-        t = resolve_teacher(out, config, dataset)
-        metrics = distill_stage(out, config, dataset, t, arch, resume=resume, progress=progress)
+        if main:
+            save_run_config(out, config)
+        if assistant:
+            from kdsearch.distill.assistant import assistant_stage
+
+            metrics = assistant_stage(out, arch, assistant, t, dataset, config.distill, search_dir=run_dir,
+                                      space_spec=config.search.space, resume=resume, progress=progress)
+        else:
+            metrics = distill_stage(out, config, dataset, t, arch, resume=resume, progress=progress)
     finally:
         close(progress)
+    if not main:
+        return
     if json_out:
         print_json({k: v for k, v in metrics.items() if k != "history"})
     else:
@@ -234,7 +271,8 @@ def export(
     progress = make_progress(quiet, json_out)
     try:
         dataset = load_run_dataset(config)
-        report = export_stage(run_dir, config, dataset, progress=progress)
+        with capture_library_noise(run_dir / "kdsearch.log"):
+            report = export_stage(run_dir, config, dataset, progress=progress)
         save_run_config(run_dir, config)
     finally:
         close(progress)

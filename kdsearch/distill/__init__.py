@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["TrainConfig", "train", "distill_student", "train_teacher", "build_student"]
+__all__ = ["TrainConfig", "train", "distill_student", "train_teacher", "build_student", "distill_with_assistant"]
 
 _WHERE = {
     "TrainConfig": "kdsearch.distill.trainer",
@@ -12,6 +12,7 @@ _WHERE = {
     "distill_student": "kdsearch.distill.stage",
     "train_teacher": "kdsearch.distill.stage",
     "build_student": "kdsearch.distill.stage",
+    "distill_with_assistant": "kdsearch.distill.assistant",
 }
 
 

@@ -50,6 +50,11 @@ def _finish(
     extra: dict[str, Any],
     family: str | None = None,
 ) -> dict[str, Any]:
+    from kdsearch.distill.distributed import is_main_process
+
+    if not is_main_process():  # rank 0 evaluates on the test set and writes the files
+        return {"val_acc": result.get("val_acc"), "val_top5": result.get("val_top5"), "test_acc": None,
+                "params": sum(p.numel() for p in model.parameters()), **extra, "history": result.get("history", [])}
     test_acc = None
     if dataset.test is not None:
         logits = predict_logits(model, dataset.test.images, dataset.mean, dataset.std)
@@ -95,18 +100,30 @@ def distill_student(
     resume: bool = False,
     space_spec: str | None = None,
     progress: Progress = NULL_PROGRESS,
+    weights_name: str = "student",
+    extra: dict[str, Any] | None = None,
+    keep_module: bool = False,
 ) -> dict[str, Any]:
-    """Distil ``arch`` from ``teacher``; writes student.safetensors/json, metrics.json, curves.png."""
+    """Distil ``arch`` from ``teacher``; writes student.safetensors/json, metrics.json, curves.png.
+
+    ``weights_name="model"`` writes a model directory usable as ``--teacher`` (an assistant);
+    ``extra`` adds entries to metrics.json; ``keep_module`` returns the trained network
+    under ``"module"``. Under ``torchrun`` only rank 0 writes files.
+    """
     student = build_student(arch, dataset, config.seed, space_spec)
     result = train(student, dataset, out_dir, config, teacher=teacher.module, resume=resume, progress=progress)
-    extra = {
+    info = {
         "teacher": teacher.source,
         "teacher_val_acc": result.get("teacher_val_acc"),
         "agreement": result.get("agreement"),
         "loss": config.loss,
+        **(extra or {}),
     }
-    return _finish(student, dataset, out_dir, result, weights_name="student", arch=arch, model_name=None, extra=extra,
-                   family=student_space(arch, space_spec).family)
+    metrics = _finish(student, dataset, out_dir, result, weights_name=weights_name, arch=arch, model_name=None,
+                      extra=info, family=student_space(arch, space_spec).family)
+    if keep_module:
+        metrics["module"] = student
+    return metrics
 
 
 def train_teacher(

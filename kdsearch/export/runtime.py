@@ -1,6 +1,8 @@
 """ONNX Runtime sessions and the measurements taken with them: parity, accuracy, latency."""
 from __future__ import annotations
 
+from kdsearch.errors import KdsearchWarning
+
 import contextlib
 import importlib.metadata
 import itertools
@@ -94,7 +96,7 @@ def ort_session(path: Path, provider: str = "cpu") -> tuple[ort.InferenceSession
             f"ONNX Runtime provider {provider!r} was asked but {used!r} is used: {reason}"
             + (f" ({detail.strip()[:300]})" if detail else "")
             + f"; install the {provider.upper()} runtime libraries or pass provider='{used}'",
-            UserWarning,
+            KdsearchWarning,
             stacklevel=2,
         )
     return session, used

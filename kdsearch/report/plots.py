@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["plot_pareto"]
+__all__ = ["plot_pareto", "plot_proxy_scatter"]
 
 
 def _pyplot():
@@ -41,5 +41,36 @@ def plot_pareto(rows: Sequence[dict[str, Any]], winner: dict[str, Any], score: s
     ax.set(xscale="log", xlabel="parameters", ylabel=score.removeprefix("score_"), title="search candidates")
     ax.legend(fontsize=8)
     fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_proxy_scatter(
+    scores: dict[str, Sequence[float]],
+    acc: Sequence[float],
+    params: Sequence[float],
+    path: Path,
+    *,
+    ylabel: str = "distilled accuracy",
+    xlabel_suffix: str = "",
+) -> None:
+    """One panel per proxy: its score against accuracy, points coloured by log-parameters."""
+    import math
+
+    plt = _pyplot()
+    n = max(1, len(scores))
+    cols = min(4, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False)
+    colour = [math.log10(max(p, 1)) for p in params]
+    for ax, (name, values) in zip(axes.flat, scores.items()):
+        points = ax.scatter(values, acc, c=colour, s=14, cmap="viridis")
+        ax.set(xlabel=name + xlabel_suffix, ylabel=ylabel)
+        ax.xaxis.label.set_fontsize(8)
+        ax.yaxis.label.set_fontsize(8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.colorbar(points, ax=axes, label="log10 params", shrink=0.6)
     _save(fig, path)
     plt.close(fig)

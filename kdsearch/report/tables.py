@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 from rich.table import Table
 
-__all__ = ["summary_table", "leaderboard_table", "export_table", "fmt_int"]
+__all__ = ["summary_table", "leaderboard_table", "export_table", "fmt_int", "fmt_pct", "fmt_ms"]
 
 
 def fmt_int(n: float | None) -> str:
@@ -16,6 +16,16 @@ def fmt_int(n: float | None) -> str:
         if abs(n) >= size:
             return f"{n / size:.2f}{unit}"
     return f"{n:.0f}"
+
+
+def fmt_pct(x: float | None) -> str:
+    """A 0-1 fraction as a percentage; an en dash for None."""
+    return _pct(x)
+
+
+def fmt_ms(x: float | None) -> str:
+    """Milliseconds with three decimals; an en dash for None."""
+    return _ms(x)
 
 
 def _pct(x: float | None) -> str:

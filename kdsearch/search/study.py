@@ -6,8 +6,8 @@ import io
 import logging
 import math
 import random
-import zlib
-from dataclasses import asdict, dataclass, field
+import time
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,17 @@ from kdsearch.models.teacher import Teacher
 from kdsearch.progress import NULL_PROGRESS, Progress
 from kdsearch.search.winner import pick_winner
 
-__all__ = ["SearchConfig", "SearchResult", "run_search", "create_sampler", "COST_OBJECTIVES"]
+__all__ = [
+    "SearchConfig",
+    "SearchResult",
+    "run_search",
+    "create_sampler",
+    "get_storage",
+    "open_study",
+    "storage_url",
+    "candidate_latency_ms",
+    "COST_OBJECTIVES",
+]
 
 COST_OBJECTIVES = ("params", "flops", "latency")  # minimised; every other objective is a proxy, maximised
 SAMPLERS = ("evolution", "nsga3", "tpe", "random")
@@ -44,11 +54,14 @@ class SearchConfig:
     max_latency_ms: float | None = None
     proxy_batch: int = 64  # images scored per candidate: one fixed, seeded batch of real data
     teacher_init: str = "pretrained"  # pretrained | random (DisWOT's reference procedure)
+    teacher_feature: str | None = None  # module path of the teacher's last 4-D map (None: found automatically)
+    teacher_classifier: str | None = None  # module path of its final nn.Linear (None: found automatically)
     pick: str = "best"  # best | knee
     seed: int = 0
     storage: str | None = None  # None: SQLite in the run directory
     study_name: str = "kdsearch"
-    workers: int = 1
+    workers: int = 1  # processes on this machine sharing the storage (other machines: same --storage with --resume)
+    heartbeat_s: int = 10  # RDB storages: a trial whose worker is silent for 3x this is failed and retried
 
     def __post_init__(self) -> None:
         if self.trials <= 0:
@@ -59,6 +72,8 @@ class SearchConfig:
             raise UsageError(f"--population must be at least 2 (got {self.population})")
         if self.workers <= 0:
             raise UsageError(f"--workers must be positive (got {self.workers})")
+        if self.heartbeat_s <= 0:
+            raise UsageError(f"heartbeat_s must be a positive number of seconds (got {self.heartbeat_s})")
         for name, value in (("--max-params", self.max_params), ("--max-flops", self.max_flops),
                             ("--max-latency-ms", self.max_latency_ms)):
             if value is not None and value <= 0:
@@ -168,15 +183,48 @@ def feasible_samples(space, dataset: Dataset, config: SearchConfig, wanted: int,
     return found, ok / max(1, len(seen))
 
 
-class _Objective:
-    """Builds, measures and scores one trial's candidate; reuses scores of archs seen before."""
+@dataclass(frozen=True)
+class _Shape:
+    """What candidates are built for: all a worker process needs of the dataset."""
 
-    def __init__(self, space, teacher_module, dataset: Dataset, config: SearchConfig, proxies, stats, batch, study,
-                 progress: Progress) -> None:
-        self.space, self.teacher, self.dataset, self.config = space, teacher_module, dataset, config
-        self.proxies, self.stats, self.batch, self.study, self.progress = proxies, stats, batch, study, progress
+    num_classes: int
+    in_channels: int
+    image_size: tuple[int, int]
+
+
+class _Objective:
+    """Builds, measures and scores one trial's candidate; reuses scores of archs seen before.
+
+    Before any work a trial must be *admitted*: the COMPLETE trials plus the RUNNING trials
+    numbered before it must be fewer than ``config.trials``. Trial numbers order trials across
+    every worker, so the admitted trials never exceed the request: with N workers the study ends
+    with exactly ``trials`` COMPLETE trials (a surplus trial is PRUNED, not scored).
+    """
+
+    poll_s = 0.5  # how often a trial waiting on earlier running trials looks again
+
+    def __init__(self, space, dataset: Dataset | _Shape, config: SearchConfig, proxies, stats, batch, study) -> None:
+        self.space, self.dataset, self.config = space, dataset, config
+        self.proxies, self.stats, self.batch, self.study = proxies, stats, batch, study
         self.seen: dict[str, dict[str, Any]] = {}
-        self.best = -math.inf
+
+    def _admit(self, trial) -> None:
+        """Return when ``trial`` may run; raise TrialPruned when the study already has enough."""
+        import optuna
+
+        complete_state, running = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING
+        while True:
+            trials = self.study.get_trials(deepcopy=False, states=(complete_state, running))
+            complete = sum(t.state == complete_state for t in trials)
+            ahead = complete + sum(t.state == running and t.number < trial.number for t in trials)
+            if ahead < self.config.trials:
+                return
+            if complete >= self.config.trials:
+                raise optuna.TrialPruned(f"the study already has {complete} complete trials")
+            # Earlier trials are still running; one of them may yet fail (a killed worker's is
+            # failed once its heartbeat is stale), and then this trial is needed.
+            optuna.storages.fail_stale_trials(self.study)
+            time.sleep(self.poll_s)
 
     def _refresh_seen(self) -> None:
         import optuna
@@ -188,7 +236,9 @@ class _Objective:
 
     def __call__(self, trial) -> tuple[float, ...]:
         from kdsearch.proxies import score_candidate
+        from kdsearch.spaces.candidates import build_candidate
 
+        self._admit(trial)
         arch = self.space.suggest(trial)
         key = arch.key
         if key not in self.seen:
@@ -197,10 +247,8 @@ class _Objective:
         if attrs is None:
             costs = _cost_of(self.space, arch, self.dataset)
             if self.config.max_latency_ms is not None or "latency" in self.config.objectives:
-                costs["latency"] = _latency_ms(self.space, arch, self.dataset)
-            with torch.random.fork_rng(devices=[]):  # the same arch always gets the same initial weights
-                torch.manual_seed(self.config.seed * 1_000_003 + zlib.crc32(key.encode()))
-                student = self.space.build(arch, num_classes=self.dataset.num_classes, in_channels=self.dataset.in_channels)
+                costs["latency"] = candidate_latency_ms(self.space, arch, self.dataset)
+            student = build_candidate(self.space, arch, self.dataset.num_classes, self.dataset.in_channels, self.config.seed)
             scores = score_candidate(student, self.batch, self.proxies, self.stats, seed=self.config.seed)
             attrs = {"arch": arch.to_dict(), "arch_key": key, "scores": scores, **costs, "reused": False}
             self.seen[key] = attrs
@@ -211,34 +259,79 @@ class _Objective:
         violations = _violations(self.config, attrs)
         for name, value in violations.items():
             trial.set_constraint(name, value)
-        feasible = all(v <= 0 for v in violations.values())
-        proxy_value = attrs["scores"][self.config.proxy]
-        if feasible and proxy_value > self.best:
-            self.best = proxy_value
-        self.progress.advance("search", best=self.best)
         values = []
         for objective in self.config.objectives:
             values.append(float(attrs[objective]) if objective in COST_OBJECTIVES else float(attrs["scores"][objective]))
         return tuple(values) if len(values) > 1 else values[0]
 
 
-def _latency_ms(space, arch: Arch, dataset: Dataset) -> float:
-    """Median ONNX Runtime latency at batch 1 on this machine (cached per arch by the caller)."""
-    import tempfile
+_LATENCY_CACHE: dict[tuple[str, int, int, tuple[int, int]], float] = {}  # per process: (arch key, K, C, HW) -> ms
 
-    from kdsearch.export import export_onnx, latency_ms, ort_session
+
+def candidate_latency_ms(space, arch: Arch, dataset: Dataset | _Shape, *, runs: int = 30, warmup: int = 5) -> float:
+    """Median ONNX Runtime (CPU) latency of ``arch`` at batch 1 on this machine, in ms; cached per arch.
+
+    A throwaway probe: the TorchScript exporter (``dynamo=False``) into memory takes a fraction of
+    a second where the dynamo exporter of :func:`kdsearch.export.export_onnx` takes several.
+    """
+    import warnings
+
+    from kdsearch.export import latency_ms
+
+    h, w = dataset.image_size
+    cache_key = (arch.key, dataset.num_classes, dataset.in_channels, (h, w))
+    if cache_key in _LATENCY_CACHE:
+        return _LATENCY_CACHE[cache_key]
+    import onnxruntime as ort
 
     model = space.build(arch, num_classes=dataset.num_classes, in_channels=dataset.in_channels).eval()
-    h, w = dataset.image_size
-    with tempfile.TemporaryDirectory() as tmp:
-        path = export_onnx(model, torch.zeros(1, dataset.in_channels, h, w), Path(tmp) / "candidate.onnx")
-        session, _ = ort_session(path, "cpu")
-        return float(latency_ms(session, (1, dataset.in_channels, h, w), runs=30, warmup=5)["p50"])
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated; fine for a probe
+        torch.onnx.export(model, (torch.zeros(1, dataset.in_channels, h, w),), buffer, dynamo=False,
+                          input_names=["images"], output_names=["logits"])
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+    value = float(latency_ms(session, (1, dataset.in_channels, h, w), runs=runs, warmup=warmup)["p50"])
+    _LATENCY_CACHE[cache_key] = value
+    return value
 
 
 def storage_url(config: SearchConfig, out_dir: Path) -> str:
     """``--storage`` or SQLite in the run directory."""
     return config.storage or f"sqlite:///{(out_dir / 'study.db').resolve()}"
+
+
+def get_storage(url: str, heartbeat_s: int | None = None):
+    """Optuna storage for ``url``; a malformed URL or an unreachable server is one clear UsageError.
+
+    With ``heartbeat_s`` every running trial records a heartbeat; a trial silent for three
+    heartbeats (its worker was killed) is failed and re-queued with the same parameters.
+    """
+    import warnings
+
+    import optuna
+
+    if "://" not in url:
+        raise UsageError(f"--storage {url!r} is not a database URL; use e.g. sqlite:///study.db or postgresql+psycopg2://...")
+    engine: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        engine = {"connect_args": {"timeout": 60}}  # several local workers wait for the file lock instead of failing
+    elif url.startswith("postgresql"):
+        engine = {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the heartbeat API is "experimental" in Optuna 5
+            beat: dict[str, Any] = {}
+            if heartbeat_s is not None:
+                beat = {"heartbeat_interval": heartbeat_s, "grace_period": 3 * heartbeat_s,
+                        "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)}
+            return optuna.storages.get_storage(optuna.storages.RDBStorage(url, engine_kwargs=engine, **beat))
+    except Exception as e:  # noqa: BLE001 - a malformed URL or an unreachable server
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+        raise UsageError(f"cannot open storage {url!r} ({type(e).__name__}: {first}); check the URL "
+                         "(e.g. postgresql+psycopg2://user@host:5432/db) and that the server runs and accepts you") from None
 
 
 def open_study(config: SearchConfig, out_dir: Path, *, resume: bool):
@@ -247,13 +340,7 @@ def open_study(config: SearchConfig, out_dir: Path, *, resume: bool):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = storage_url(config, out_dir)
-    try:
-        storage = optuna.storages.get_storage(url) if "://" in url else None
-    except Exception as e:  # noqa: BLE001 - a malformed URL or an unreachable server
-        raise UsageError(f"cannot open storage {url!r} ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
-                         "check the URL (e.g. postgresql+psycopg2://user@host:5432/db) and that the server runs") from None
-    if storage is None:
-        raise UsageError(f"--storage {url!r} is not a database URL; use e.g. sqlite:///study.db or postgresql+psycopg2://...")
+    storage = get_storage(url, config.heartbeat_s)
     directions = ["minimize" if o in COST_OBJECTIVES else "maximize" for o in config.objectives]
     existing = [s.study_name for s in optuna.get_all_study_summaries(storage)]
     if config.study_name in existing and not resume:
@@ -302,7 +389,7 @@ def run_search(
 
     batch = fixed_batch(dataset, config.proxy_batch, config.seed)
     teacher_module = teacher.module if config.teacher_init == "pretrained" else teacher.fresh_copy(config.seed)
-    parts = locate_parts(teacher_module, batch[0])
+    parts = locate_parts(teacher_module, batch[0], feature=config.teacher_feature, classifier=config.teacher_classifier)
     stats = teacher_stats(proxies, teacher_module, batch, parts)
 
     study = open_study(config, out_dir, resume=resume)
@@ -313,26 +400,112 @@ def run_search(
         for arch in initial[: max(0, config.population - len(seed_archs or []))]:
             study.enqueue_trial(space.params(arch), skip_if_exists=True)
     done = _count_complete(study)
-    remaining = max(0, config.trials - done)
     progress.start("search", f"search {space.name}", config.trials)
     progress.advance("search", done)
-    objective = _Objective(space, teacher_module, dataset, config, proxies, stats, batch, study, progress)
-    if remaining:
+    shape = _Shape(dataset.num_classes, dataset.in_channels, tuple(dataset.image_size))
+    objective = _Objective(space, shape, config, proxies, stats, batch, study)
+    if done < config.trials:
+        job = _WorkerJob(config, storage_url(config, out_dir), shape, proxy_names, stats, batch)
+        helpers = _start_helpers(job, config.workers - 1)
         try:
-            study.optimize(
-                objective,
-                callbacks=[optuna.study.MaxTrialsCallback(config.trials, states=(optuna.trial.TrialState.COMPLETE,))],
-                n_trials=remaining if config.workers == 1 else None,
-                catch=(),
-            )
+            _optimize(study, objective, config, [_ProgressCallback(progress, config, done)])
         except KeyboardInterrupt:
             from kdsearch.errors import Interrupted
 
+            _stop_helpers(helpers, terminate=True)
             raise Interrupted(
                 f"search stopped by Ctrl-C after {_count_complete(study)} trials; run the same command with --resume"
             ) from None
+        except BaseException:
+            _stop_helpers(helpers, terminate=True)
+            raise
+        failed = _stop_helpers(helpers, terminate=False)
+        if failed and _count_complete(study) < config.trials:
+            raise SearchError(f"{failed} search worker(s) failed and the study has {_count_complete(study)} of "
+                              f"{config.trials} trials; run the same command with --resume")
     progress.finish("search")
     return summarise_study(study, config, out_dir)
+
+
+def _optimize(study, objective: _Objective, config: SearchConfig, callbacks: list) -> None:
+    """Run trials until the study holds ``config.trials`` COMPLETE ones (whoever ran them)."""
+    import optuna
+
+    stop = optuna.study.MaxTrialsCallback(config.trials, states=(optuna.trial.TrialState.COMPLETE,))
+    if _count_complete(study) < config.trials:
+        study.optimize(objective, callbacks=[stop, *callbacks], n_trials=None, catch=())
+
+
+class _ProgressCallback:
+    """Reports the study's COMPLETE count (every worker's trials) and the best feasible score."""
+
+    def __init__(self, progress: Progress, config: SearchConfig, done: int) -> None:
+        self.progress, self.config, self.reported, self.best = progress, config, done, -math.inf
+
+    def __call__(self, study, trial) -> None:
+        import optuna
+
+        if trial.state == optuna.trial.TrialState.COMPLETE and "scores" in trial.user_attrs:
+            if all(v <= 0 for v in (trial.constraints or {}).values()):
+                self.best = max(self.best, trial.user_attrs["scores"][self.config.proxy])
+        done = min(_count_complete(study), self.config.trials)
+        self.progress.advance("search", max(0, done - self.reported), best=self.best)
+        self.reported = max(self.reported, done)
+
+
+@dataclass(frozen=True)
+class _WorkerJob:
+    """Everything a spawned worker needs: picklable, no teacher (its statistics are enough)."""
+
+    config: SearchConfig
+    url: str
+    shape: _Shape
+    proxy_names: list[str]
+    stats: dict[str, Any]
+    batch: tuple[torch.Tensor, torch.Tensor]
+
+
+def _worker_main(job: _WorkerJob, index: int) -> None:
+    """A spawned worker: open the study by URL and run trials until it is full."""
+    import os
+
+    import optuna
+
+    from kdsearch.proxies import create_proxy
+    from kdsearch.spaces import load_space
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // job.config.workers))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    config = job.config
+    # A different sampler seed per worker: the same seed everywhere would propose the same candidates.
+    sampler = create_sampler(replace(config, seed=config.seed + 7919 * index))
+    storage = get_storage(job.url, config.heartbeat_s)
+    study = optuna.load_study(study_name=config.study_name, storage=storage, sampler=sampler)
+    proxies = {name: create_proxy(name) for name in job.proxy_names}
+    objective = _Objective(load_space(config.space), job.shape, config, proxies, job.stats, job.batch, study)
+    _optimize(study, objective, config, [])
+
+
+def _start_helpers(job: _WorkerJob, count: int) -> list:
+    """Start ``count`` worker processes (spawn: safe with threads and CUDA) beside this one."""
+    if count <= 0:
+        return []
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    helpers = [context.Process(target=_worker_main, args=(job, i + 1), daemon=True) for i in range(count)]
+    for p in helpers:
+        p.start()
+    return helpers
+
+
+def _stop_helpers(helpers: list, *, terminate: bool) -> int:
+    """Join (or terminate, then join) the worker processes; the number that failed."""
+    for p in helpers:
+        if terminate and p.is_alive():
+            p.terminate()
+        p.join()
+    return sum(p.exitcode != 0 for p in helpers)
 
 
 def _count_complete(study) -> int:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
 
 from kdsearch.arch import Arch
 from kdsearch.errors import SpaceError
@@ -34,14 +33,9 @@ def builtin_space_names() -> list[str]:
 
 
 def _read_yaml(path: Path) -> object:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise SpaceError(f"cannot read search space file {path}: {e.strerror or e}; check the path") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise SpaceError(f"search space file {path} is not valid YAML ({e}); fix its syntax") from None
+    from kdsearch.config_files import load_yaml
+
+    return load_yaml(path, "search space file")
 
 
 def load_space(spec: str | Path) -> SearchSpace:

@@ -113,7 +113,7 @@ def test_deterministic_and_global_rng_untouched() -> None:
 def test_fast_equals_reference(teacher_cfg, student_cfg, semantic: str) -> None:
     teacher = _resnet(*teacher_cfg, seed=10)
     student = _resnet(*student_cfg, seed=11)
-    batch = _batch(n=16)
+    batch = _batch(n=16, size=16)
     ref = diswot_reference(teacher, student, batch, semantic=semantic)
     assert ref.semantic > 0 and ref.relation > 0
     sem = _score("diswot_semantic", teacher, student, batch, semantic=semantic)

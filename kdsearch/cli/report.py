@@ -1,0 +1,122 @@
+"""``kdsearch report`` (the HTML page of a run) and ``kdsearch doctor`` (is this machine ready)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.table import Table
+
+from kdsearch.cli import _options as o
+from kdsearch.cli._console import console, print_json
+
+__all__ = ["register", "report", "doctor"]
+
+
+
+def _report_tables(figures: dict[str, Any]) -> list[Table]:
+    from kdsearch.report.tables import fmt_int, fmt_ms, fmt_pct
+
+    t, s = figures["teacher"], figures["student"]
+    main = Table(title="teacher against student")
+    for col in ("", "teacher", "student"):
+        main.add_column(col, justify="left" if not col else "right")
+    main.add_row("val top-1", fmt_pct(t["val_acc"]), fmt_pct(s["val_acc"]))
+    main.add_row("params", fmt_int(t["params"]), fmt_int(s["params"]))
+    main.add_row("FLOPs", fmt_int(t["flops"]), fmt_int(s["flops"]))
+    if figures["qat"]:
+        main.add_row("val top-1 after QAT", "", fmt_pct(figures["qat"]["val_acc"]))
+    tables = [main]
+    if figures["export"]:
+        deploy = Table(title="deployment (ONNX Runtime)")
+        for col in ("file", "val top-1", "agreement", "p50 b=1", "p50 b=32", "size", "provider"):
+            deploy.add_column(col, justify="left" if col == "file" else "right")
+        for kind, f in figures["export"].items():
+            deploy.add_row(f"{kind}: {f['path']}", fmt_pct(f["accuracy"]), fmt_pct(f["top1_agreement"]),
+                           fmt_ms(f["latency_ms_b1"]), fmt_ms(f["latency_ms_b32"]), fmt_int(f["size_bytes"]) + "B",
+                           str(f["provider"] or ""))
+        tables.append(deploy)
+    return tables
+
+
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (the --out of `kdsearch run`).")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="Where to write the page (default RUN_DIR/report.html).",
+                                                 rich_help_panel=o.OUT)] = None,
+    json_out: o.Json = False,
+) -> None:
+    """Write RUN_DIR/report.html (one self-contained page) and summarise the run.
+
+    Example: kdsearch report runs/quick
+    """
+    from kdsearch.report.html import write_report
+
+    result = write_report(run_dir, out)
+    if json_out:
+        print_json(result)
+        return
+    for table in _report_tables(result):
+        console.print(table)
+    console.print(f"stages: {', '.join(result['stages']) or 'none'}")
+    console.print(f"report: [bold]{result['report']}[/]", highlight=False)
+
+
+def _doctor_tables(d: dict[str, Any]) -> list[Table]:
+    versions = Table(title=f"kdsearch doctor: Python {d['python']} on {d['platform']}")
+    versions.add_column("piece")
+    versions.add_column("state")
+    for dist, version in d["versions"].items():
+        if dist in ("onnxruntime", "onnxruntime-gpu") and version is None:
+            continue
+        versions.add_row(dist, version or "[red]not installed[/]")
+    versions.add_row("onnxruntime provided by", ", ".join(d["onnxruntime_dists"]) or "[red]nothing[/]")
+    versions.add_row("ONNX Runtime providers", ", ".join(d["ort_providers"]) or "–")
+    gpus = ", ".join(f"cuda:{g['index']} {g['name']} ({g['memory_gib']} GiB)" for g in d["cuda"])
+    versions.add_row("CUDA devices", gpus or "none (CPU only)")
+    for name, where in d["datasets"].items():
+        versions.add_row(f"dataset {name}", where or "[yellow]not found[/]")
+    versions.add_row("PostgreSQL driver (psycopg2)", "yes" if d["postgres_driver"] else "[yellow]no[/]")
+    versions.add_row("optuna-dashboard", d["optuna_dashboard"] or "[yellow]not installed[/]")
+    tables = [versions]
+    if d["problems"]:
+        problems = Table(title="problems")
+        problems.add_column("")
+        problems.add_column("what")
+        problems.add_column("fix")
+        for p in d["problems"]:
+            problems.add_row("[red]required[/]" if p["required"] else "[yellow]optional[/]", p["what"], p["fix"])
+        tables.append(problems)
+    return tables
+
+
+def doctor(
+    data_dir: o.DataDir = None,
+    json_out: o.Json = False,
+) -> None:
+    """Check this machine: versions, GPUs, ONNX Runtime, datasets; each problem with its fix.
+
+    Exits 1 when a required piece is broken.
+
+    Example: kdsearch doctor --json
+    """
+    from kdsearch.doctor import diagnose
+
+    result = diagnose(data_dir)
+    d = result.to_dict()
+    if json_out:
+        print_json(d)
+    else:
+        for table in _doctor_tables(d):
+            console.print(table)
+        if result.healthy:
+            console.print("[green]healthy[/]")
+    if not result.healthy:
+        from kdsearch.errors import KdsearchError
+
+        broken = [p for p in result.problems if p.required]
+        raise KdsearchError(f"{len(broken)} required piece(s) broken; first fix: {broken[0].fix}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("report", rich_help_panel="Information")(report)
+    app.command("doctor", rich_help_panel="Information")(doctor)

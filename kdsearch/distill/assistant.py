@@ -1,0 +1,152 @@
+"""Teacher-assistant distillation (Mirzadeh et al., "Improved Knowledge Distillation via
+Teacher Assistant", AAAI 2020).
+
+When the teacher is much larger than the student, distilling through a network of
+intermediate size narrows the gap: teacher → assistant, then assistant → student. With
+``--assistant auto`` the assistant comes from the search's own Pareto front.
+"""
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from kdsearch.arch import Arch
+from kdsearch.data import Dataset
+from kdsearch.distill.trainer import TrainConfig
+from kdsearch.errors import UsageError
+from kdsearch.models.teacher import Teacher
+from kdsearch.progress import NULL_PROGRESS, Progress
+
+__all__ = ["assistant_from_leaderboard", "resolve_assistant", "distill_with_assistant", "assistant_stage"]
+
+
+def _count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def assistant_from_leaderboard(leaderboard: Path, teacher_params: int, student_params: int,
+                               proxy: str | None = None) -> tuple[Arch, dict[str, Any]]:
+    """The Pareto-front arch whose size is closest (in log params) to √(teacher · student).
+
+    Every row of ``leaderboard.csv`` counts, infeasible ones too: the assistant may exceed
+    the student's budget. The front maximises ``score_<proxy>`` (default: the first score
+    column) and minimises params; only archs strictly between student and teacher size
+    qualify.
+
+    Raises:
+        UsageError: no leaderboard, or no front arch of intermediate size.
+    """
+    from kdsearch.search.winner import pareto_front
+
+    if not leaderboard.exists():
+        raise UsageError(f"--assistant auto needs the search's {leaderboard}; run `kdsearch search` first or give ARCH.json")
+    with leaderboard.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    score_cols = [c for c in (rows[0] if rows else {}) if c.startswith("score_")]
+    score = f"score_{proxy}" if proxy and f"score_{proxy}" in score_cols else (score_cols[0] if score_cols else None)
+    if score is None:
+        raise UsageError(f"{leaderboard} has no scored candidates; rerun the search or give --assistant ARCH.json")
+    parsed = [{"arch": r["arch"], "params": int(float(r["params"])), score: float(r[score])}
+              for r in rows if r.get(score) not in (None, "", "nan")]
+    target = math.sqrt(teacher_params * student_params)
+    between = [r for r in pareto_front(parsed, score, "params") if student_params < r["params"] < teacher_params]
+    if not between:
+        raise UsageError(
+            f"the search front in {leaderboard} has no arch between the student ({student_params:,} params) and the "
+            f"teacher ({teacher_params:,}); give --assistant ARCH.json"
+        )
+    best = min(between, key=lambda r: abs(math.log(r["params"]) - math.log(target)))
+    return Arch.from_json(best["arch"]), {"params": best["params"], "score": best[score], "target_params": target}
+
+
+def resolve_assistant(spec: str, run_dir: Path | None, teacher: Teacher, student_params: int) -> Arch:
+    """``--assistant ARCH.json`` or ``auto`` (from ``run_dir/search/leaderboard.csv``)."""
+    if spec != "auto":
+        path = Path(spec)
+        if not path.is_file():
+            raise UsageError(f"--assistant {spec}: no such file; give an Arch JSON file or 'auto'")
+        return Arch.load(path)
+    if run_dir is None:
+        raise UsageError("--assistant auto needs a RUN_DIR with a finished search; give --assistant ARCH.json instead")
+    proxy = None
+    winner = run_dir / "search" / "winner.json"
+    if winner.exists():
+        from kdsearch.files import read_json
+
+        proxy = read_json(winner).get("proxy")
+    arch, _ = assistant_from_leaderboard(run_dir / "search" / "leaderboard.csv", _count(teacher.module), student_params, proxy)
+    return arch
+
+
+def distill_with_assistant(
+    arch: Arch,
+    assistant: Arch,
+    teacher: Teacher,
+    dataset: Dataset,
+    out_dir: Path,
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    space_spec: str | None = None,
+    progress: Progress = NULL_PROGRESS,
+) -> dict[str, Any]:
+    """Distil teacher → ``assistant`` (into ``out_dir/assistant``), then assistant → ``arch`` (into ``out_dir``).
+
+    Both legs use ``config``; the student's metrics.json records the assistant and its accuracy.
+    """
+    from kdsearch.distill.stage import distill_student, student_space
+    from kdsearch.files import read_json
+    from kdsearch.models.teacher import load_model_dir
+
+    progress.note(f"teacher assistant: {assistant.space} {assistant.key}")
+    ta_dir = out_dir / "assistant"
+    if resume and (ta_dir / "model.safetensors").exists():
+        progress.note(f"assistant already distilled in {ta_dir}")
+        ta_module, _ = load_model_dir(ta_dir)
+        ta_metrics = read_json(ta_dir / "metrics.json")
+    else:
+        ta_metrics = distill_student(assistant, teacher, dataset, ta_dir, config, resume=resume, space_spec=space_spec,
+                                     progress=progress, weights_name="model", keep_module=True)
+        ta_module = ta_metrics.pop("module")
+    ta_teacher = Teacher(ta_module, str(ta_dir), True, assistant, None,
+                         {"num_classes": dataset.num_classes, "in_channels": dataset.in_channels,
+                          "family": student_space(assistant, space_spec).family})
+    metrics = distill_student(arch, ta_teacher, dataset, out_dir, config, resume=resume, space_spec=space_spec,
+                              progress=progress,
+                              extra={"assistant": {"arch": assistant.to_dict(), "params": _count(ta_module),
+                                                   "val_acc": ta_metrics.get("val_acc"), "teacher": teacher.source}})
+    return metrics
+
+
+def assistant_stage(
+    run_dir: Path,
+    arch: Arch,
+    spec: str,
+    teacher: Teacher,
+    dataset: Dataset,
+    config: TrainConfig,
+    *,
+    search_dir: Path | None = None,
+    space_spec: str | None = None,
+    resume: bool = False,
+    progress: Progress = NULL_PROGRESS,
+) -> dict[str, Any]:
+    """``kdsearch distill --assistant SPEC``: resolve the assistant, distil through it into ``run_dir/distill``.
+
+    ``search_dir`` is the run whose ``search/leaderboard.csv`` ``auto`` reads (default ``run_dir``).
+    """
+    from kdsearch.distill.stage import build_student
+    from kdsearch.files import read_json
+
+    out = run_dir / "distill"
+    if resume and (out / "student.safetensors").exists():
+        progress.note(f"student already distilled in {out}")
+        return read_json(out / "metrics.json")
+    student_params = _count(build_student(arch, dataset, config.seed, space_spec))
+    ta = resolve_assistant(spec, search_dir or run_dir, teacher, student_params)
+    return distill_with_assistant(arch, ta, teacher, dataset, out, config, resume=resume, space_spec=space_spec,
+                                  progress=progress)

@@ -1,0 +1,292 @@
+"""``report.html``: one self-contained page (inline CSS, PNGs as data URIs) a person can open.
+
+Sections appear for the stages that ran: teacher against student, the search's Pareto front and
+leaderboard, training curves, the deployment table from ``export/export.json``, the
+proxy-against-accuracy plots of ``correlate/`` and the resolved configuration (``run.yaml``).
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from kdsearch.files import write_text
+from kdsearch.report.summary import RunContents, key_figures, read_run
+from kdsearch.report.tables import fmt_int, fmt_ms, fmt_pct
+
+__all__ = ["write_report", "render_report", "png_data_uri"]
+
+_LEADERBOARD_TOP = 15
+
+_CSS = """
+:root { --ink:#1d2433; --muted:#5b6478; --line:#dfe3ea; --accent:#2f6fde; --good:#1a8a4a; --bad:#c0392b;
+        --card:#ffffff; --page:#f4f6f9; }
+* { box-sizing: border-box; }
+body { margin:0; background:var(--page); color:var(--ink);
+       font:15px/1.45 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
+header { background:#1d2433; color:#fff; padding:22px 32px; }
+header h1 { margin:0 0 4px; font-size:22px; font-weight:600; }
+header .meta { color:#b8c0d0; font-size:13px; }
+main { max-width:1120px; margin:0 auto; padding:20px 24px 48px; }
+section { background:var(--card); border:1px solid var(--line); border-radius:8px; padding:18px 22px; margin:18px 0; }
+h2 { margin:0 0 12px; font-size:18px; font-weight:600; }
+h3 { margin:14px 0 6px; font-size:15px; color:var(--muted); font-weight:600; }
+.cards { display:flex; gap:14px; flex-wrap:wrap; }
+.card { flex:1 1 180px; background:var(--card); border:1px solid var(--line); border-radius:8px; padding:12px 16px; }
+.card .label { color:var(--muted); font-size:12px; text-transform:uppercase; letter-spacing:.04em; }
+.card .value { font-size:24px; font-weight:600; margin-top:2px; }
+.card .sub { color:var(--muted); font-size:13px; }
+table { border-collapse:collapse; width:100%; font-size:14px; }
+th, td { padding:6px 10px; border-bottom:1px solid var(--line); text-align:right; white-space:nowrap; }
+th { background:#f0f3f8; color:var(--muted); font-weight:600; }
+th:first-child, td:first-child { text-align:left; }
+td.genes, th.genes { text-align:left; font-family:ui-monospace, Menlo, Consolas, monospace; font-size:12.5px; white-space:normal; }
+tr.winner td { background:#fff6db; font-weight:600; }
+.figures { display:flex; flex-wrap:wrap; gap:16px; }
+figure { margin:0; flex:1 1 460px; max-width:640px; }
+figure img { width:100%; height:auto; border:1px solid var(--line); border-radius:6px; background:#fff; }
+figcaption { color:var(--muted); font-size:13px; margin-top:4px; }
+pre { background:#f6f8fa; border:1px solid var(--line); border-radius:6px; padding:12px; overflow:auto;
+      font-size:12.5px; max-height:480px; }
+.ok { color:var(--good); } .warn { color:var(--bad); }
+.muted { color:var(--muted); }
+"""
+
+
+def png_data_uri(data: bytes) -> str:
+    """A ``data:image/png;base64,...`` URI for PNG bytes."""
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]], row_classes: Sequence[str] | None = None,
+           genes_col: int | None = None) -> str:
+    head = "".join(f'<th class="genes">{_e(h)}</th>' if j == genes_col else f"<th>{_e(h)}</th>"
+                   for j, h in enumerate(header))
+    body = []
+    for i, row in enumerate(rows):
+        cls = f' class="{row_classes[i]}"' if row_classes and row_classes[i] else ""
+        cells = "".join(
+            f'<td class="genes">{_e(c)}</td>' if j == genes_col else f"<td>{_e(c)}</td>" for j, c in enumerate(row)
+        )
+        body.append(f"<tr{cls}>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _figure(png: bytes, caption: str) -> str:
+    return f'<figure><img src="{png_data_uri(png)}" alt="{_e(caption)}"><figcaption>{_e(caption)}</figcaption></figure>'
+
+
+def _section(title: str, body: str, anchor: str) -> str:
+    return f'<section id="{anchor}"><h2>{_e(title)}</h2>{body}</section>'
+
+
+def _genes(arch: Any) -> str:
+    if isinstance(arch, str):
+        try:
+            arch = json.loads(arch)
+        except json.JSONDecodeError:
+            return arch
+    if isinstance(arch, dict):
+        return f"{arch.get('space', '')} " + json.dumps(arch.get("genes", arch), separators=(",", ":"))
+    return str(arch)
+
+
+def _cards(figures: dict[str, Any]) -> str:
+    t, s, exp = figures["teacher"], figures["student"], figures["export"] or {}
+    cards = []
+    if s["val_acc"] is not None:
+        delta = f"teacher {fmt_pct(t['val_acc'])}" if t["val_acc"] is not None else ""
+        cards.append(("student val top-1", fmt_pct(s["val_acc"]), delta))
+    if s["params"] and t["params"]:
+        cards.append(("parameters", fmt_int(s["params"]), f"{t['params'] / s['params']:.1f}× fewer than the teacher"))
+    elif s["params"]:
+        cards.append(("parameters", fmt_int(s["params"]), ""))
+    fp32 = exp.get("fp32")
+    if fp32 and fp32["latency_ms_b1"] is not None:
+        cards.append(("ONNX latency b=1", fmt_ms(fp32["latency_ms_b1"]), f"p50, {fp32['provider'] or ''}"))
+    search = figures["search"]
+    if search:
+        cards.append(("candidates scored", str(search["unique_candidates"]),
+                      f"{search['feasible_candidates']} within budget, proxy {search['proxy']}"))
+    if not cards:
+        return ""
+    return '<div class="cards">' + "".join(
+        f'<div class="card"><div class="label">{_e(a)}</div><div class="value">{_e(b)}</div>'
+        f'<div class="sub">{_e(c)}</div></div>' for a, b, c in cards) + "</div>"
+
+
+def _comparison(run: RunContents, figures: dict[str, Any]) -> str:
+    t, s = figures["teacher"], figures["student"]
+    rows = [
+        ["val top-1", fmt_pct(t["val_acc"]), fmt_pct(s["val_acc"]),
+         f"{100 * (s['val_acc'] - t['val_acc']):+.2f} pp" if s["val_acc"] is not None and t["val_acc"] is not None else "–"],
+        ["test top-1", fmt_pct((run.teacher or {}).get("test_acc")), fmt_pct(s["test_acc"]), ""],
+        ["params", fmt_int(t["params"]), fmt_int(s["params"]),
+         f"{t['params'] / s['params']:.1f}× fewer" if t["params"] and s["params"] else "–"],
+        ["FLOPs", fmt_int(t["flops"]), fmt_int(s["flops"]),
+         f"{t['flops'] / s['flops']:.1f}× fewer" if t["flops"] and s["flops"] else "–"],
+    ]
+    if run.qat is not None:
+        rows.append(["val top-1 after QAT (int8)", "", fmt_pct(run.qat.get("val_acc")), ""])
+    if run.export is not None:
+        eager = run.export.get("pytorch_eager", {})
+        lat = eager.get("latency_ms", {})
+        rows.append([f"latency b=1, PyTorch eager ({eager.get('device', '?')})", "",
+                     fmt_ms(lat.get("batch_1", {}).get("p50")), ""])
+        for kind, f in (figures["export"] or {}).items():
+            rows.append([f"latency b=1, ONNX {kind} ({f['provider']})", "", fmt_ms(f["latency_ms_b1"]), ""])
+    return _table(["", "teacher", "student", "student vs teacher"], rows)
+
+
+def _pareto_png(run: RunContents) -> bytes | None:
+    existing = run.images.get("search") or []
+    if existing:
+        return existing[0].read_bytes()
+    if not run.leaderboard or run.winner is None:
+        return None
+    from kdsearch.report.plots import plot_pareto
+
+    score = f"score_{run.winner.get('proxy', 'diswot')}"
+    winner_key = json.dumps(run.winner["arch"], sort_keys=True, separators=(",", ":"))
+    winner_row = next((r for r in run.leaderboard if r["arch"] == winner_key), None)
+    if winner_row is None or score not in winner_row:
+        return None
+    unique = list({r["arch"]: r for r in run.leaderboard}.values())
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "pareto.png"
+        plot_pareto(unique, winner_row, score, path)
+        return path.read_bytes()
+
+
+def _search(run: RunContents) -> str:
+    if run.winner is None and not run.leaderboard:
+        return ""
+    parts = []
+    winner = run.winner or {}
+    if winner:
+        parts.append(f'<p>Winner (rule <b>{_e(winner.get("rule"))}</b> on proxy <b>{_e(winner.get("proxy"))}</b>, '
+                     f'trial {_e(winner.get("trial"))}): <code>{_e(_genes(winner.get("arch")))}</code></p>')
+    png = _pareto_png(run)
+    if png is not None:
+        parts.append(f'<div class="figures">{_figure(png, "Proxy score against parameters; ★ the winner")}</div>')
+    if run.leaderboard:
+        proxy = winner.get("proxy") or next((k[6:] for k in run.leaderboard[0] if k.startswith("score_")), None)
+        key = f"score_{proxy}"
+        unique = sorted({r["arch"]: r for r in run.leaderboard}.values(), key=lambda r: -(r.get(key) or float("-inf")))
+        winner_key = json.dumps(winner.get("arch"), sort_keys=True, separators=(",", ":")) if winner else None
+        top = unique[:_LEADERBOARD_TOP]
+        rows = [[str(i + 1), ("★ " if r["arch"] == winner_key else "") + _genes(r["arch"]),
+                 f"{r[key]:.5g}" if isinstance(r.get(key), float) else "–", fmt_int(r.get("params")),
+                 fmt_int(r.get("flops")), "yes" if r.get("feasible") else "no"] for i, r in enumerate(top)]
+        classes = ["winner" if r["arch"] == winner_key else "" for r in top]
+        parts.append(f"<h3>Leaderboard: top {len(top)} of {len(unique)} unique candidates by {_e(proxy)}</h3>")
+        parts.append(_table(["#", "architecture", str(proxy), "params", "FLOPs", "within budget"], rows, classes,
+                            genes_col=1))
+    return _section("Search", "".join(parts), "search")
+
+
+def _curves(run: RunContents) -> str:
+    figs = []
+    for stage, caption in (("teacher", "teacher training"), ("distill", "student distillation"),
+                           ("qat", "quantization-aware training")):
+        for path in run.images.get(stage, []):
+            figs.append(_figure(path.read_bytes(), caption))
+    return _section("Training curves", f'<div class="figures">{"".join(figs)}</div>', "curves") if figs else ""
+
+
+def _deployment(run: RunContents) -> str:
+    if run.export is None:
+        return ""
+    rows, classes = [], []
+    rule = run.export.get("parity_rule", {})
+    need = rule.get("min_top1_agreement")
+    for kind, f in run.export.get("files", {}).items():
+        agreements = [p["top1_agreement"] for p in f.get("parity", {}).values() if "top1_agreement" in p]
+        diffs = [p["max_abs_diff"] for p in f.get("parity", {}).values() if "max_abs_diff" in p]
+        lat = f.get("latency_ms", {})
+        rows.append([
+            f"{kind}: {f.get('path', '')}",
+            fmt_pct(f.get("accuracy")),
+            fmt_pct(min(agreements)) if agreements else "–",
+            f"{max(diffs):.2e}" if diffs else "–",
+            fmt_ms(lat.get("batch_1", {}).get("p50")),
+            fmt_ms(lat.get("batch_32", {}).get("p50")),
+            fmt_int(f.get("size_bytes")) + "B",
+            str(f.get("provider_used", "")),
+        ])
+        classes.append("" if not agreements or need is None or min(agreements) >= need else "warn")
+    eager = run.export.get("pytorch_eager")
+    if eager:
+        lat = eager.get("latency_ms", {})
+        rows.append([f"PyTorch eager (reference, {eager.get('device', '')})", fmt_pct(eager.get("accuracy")), "", "",
+                     fmt_ms(lat.get("batch_1", {}).get("p50")), fmt_ms(lat.get("batch_32", {}).get("p50")), "", ""])
+        classes.append("")
+    note = ""
+    if rule:
+        note = (f'<p class="muted">Parity: ONNX Runtime ({_e(rule.get("provider"))}) against PyTorch on '
+                f'{_e(rule.get("images"))} images; top-1 agreement must be ≥ {fmt_pct(need)}. Latency is the median '
+                f'(p50) of timed runs after warm-up.</p>')
+    table = _table(["file", "val top-1", "top-1 agreement", "max |Δlogit|", "p50 b=1", "p50 b=32", "size", "provider"],
+                   rows, classes)
+    return _section("Deployment (ONNX)", table + note, "deploy")
+
+
+def _correlate(run: RunContents) -> str:
+    pngs = run.images.get("correlate") or []
+    if not pngs:
+        return ""
+    figs = "".join(_figure(p.read_bytes(), f"correlate/{p.name}") for p in pngs)
+    return _section("Does the proxy pick well? (proxy against accuracy)", f'<div class="figures">{figs}</div>',
+                    "correlate")
+
+
+def render_report(run: RunContents) -> str:
+    """The HTML page for ``run`` (a complete document with everything inlined)."""
+    figures = key_figures(run)
+    dataset = run.config.get("data", {}).get("spec", "?") if isinstance(run.config.get("data"), dict) else "?"
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stages = ", ".join(run.stages) or "none yet"
+    overview = _cards(figures)
+    if run.teacher is not None or run.winner is not None or run.distill is not None:
+        overview += "<h3>Teacher against student</h3>" + _comparison(run, figures)
+    body = [
+        _section("Overview", overview or '<p class="muted">No stage has finished in this run yet.</p>', "overview"),
+        _search(run),
+        _curves(run),
+        _deployment(run),
+        _correlate(run),
+        _section("Configuration (run.yaml)", f"<pre>{_e(run.config_text)}</pre>", "config"),
+    ]
+    title = f"kdsearch report: {run.run_dir.name}"
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
+        f"<header><h1>{_e(title)}</h1><div class=\"meta\">{_e(run.run_dir)} · data {_e(dataset)} · "
+        f"stages: {_e(stages)} · written {_e(stamp)}</div></header>"
+        f"<main>{''.join(b for b in body if b)}</main></body></html>\n"
+    )
+
+
+def write_report(run_dir: Path, out: Path | None = None) -> dict[str, Any]:
+    """Write the run's HTML report (``run_dir/report.html`` unless ``out``) atomically.
+
+    Returns:
+        ``{"report": path, **key figures}`` (see :func:`kdsearch.report.summary.key_figures`).
+
+    Raises:
+        UsageError: ``run_dir`` is not a run directory (no ``run.yaml``).
+    """
+    run = read_run(Path(run_dir))
+    path = Path(out) if out is not None else run.run_dir / "report.html"
+    write_text(path, render_report(run))
+    return {"report": str(path), **key_figures(run)}

@@ -1,0 +1,175 @@
+"""What a run directory holds, read once for the HTML page and the terminal summary.
+
+Every stage is optional: a run stopped after the search still has a report, with only the
+sections of the stages that ran.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kdsearch.errors import ConfigError, UsageError
+from kdsearch.files import read_json
+
+__all__ = ["RunContents", "read_run", "key_figures", "leaderboard_rows"]
+
+_INT_COLUMNS = ("trial", "params", "flops")
+_BOOL_COLUMNS = ("feasible", "reused")
+
+
+@dataclass
+class RunContents:
+    """The artifacts of one run directory; None (or empty) for what a stage did not write."""
+
+    run_dir: Path
+    config_text: str  # run.yaml as written (the resolved configuration)
+    config: dict[str, Any]
+    teacher: dict[str, Any] | None = None  # teacher/metrics.json
+    teacher_model: dict[str, Any] | None = None  # teacher/model.json
+    winner: dict[str, Any] | None = None  # search/winner.json
+    leaderboard: list[dict[str, Any]] = field(default_factory=list)  # search/leaderboard.csv
+    distill: dict[str, Any] | None = None  # distill/metrics.json
+    qat: dict[str, Any] | None = None  # qat/metrics.json
+    export: dict[str, Any] | None = None  # export/export.json
+    summary: dict[str, Any] | None = None  # summary.json (written by `kdsearch run`)
+    images: dict[str, list[Path]] = field(default_factory=dict)  # section -> PNGs, in page order
+
+    @property
+    def stages(self) -> list[str]:
+        """The stages that left results, in pipeline order."""
+        done = {"teacher": self.teacher, "search": self.winner, "distill": self.distill, "qat": self.qat,
+                "export": self.export}
+        return [name for name, value in done.items() if value is not None]
+
+
+def _optional_json(path: Path) -> dict[str, Any] | None:
+    return read_json(path, what=path.name) if path.is_file() else None
+
+
+def _number(text: str) -> Any:
+    if text == "":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def leaderboard_rows(path: Path) -> list[dict[str, Any]]:
+    """``search/leaderboard.csv`` with numbers, booleans and empty cells (None) restored."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            raw = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise ConfigError(f"cannot read {path} ({e}); re-run `kdsearch search` to rewrite it") from None
+    rows = []
+    for r in raw:
+        row: dict[str, Any] = {}
+        for key, value in r.items():
+            if key in _BOOL_COLUMNS:
+                row[key] = value == "True"
+            elif key == "arch":
+                row[key] = value
+            elif key in _INT_COLUMNS and value not in ("", None):
+                row[key] = int(float(value))
+            else:
+                row[key] = _number(value or "")
+        rows.append(row)
+    return rows
+
+
+def _pngs(directory: Path, names: tuple[str, ...] | None = None) -> list[Path]:
+    if not directory.is_dir():
+        return []
+    if names is not None:
+        return [directory / n for n in names if (directory / n).is_file()]
+    return sorted(directory.glob("*.png"))
+
+
+def read_run(run_dir: Path) -> RunContents:
+    """Read what ``run_dir`` holds; a :class:`UsageError` when it is not a run directory."""
+    import yaml
+
+    run_dir = Path(run_dir)
+    config_path = run_dir / "run.yaml"
+    if not config_path.is_file():
+        raise UsageError(
+            f"{run_dir} is not a kdsearch run directory (no run.yaml); give the --out folder of a `kdsearch run`"
+        )
+    config_text = config_path.read_text(encoding="utf-8")
+    try:
+        config = yaml.safe_load(config_text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{config_path} is not valid YAML ({e}); fix it or re-run `kdsearch run`") from None
+    contents = RunContents(run_dir=run_dir, config_text=config_text, config=config if isinstance(config, dict) else {})
+    contents.teacher = _optional_json(run_dir / "teacher" / "metrics.json")
+    contents.teacher_model = _optional_json(run_dir / "teacher" / "model.json")
+    contents.winner = _optional_json(run_dir / "search" / "winner.json")
+    if (run_dir / "search" / "leaderboard.csv").is_file():
+        contents.leaderboard = leaderboard_rows(run_dir / "search" / "leaderboard.csv")
+    contents.distill = _optional_json(run_dir / "distill" / "metrics.json")
+    contents.qat = _optional_json(run_dir / "qat" / "metrics.json")
+    contents.export = _optional_json(run_dir / "export" / "export.json")
+    contents.summary = _optional_json(run_dir / "summary.json")
+    contents.images = {
+        "search": _pngs(run_dir / "search", ("pareto.png",)),
+        "teacher": _pngs(run_dir / "teacher", ("curves.png",)),
+        "distill": _pngs(run_dir / "distill", ("curves.png",)),
+        "qat": _pngs(run_dir / "qat", ("curves.png",)),
+        "correlate": _pngs(run_dir / "correlate"),
+    }
+    return contents
+
+
+def _min_agreement(entry: dict[str, Any]) -> float | None:
+    values = [p["top1_agreement"] for p in entry.get("parity", {}).values() if "top1_agreement" in p]
+    return min(values) if values else None
+
+
+def key_figures(run: RunContents) -> dict[str, Any]:
+    """The numbers a person looks for first; None where the stage did not run."""
+    s = run.summary or {}
+    teacher = s.get("teacher", {})
+    student = s.get("student", {})
+    winner = run.winner or {}
+    teacher_acc = teacher.get("val_acc")
+    if teacher_acc is None:
+        teacher_acc = (run.teacher or {}).get("val_acc", (run.distill or {}).get("teacher_val_acc"))
+    teacher_params = teacher.get("params", (run.teacher or {}).get("params"))
+    student_params = student.get("params", winner.get("params", (run.distill or {}).get("params")))
+    figures: dict[str, Any] = {
+        "stages": run.stages,
+        "teacher": {"val_acc": teacher_acc, "params": teacher_params, "flops": teacher.get("flops")},
+        "student": {
+            "arch": winner.get("arch", student.get("arch")),
+            "val_acc": (run.distill or {}).get("val_acc"),
+            "test_acc": (run.distill or {}).get("test_acc"),
+            "params": student_params,
+            "flops": student.get("flops", winner.get("flops")),
+        },
+        "search": None,
+        "qat": None,
+        "export": None,
+    }
+    if run.winner is not None:
+        figures["search"] = {k: winner.get(k) for k in ("proxy", "score", "complete_trials", "unique_candidates",
+                                                        "feasible_candidates")}
+    if run.qat is not None:
+        figures["qat"] = {"val_acc": run.qat.get("val_acc")}
+    if run.export is not None:
+        figures["export"] = {
+            kind: {
+                "path": f.get("path"),
+                "accuracy": f.get("accuracy"),
+                "top1_agreement": _min_agreement(f),
+                "latency_ms_b1": f.get("latency_ms", {}).get("batch_1", {}).get("p50"),
+                "latency_ms_b32": f.get("latency_ms", {}).get("batch_32", {}).get("p50"),
+                "size_bytes": f.get("size_bytes"),
+                "provider": f.get("provider_used"),
+            }
+            for kind, f in run.export.get("files", {}).items()
+        }
+    return json.loads(json.dumps(figures, default=str))  # plain JSON types only

@@ -1,0 +1,354 @@
+"""Does the proxy pick well? Distil a stratified sample of a space and rank-correlate proxies with accuracy.
+
+``correlate`` samples architectures spread evenly over log-parameters, distils each with the
+standard KD recipe for a few epochs, scores each with every proxy (and with DisWOT variants:
+teacher initialisation, batch size, term weights) and reports per proxy:
+
+- Kendall τ and Spearman ρ against distilled accuracy;
+- a size-controlled Kendall τ: proxy and accuracy are each residualised on log-params with
+  least squares, then ranked; what a proxy knows beyond "bigger is better";
+- top-5 hit rate: the share of the five most accurate archs among the proxy's five best;
+- regret under budget: for several params budgets, the accuracy of the best arch within the
+  budget minus that of the proxy's favourite within it (0 is perfect).
+
+Every finished student is appended to ``students.jsonl`` (one fsynced JSON line) and never
+trained twice; scores are recomputed on every run (seconds), so new proxies need no training.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import random
+import time
+import zlib
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from kdsearch.arch import Arch
+from kdsearch.data import Dataset, fixed_batch
+from kdsearch.distill.trainer import TrainConfig
+from kdsearch.errors import UsageError
+from kdsearch.files import write_json, write_text
+from kdsearch.models.teacher import Teacher
+from kdsearch.progress import NULL_PROGRESS, Progress
+
+__all__ = [
+    "CorrelateConfig",
+    "CorrelateResult",
+    "run_correlate",
+    "stratified_archs",
+    "proxy_metrics",
+    "size_controlled_tau",
+    "regret_under_budget",
+    "top_k_hit_rate",
+    "DISWOT_WEIGHTS",
+    "with_train",
+]
+
+BASELINES = ("params", "flops")  # always reported: a proxy must beat these to be worth its cost
+# w_rel / w_sem ratios tried for the combined DisWOT score, from its two separately scored terms
+DISWOT_WEIGHTS = (0.01, 0.1, 1.0, 10.0, 100.0)
+
+
+@dataclass(frozen=True)
+class CorrelateConfig:
+    """What one correlation study asks for; saved in ``correlate.json``."""
+
+    space: str = "resnet_cifar"
+    archs: int = 30
+    proxies: tuple[str, ...] | None = None  # None: every registered proxy
+    proxy_batch: int = 64  # the main variant's batch; the one the search uses by default
+    extra_batches: tuple[int, ...] = (16, 256)  # teacher-aware proxies are also scored at these
+    teacher_inits: tuple[str, ...] = ("pretrained", "random")  # the first is the main variant
+    max_params: int | None = None  # sample only archs this small
+    pool: int = 2000  # archs sampled before stratifying
+    budgets: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)  # params-quantiles of the sample used as budgets
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        epochs=1, batch_size=128, augment=False, cache_teacher=True,  # no augmentation in 1-2 epochs: cache the teacher
+        schedule="onecycle", lr=0.2))
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.archs < 5:
+            raise UsageError(f"--archs must be at least 5 for rank statistics to mean anything (got {self.archs})")
+        if self.proxy_batch < 2 or any(b < 2 for b in self.extra_batches):
+            raise UsageError("proxy batch sizes must be at least 2")
+        if not self.teacher_inits or any(t not in {"pretrained", "random"} for t in self.teacher_inits):
+            raise UsageError(f"--teacher-init values are pretrained and random (got {','.join(self.teacher_inits)})")
+        if any(not 0 < b <= 1 for b in self.budgets):
+            raise UsageError("budgets are params-quantiles in (0, 1]")
+        if self.max_params is not None and self.max_params <= 0:
+            raise UsageError(f"--max-params must be positive (got {self.max_params})")
+
+
+@dataclass
+class CorrelateResult:
+    students: list[dict[str, Any]]  # one per arch: arch, params, flops, acc, scores (per variant)
+    metrics: list[dict[str, Any]]  # one per proxy variant, best size-controlled τ first
+    out_dir: Path
+    trained_now: int = 0
+
+
+def stratified_archs(space, dataset: Dataset, n: int, *, seed: int, pool: int = 2000,
+                     max_params: int | None = None) -> list[Arch]:
+    """``n`` distinct archs spread evenly over log-parameters: sample ``pool``, sort by size, take quantiles."""
+    rng = random.Random(seed)
+    sized: dict[str, tuple[int, Arch]] = {}
+    for _ in range(pool):
+        arch = space.sample(rng)
+        if arch.key in sized:
+            continue
+        with torch.device("meta"):  # parameter count without allocating
+            model = space.build(arch, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
+        params = sum(p.numel() for p in model.parameters())
+        if max_params is None or params <= max_params:
+            sized[arch.key] = (params, arch)
+    ordered = sorted(sized.values(), key=lambda pa: (pa[0], pa[1].key))
+    if len(ordered) < n:
+        raise UsageError(f"only {len(ordered)} distinct archs of {space.name} fit; ask for fewer --archs or raise --max-params")
+    picks = sorted({round(i * (len(ordered) - 1) / (n - 1)) for i in range(n)})
+    return [ordered[i][1] for i in picks]
+
+
+def _rank_corr(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
+    from scipy import stats
+
+    if len(set(x)) < 2 or len(set(y)) < 2:
+        return float("nan"), float("nan")
+    return float(stats.kendalltau(x, y).statistic), float(stats.spearmanr(x, y).statistic)
+
+
+def _residuals(values: Sequence[float], log_params: Sequence[float]) -> list[float]:
+    import numpy as np
+
+    a = np.column_stack([np.ones(len(log_params)), np.asarray(log_params, float)])  # (n, 2)
+    v = np.asarray(values, float)  # (n,)
+    coef, *_ = np.linalg.lstsq(a, v, rcond=None)
+    return list(v - a @ coef)
+
+
+def size_controlled_tau(scores: Sequence[float], acc: Sequence[float], params: Sequence[float]) -> float:
+    """Kendall τ of the residuals of ``scores`` and ``acc`` after a least-squares fit on log-params each."""
+    from scipy import stats
+
+    logp = [math.log(p) for p in params]
+    rs, ra = _residuals(scores, logp), _residuals(acc, logp)
+    if max(rs) - min(rs) <= 1e-9 * max(1.0, max(abs(v) for v in scores)):
+        return float("nan")  # a function of log-params alone (params, near enough flops): nothing left to rank
+    return float(stats.kendalltau(rs, ra).statistic)
+
+
+def top_k_hit_rate(scores: Sequence[float], acc: Sequence[float], k: int = 5) -> float:
+    """Share of the ``k`` most accurate archs that are among the proxy's ``k`` best."""
+    best = set(sorted(range(len(acc)), key=lambda i: -acc[i])[:k])
+    picked = set(sorted(range(len(scores)), key=lambda i: -scores[i])[:k])
+    return len(best & picked) / k
+
+
+def regret_under_budget(scores: Sequence[float], acc: Sequence[float], params: Sequence[float],
+                        budgets: Sequence[float]) -> list[float]:
+    """Per budget: best accuracy within it minus the accuracy of the proxy's best within it."""
+    out = []
+    for budget in budgets:
+        inside = [i for i in range(len(params)) if params[i] <= budget]
+        if not inside:
+            out.append(float("nan"))
+            continue
+        true_best = max(acc[i] for i in inside)
+        pick = max(inside, key=lambda i: (scores[i], -params[i]))
+        out.append(true_best - acc[pick])
+    return out
+
+
+def proxy_metrics(scores: Sequence[float], acc: Sequence[float], params: Sequence[float],
+                  budgets: Sequence[float]) -> dict[str, Any]:
+    """Every figure of merit of one proxy against distilled accuracy."""
+    tau, rho = _rank_corr(scores, acc)
+    regrets = regret_under_budget(scores, acc, params, budgets)
+    finite = [r for r in regrets if not math.isnan(r)]
+    return {
+        "kendall_tau": tau,
+        "spearman_rho": rho,
+        "size_controlled_tau": size_controlled_tau(scores, acc, params),
+        "top5_hit": top_k_hit_rate(scores, acc, 5),
+        "mean_regret": sum(finite) / len(finite) if finite else float("nan"),
+        "regret_by_budget": {str(int(b)): r for b, r in zip(budgets, regrets)},
+    }
+
+
+def _read_students(path: Path) -> dict[str, dict[str, Any]]:
+    """Finished students by arch key; a torn last line (a crash mid-write) is ignored."""
+    done: dict[str, dict[str, Any]] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            done[row["key"]] = row
+    return done
+
+
+def _append_line(path: Path, row: dict[str, Any]) -> None:
+    """Append one JSON line and fsync: a finished student survives a crash right after."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _train_one(arch: Arch, teacher: Teacher, dataset: Dataset, work: Path, config: CorrelateConfig,
+               space_spec: str) -> dict[str, Any]:
+    from kdsearch.distill.stage import distill_student
+
+    resume = (work / "last.ckpt").exists()
+    t0 = time.perf_counter()
+    metrics = distill_student(arch, teacher, dataset, work, config.train, resume=resume, space_spec=space_spec)
+    return {"val_acc": metrics["val_acc"], "test_acc": metrics["test_acc"], "train_s": time.perf_counter() - t0,
+            "resumed": resume}
+
+
+def _score_variants(space, archs: list[Arch], teacher: Teacher, dataset: Dataset, config: CorrelateConfig,
+                    progress: Progress) -> list[dict[str, float]]:
+    """Scores of every arch under every proxy variant: ``name`` (main), ``name@random``, ``name@b16``..."""
+    from kdsearch.models.features import locate_parts
+    from kdsearch.proxies import PROXIES, create_proxy, score_candidate, teacher_stats
+    from kdsearch.spaces.candidates import build_candidate
+
+    names = list(dict.fromkeys(config.proxies or PROXIES.names()))
+    for base in ("diswot_semantic", "diswot_relation", *BASELINES):  # weight sweep and baselines need these
+        if base not in names:
+            names.append(base)
+    proxies = {n: create_proxy(n) for n in names}
+    aware = {n: p for n, p in proxies.items() if p.needs_teacher}
+    main_init = config.teacher_inits[0]
+    variants: list[tuple[str, dict, int, str]] = [("", proxies, config.proxy_batch, main_init)]
+    for init in config.teacher_inits[1:]:
+        variants.append((f"@{init}", aware, config.proxy_batch, init))
+    for b in config.extra_batches:
+        variants.append((f"@b{b}", aware, b, main_init))
+    scores: list[dict[str, float]] = [{} for _ in archs]
+    progress.start("score", "scoring", len(archs) * len(variants))
+    for suffix, group, size, init in variants:
+        if not group:
+            continue
+        batch = fixed_batch(dataset, size, config.seed)
+        module = teacher.module if init == "pretrained" else teacher.fresh_copy(config.seed)
+        parts = locate_parts(module, batch[0])
+        stats = teacher_stats(group, module, batch, parts)
+        for i, arch in enumerate(archs):
+            student = build_candidate(space, arch, dataset.num_classes, dataset.in_channels, config.seed)  # as the search does
+            for name, value in score_candidate(student, batch, group, stats, seed=config.seed).items():
+                scores[i][name + suffix] = value
+            progress.advance("score")
+    progress.finish("score")
+    for s in scores:  # DisWOT's combined score at other term weights: -(L_sem + r·L_rel)
+        for suffix in {k[len("diswot_semantic"):] for k in s if k.startswith("diswot_semantic")}:
+            sem, rel = s.get("diswot_semantic" + suffix), s.get("diswot_relation" + suffix)
+            if sem is None or rel is None:
+                continue
+            for ratio in DISWOT_WEIGHTS:
+                s[f"diswot[w_rel={ratio:g}]{suffix}"] = sem + ratio * rel
+    return scores
+
+
+def run_correlate(
+    teacher: Teacher,
+    dataset: Dataset,
+    out_dir: Path,
+    config: CorrelateConfig,
+    *,
+    progress: Progress = NULL_PROGRESS,
+) -> CorrelateResult:
+    """Distil ``config.archs`` stratified archs (resumable), score them, and rank every proxy.
+
+    Writes ``students.jsonl``, ``scores.csv`` (one row per arch), ``correlate.csv`` (one row
+    per proxy variant), ``correlate.json`` and ``scatter.png`` / ``size_controlled.png`` to ``out_dir``.
+    """
+    from kdsearch.proxies import count_flops
+    from kdsearch.spaces import load_space
+
+    space = load_space(config.space)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    archs = stratified_archs(space, dataset, config.archs, seed=config.seed, pool=config.pool, max_params=config.max_params)
+    students_path = out_dir / "students.jsonl"
+    done = _read_students(students_path)
+    todo = [a for a in archs if a.key not in done]
+    progress.start("distill", f"distil {len(todo)} students ({len(archs) - len(todo)} done before)", len(todo))
+    for arch in todo:
+        work = out_dir / "students" / f"{zlib.crc32(arch.key.encode()):08x}"
+        trained = _train_one(arch, teacher, dataset, work, config, config.space)
+        model = space.build(arch, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
+        h, w = dataset.image_size
+        row = {"key": arch.key, "arch": arch.to_dict(), "params": sum(p.numel() for p in model.parameters()),
+               "flops": count_flops(model, (dataset.in_channels, h, w)), **trained,
+               "epochs": config.train.epochs}
+        _append_line(students_path, row)
+        done[arch.key] = row
+        progress.advance("distill", acc=row["test_acc"] if row["test_acc"] is not None else row["val_acc"])
+    progress.finish("distill")
+
+    students = [dict(done[a.key]) for a in archs]
+    scores = _score_variants(space, archs, teacher, dataset, config, progress)
+    for s, sc in zip(students, scores):
+        s["acc"] = s["test_acc"] if s.get("test_acc") is not None else s["val_acc"]
+        s["scores"] = sc
+    acc = [s["acc"] for s in students]
+    params = [s["params"] for s in students]
+    ordered = sorted(params)
+    budgets = [ordered[max(0, math.ceil(q * len(ordered)) - 1)] for q in config.budgets]
+    metrics = []
+    for name in scores[0]:
+        column = [sc[name] for sc in scores]
+        if any(not math.isfinite(v) for v in column):
+            continue  # a proxy that overflowed on some arch cannot rank them all
+        if name in BASELINES:  # costs grow multiplicatively: log keeps every rank, and log-params residualises to 0
+            column = [math.log(max(v, 1.0)) for v in column]
+        metrics.append({"proxy": name, **proxy_metrics(column, acc, params, budgets)})
+    metrics.sort(key=lambda m: -(m["size_controlled_tau"] if math.isfinite(m["size_controlled_tau"]) else -2))
+    _write_outputs(out_dir, students, metrics, config, budgets)
+    return CorrelateResult(students, metrics, out_dir, trained_now=len(todo))
+
+
+def _write_outputs(out_dir: Path, students: list[dict[str, Any]], metrics: list[dict[str, Any]],
+                   config: CorrelateConfig, budgets: list[int]) -> None:
+    from kdsearch.report.plots import plot_proxy_scatter
+
+    buf = io.StringIO()
+    names = list(students[0]["scores"])
+    writer = csv.writer(buf)
+    writer.writerow(["arch", "params", "flops", "acc", "val_acc", "train_s", *names])
+    for s in students:
+        writer.writerow([json.dumps(s["arch"], sort_keys=True), s["params"], s["flops"], s["acc"], s["val_acc"],
+                         f"{s['train_s']:.2f}", *[s["scores"][n] for n in names]])
+    write_text(out_dir / "scores.csv", buf.getvalue())
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    cols = ["kendall_tau", "spearman_rho", "size_controlled_tau", "top5_hit", "mean_regret"]
+    writer.writerow(["proxy", *cols])
+    for m in metrics:
+        writer.writerow([m["proxy"], *[f"{m[c]:.4f}" for c in cols]])
+    write_text(out_dir / "correlate.csv", buf.getvalue())
+    plain = asdict(config)
+    write_json(out_dir / "correlate.json", {"config": plain, "budgets": budgets, "metrics": metrics,
+                                            "archs": len(students)})
+    shown = [m["proxy"] for m in metrics if "@" not in m["proxy"] and "[" not in m["proxy"]]
+    acc = [s["acc"] for s in students]
+    params = [s["params"] for s in students]
+    plot_proxy_scatter({n: [s["scores"][n] for s in students] for n in shown}, acc, params, out_dir / "scatter.png")
+    logp = [math.log(p) for p in params]
+    residual = {n: _residuals([s["scores"][n] for s in students], logp) for n in shown if n not in BASELINES}
+    plot_proxy_scatter(residual, _residuals(acc, logp), params, out_dir / "size_controlled.png",
+                       ylabel="accuracy residual", xlabel_suffix=" residual")
+
+
+def with_train(config: CorrelateConfig, **train: Any) -> CorrelateConfig:
+    """``config`` with training options replaced (None values are left alone)."""
+    given = {k: v for k, v in train.items() if v is not None}
+    return replace(config, train=replace(config.train, **given)) if given else config

@@ -1,0 +1,183 @@
+"""QAT-KD: training, freezing, conversion, resume, export of the int8 model, bad inputs."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from kdsearch.errors import Interrupted, UsageError
+from kdsearch.progress import Progress
+
+
+def _dataset(run: Path):
+    from kdsearch.pipeline import load_run_config, load_run_dataset
+
+    return load_run_dataset(load_run_config(run))
+
+
+# ---- fast checks ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [{"epochs": 0}, {"lr": -1.0}, {"lr": float("nan")}, {"freeze_bn_after": -1},
+                                 {"freeze_observers_after": -2}, {"batch_size": 0}])
+def test_config_rejects_bad_values(bad: dict) -> None:
+    from kdsearch.quant import QatConfig
+
+    with pytest.raises(UsageError):
+        QatConfig(**bad)
+
+
+def test_no_distilled_student(tmp_path: Path, cli) -> None:
+    from kdsearch.quant import QatConfig, quantize_student
+
+    with pytest.raises(UsageError, match="kdsearch distill"):
+        quantize_student(tmp_path, QatConfig())
+    code, _, err = cli("quantize", tmp_path, "--quiet")
+    assert code == 2 and "distill/student.json" in err and "Traceback" not in err
+
+
+def test_feature_losses_are_refused(fresh_run: Path) -> None:
+    from kdsearch.quant import QatConfig, quantize_student
+
+    with pytest.raises(UsageError, match="logit losses"):
+        quantize_student(fresh_run, QatConfig(loss="kd:1,fitnet:1", device="cpu"))
+
+
+def test_export_qat_without_quantize(fresh_run: Path, cli) -> None:
+    code, _, err = cli("export", fresh_run, "--int8", "qat", "--quiet", "--latency-runs", "2")
+    assert code == 2 and "kdsearch quantize RUN_DIR" in err and "Traceback" not in err
+
+
+def test_unknown_recipe(fresh_run: Path) -> None:
+    from kdsearch.quant import QatConfig, quantize_student
+
+    with pytest.raises(UsageError, match="x86"):
+        quantize_student(fresh_run, QatConfig(recipe="arm", device="cpu"))
+
+
+# ---- PT2E pieces ----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_freeze_batchnorm_stops_running_stats() -> None:
+    """Independent check: frozen BN leaves running stats alone and normalises with them."""
+    from kdsearch.models.resnet_cifar import ResNetCifar
+    from kdsearch.quant.pt2e import freeze_batchnorm, prepare_for_qat, set_phase
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 1, 16, 16) * 3 + 1  # (B, C, H, W): far from the initial running stats
+    prepared = prepare_for_qat(ResNetCifar([1, 0, 0], [8, 8, 8], in_channels=1), x)
+    stat = next(k for k in prepared.state_dict() if k.endswith("running_mean"))
+    set_phase(prepared, training=True, freeze_bn=False, observe=True)
+    before = prepared.state_dict()[stat].clone()
+    prepared(x)
+    moved = prepared.state_dict()[stat].clone()
+    assert not torch.equal(before, moved)  # unfrozen: batch statistics update the running mean
+    assert freeze_batchnorm(prepared) > 0
+    prepared(x)
+    assert torch.equal(prepared.state_dict()[stat], moved)
+    assert freeze_batchnorm(prepared) == 0  # idempotent
+
+
+# ---- one QAT run (session fixture) ----------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_qat_trains_and_writes_its_directory(qat_run) -> None:
+    run, metrics = qat_run
+    out = run / "qat"
+    for name in ("last.ckpt", "student.qat.safetensors", "qat.json", "metrics.json", "curves.png"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
+    history = metrics["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert all(math.isfinite(v) for h in history for v in h["train_loss"].values())
+    assert set(history[0]["train_loss"]) == {"kd", "ce"}
+    # freeze_bn_after=1, freeze_observers_after=1 (defaults): epoch 1 adapts, epoch 2 is frozen
+    assert [h["bn_frozen"] for h in history] == [False, True]
+    assert [h["observers_on"] for h in history] == [True, False]
+    for key in ("fp32_val_acc", "fake_quant_val_acc", "int8_val_acc", "teacher_val_acc"):
+        assert 0.0 <= metrics[key] <= 1.0
+
+
+@pytest.mark.slow
+def test_observers_are_off_and_ranges_fixed_in_the_checkpoint(qat_run) -> None:
+    from kdsearch.distill.checkpoint import load_checkpoint
+
+    run, _ = qat_run
+    state = load_checkpoint(run / "qat" / "last.ckpt")["model"]
+    flags = [v for k, v in state.items() if k.endswith("observer_enabled")]
+    assert flags and all(int(f.item()) == 0 for f in flags)
+
+
+@pytest.mark.slow
+def test_converted_model_reloads_and_matches_metrics(qat_run) -> None:
+    from kdsearch.data import normalize
+    from kdsearch.quant import load_qat_model
+
+    run, metrics = qat_run
+    dataset = _dataset(run)
+    model = load_qat_model(run / "qat")
+    x = normalize(dataset.val.images, dataset.mean, dataset.std)  # (N, C, H, W)
+    with torch.no_grad():
+        logits = model(x)  # (N, K)
+    assert logits.shape == (len(x), dataset.num_classes) and torch.isfinite(logits).all()
+    acc = (logits.argmax(1) == dataset.val.labels).float().mean().item()
+    assert acc == pytest.approx(metrics["int8_val_acc"], abs=1e-6)
+    # the int8 model really quantizes: int8 weights in its state
+    assert any(v.dtype == torch.int8 for v in model.state_dict().values())
+
+
+@pytest.mark.slow
+def test_export_int8_qat_is_qdq_and_agrees(qat_run, cli) -> None:
+    import onnx
+
+    run, _ = qat_run
+    code, out, err = cli("export", run, "--int8", "qat", "--json", "--quiet", "--latency-runs", "3")
+    assert code == 0, err
+    report = json.loads(out)
+    entry = report["files"]["qat"]
+    assert entry["parity"]["reference"] == "pytorch_qat"
+    assert entry["parity"]["batch_8"]["top1_agreement"] >= 0.99
+    ops = {n.op_type for n in onnx.load(str(run / "export" / "student.qat.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+
+
+@pytest.mark.slow
+def test_interrupted_then_resumed_equals_uninterrupted(qat_run, fresh_run: Path, qat_config: dict) -> None:
+    from safetensors.torch import load_file
+
+    from kdsearch.quant import QatConfig, quantize_student
+
+    class StopAfterFirstEpoch(Progress):
+        def note(self, message: str) -> None:
+            if message.startswith("QAT epoch 1/"):
+                raise KeyboardInterrupt
+
+    config = QatConfig(**qat_config)
+    with pytest.raises(Interrupted, match="--resume"):
+        quantize_student(fresh_run, config, progress=StopAfterFirstEpoch())
+    assert not (fresh_run / "qat" / "student.qat.safetensors").exists()
+    with pytest.raises(UsageError, match="different settings"):
+        quantize_student(fresh_run, QatConfig(**{**qat_config, "lr": 0.02}), resume=True)
+    quantize_student(fresh_run, config, resume=True)
+    done, resumed = load_file(str(qat_run[0] / "qat" / "student.qat.safetensors")), load_file(
+        str(fresh_run / "qat" / "student.qat.safetensors"))
+    assert done.keys() == resumed.keys()
+    for k in done:
+        assert torch.equal(done[k], resumed[k]), k
+
+
+@pytest.mark.slow
+def test_cli_refuses_to_overwrite(qat_run, cli) -> None:
+    run, _ = qat_run
+    code, _, err = cli("quantize", run, "--quiet")
+    assert code == 2 and "--resume" in err
+
+
+def test_help_has_an_example(cli) -> None:
+    code, out, _ = cli("quantize", "--help")
+    assert code == 0 and "Example" in out and "--freeze-bn-after" in out
