@@ -87,7 +87,7 @@ class RunConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     # two CPU cores, ≈ 10-15 minutes on Fashion-MNIST
     "quick": {
-        "teach": {"loss": "ce", "epochs": 3, "batch_size": 128, "schedule": "onecycle", "lr": 0.2},
+        "teach": {"loss": "ce", "epochs": 4, "batch_size": 128, "schedule": "onecycle", "lr": 0.2},
         "search": {"trials": 48, "population": 12},
         "distill": {"epochs": 4, "batch_size": 128, "schedule": "onecycle", "lr": 0.2},
         "export": {"latency_runs": 100},
@@ -241,18 +241,35 @@ def load_run_dataset(config: RunConfig):
     return load_dataset(d.spec, data_dir=Path(d.data_dir) if d.data_dir else None, subset=d.subset, seed=d.seed)
 
 
-def check_inputs(config: RunConfig, dataset, *, search: bool = True):
-    """Fail on a bad teacher, zoo model, space, budget or storage before anything is written.
+def check_inputs(config: RunConfig, dataset, *, search: bool = True, student: Arch | None = None):
+    """Fail on a bad teacher, zoo model, space, budget, storage, device or student arch before
+    anything is written.
 
     Returns the loaded teacher (None when the run trains its own).
     """
     import torch
+
+    from kdsearch.devices import resolve_device
+
+    for device in {config.device, config.teach.device, config.distill.device}:
+        resolve_device(device)
+    if student is not None:
+        from kdsearch.distill.stage import student_space
+
+        student_space(student, config.search.space).validate(student)
 
     from kdsearch.models.zoo import MODELS, create_model
     from kdsearch.search.study import feasible_samples, get_storage
     from kdsearch.spaces import load_space
 
     space = load_space(config.search.space)
+    if search:
+        from kdsearch.proxies import PROXIES
+        from kdsearch.search.study import COST_OBJECTIVES
+
+        for name in config.search.objectives:
+            if name not in COST_OBJECTIVES:
+                PROXIES.get(name)
     teacher = None
     if config.teacher is not None:
         from kdsearch.models.teacher import load_teacher

@@ -94,6 +94,7 @@ def search(
     seed_arch: Annotated[Optional[List[Path]], typer.Option("--seed-arch", help="Arch JSON to evaluate first (repeatable).", rich_help_panel=o.SEARCH)] = None,
     storage: Annotated[Optional[str], typer.Option("--storage", help="Optuna RDB URL (default: SQLite in the run directory).", rich_help_panel=o.SEARCH)] = None,
     study_name: Annotated[Optional[str], typer.Option("--study-name", help="Study name in the storage.", rich_help_panel=o.SEARCH)] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Worker processes sharing the study on this machine; on other machines run the same command with --storage URL --resume.", rich_help_panel=o.SEARCH)] = None,
     seed: o.Seed = 0,
     config_file: o.Config = None,
     resume: o.Resume = False,
@@ -117,6 +118,7 @@ def search(
         "max_params": max_params, "max_flops": max_flops, "max_latency_ms": max_latency_ms, "pick": pick,
         "teacher_init": teacher_init, "teacher_feature": teacher_feature, "teacher_classifier": teacher_classifier,
         "proxy_batch": proxy_batch, "storage": storage, "study_name": study_name, "seed": seed,
+        "workers": workers,
     }
     if proxy and not objs:
         search_flags["objectives"] = (proxy, *config.search.objectives[1:])
@@ -217,7 +219,7 @@ def distill(
     progress = make_progress(quiet or not main, json_out)
     try:
         dataset = load_run_dataset(config)
-        check_inputs(config, dataset)
+        check_inputs(config, dataset, search=False, student=arch)
         t = resolve_teacher(out, config, dataset)
         if not main:
             pass

@@ -90,7 +90,7 @@ def load_qat_model(qat_dir: Path) -> torch.fx.GraphModule:
     from kdsearch.errors import ModelError
     from kdsearch.files import read_json
     from kdsearch.models.teacher import build_from_description
-    from kdsearch.quant.pt2e import convert
+    from kdsearch.quant.pt2e import convert, load_prepared_state
 
     qat_dir = Path(qat_dir)
     if not (qat_dir / QAT_META).exists() or not (qat_dir / QAT_WEIGHTS).exists():
@@ -100,7 +100,7 @@ def load_qat_model(qat_dir: Path) -> torch.fx.GraphModule:
     model = build_from_description(student_meta, student_meta["num_classes"], student_meta["in_channels"])
     prepared = _prepare(model, student_meta, tuple(info["image_size"]), info["recipe"])
     try:
-        prepared.load_state_dict(load_file(str(qat_dir / QAT_WEIGHTS)), strict=True)
+        load_prepared_state(prepared, load_file(str(qat_dir / QAT_WEIGHTS)))
     except RuntimeError as e:
         raise ModelError(
             f"{qat_dir / QAT_WEIGHTS} does not match the student in {QAT_META} ({str(e).splitlines()[0]}); "
@@ -144,7 +144,7 @@ def quantize_student(
     from kdsearch.files import atomic_path, write_json
     from kdsearch.models.teacher import load_model_dir
     from kdsearch.pipeline import load_run_config, load_run_dataset, resolve_teacher
-    from kdsearch.quant.pt2e import convert, count_fake_quantizers, set_phase
+    from kdsearch.quant.pt2e import convert, count_fake_quantizers, load_prepared_state, set_phase
 
     run_dir = Path(run_dir)
     src, out = run_dir / "distill", run_dir / "qat"
@@ -202,7 +202,7 @@ def quantize_student(
             raise UsageError(
                 f"{ckpt_path} was written with different settings; resume with the same options or drop --resume"
             )
-        prepared.load_state_dict(state["model"])
+        load_prepared_state(prepared, state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         generator.set_state(state["generator"])

@@ -67,7 +67,7 @@ class CorrelateConfig:
     extra_batches: tuple[int, ...] = (16, 256)  # teacher-aware proxies are also scored at these
     teacher_inits: tuple[str, ...] = ("pretrained", "random")  # the first is the main variant
     max_params: int | None = None  # sample only archs this small
-    pool: int = 2000  # archs sampled before stratifying
+    pool: int = 600  # archs sampled before stratifying
     budgets: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)  # params-quantiles of the sample used as budgets
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         epochs=1, batch_size=128, augment=False, cache_teacher=True,  # no augmentation in 1-2 epochs: cache the teacher
@@ -95,9 +95,9 @@ class CorrelateResult:
     trained_now: int = 0
 
 
-def stratified_archs(space, dataset: Dataset, n: int, *, seed: int, pool: int = 2000,
+def stratified_archs(space, dataset: Dataset, n: int, *, seed: int, pool: int = 600,
                      max_params: int | None = None) -> list[Arch]:
-    """``n`` distinct archs spread evenly over log-parameters: sample ``pool``, sort by size, take quantiles."""
+    """``n`` distinct archs spread evenly over log-parameters, chosen from ``pool`` seeded samples."""
     rng = random.Random(seed)
     sized: dict[str, tuple[int, Arch]] = {}
     for _ in range(pool):
@@ -112,8 +112,17 @@ def stratified_archs(space, dataset: Dataset, n: int, *, seed: int, pool: int = 
     ordered = sorted(sized.values(), key=lambda pa: (pa[0], pa[1].key))
     if len(ordered) < n:
         raise UsageError(f"only {len(ordered)} distinct archs of {space.name} fit; ask for fewer --archs or raise --max-params")
-    picks = sorted({round(i * (len(ordered) - 1) / (n - 1)) for i in range(n)})
-    return [ordered[i][1] for i in picks]
+    # Evenly spaced targets in log-params from the smallest to the largest sampled, each taking the
+    # nearest arch not taken yet: random samples crowd the middle sizes, this spreads them out.
+    lo, hi = math.log(ordered[0][0]), math.log(ordered[-1][0])
+    free = list(range(len(ordered)))
+    picks = []
+    for i in range(n):
+        target = lo + (hi - lo) * i / (n - 1)
+        best = min(free, key=lambda j: (abs(math.log(ordered[j][0]) - target), j))
+        free.remove(best)
+        picks.append(best)
+    return [ordered[i][1] for i in sorted(picks)]
 
 
 def _rank_corr(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:

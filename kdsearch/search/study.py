@@ -7,6 +7,7 @@ import logging
 import math
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -223,7 +224,9 @@ class _Objective:
                 raise optuna.TrialPruned(f"the study already has {complete} complete trials")
             # Earlier trials are still running; one of them may yet fail (a killed worker's is
             # failed once its heartbeat is stale), and then this trial is needed.
-            optuna.storages.fail_stale_trials(self.study)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "experimental" in Optuna 5
+                optuna.storages.fail_stale_trials(self.study)
             time.sleep(self.poll_s)
 
     def _refresh_seen(self) -> None:
@@ -274,8 +277,6 @@ def candidate_latency_ms(space, arch: Arch, dataset: Dataset | _Shape, *, runs: 
     A throwaway probe: the TorchScript exporter (``dynamo=False``) into memory takes a fraction of
     a second where the dynamo exporter of :func:`kdsearch.export.export_onnx` takes several.
     """
-    import warnings
-
     from kdsearch.export import latency_ms
 
     h, w = dataset.image_size
@@ -309,7 +310,6 @@ def get_storage(url: str, heartbeat_s: int | None = None):
     With ``heartbeat_s`` every running trial records a heartbeat; a trial silent for three
     heartbeats (its worker was killed) is failed and re-queued with the same parameters.
     """
-    import warnings
 
     import optuna
 

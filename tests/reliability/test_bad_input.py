@@ -121,10 +121,10 @@ def _distill(f, student, *extra):
 
 CASES = {
     # name: (argv builder, expected exit code, words the message must contain)
-    "unknown dataset": (lambda f: _search(f)[:4] + ["--data", "imagenet-21k", "--out", str(f["d"] / "x")], 2, "Known"),
-    "missing npz file": (lambda f: _search(f)[:4] + ["--data", "npz:/no/such/file.npz", "--out", str(f["d"] / "x")], None, "/no/such/file.npz"),
-    "npz is a text file": (lambda f: _search(f)[:4] + ["--data", f"npz:{f['text']}", "--out", str(f["d"] / "x")], None, "notes.txt"),
-    "empty image folder": (lambda f: _search(f)[:4] + ["--data", f"imagefolder:{f['empty_dir']}", "--out", str(f["d"] / "x")], None, "empty_images"),
+    "unknown dataset": (lambda f: _search(f)[:3] + ["--data", "imagenet-21k", "--out", str(f["d"] / "x")], 2, "Known"),
+    "missing npz file": (lambda f: _search(f)[:3] + ["--data", "npz:/no/such/file.npz", "--out", str(f["d"] / "x")], None, "/no/such/file.npz"),
+    "npz is a text file": (lambda f: _search(f)[:3] + ["--data", f"npz:{f['text']}", "--out", str(f["d"] / "x")], None, "notes.txt"),
+    "empty image folder": (lambda f: _search(f)[:3] + ["--data", f"imagefolder:{f['empty_dir']}", "--out", str(f["d"] / "x")], None, "empty_images"),
     "subset zero": (lambda f: _search(f, "--subset", "0"), 2, "subset"),
     "subset negative": (lambda f: _search(f, "--subset", "-5"), 2, "subset"),
     "teacher path missing": (lambda f: ["search", "--teacher", "/no/such/teacher.pt2", "--data", f["npz"], "--out", str(f["d"] / "x")], 2, "does not exist"),
@@ -157,7 +157,9 @@ CASES = {
     "unknown proxy": (lambda f: _search(f, "--proxy", "vibes"), 2, "Known"),
     "unknown loss": (lambda f: _distill(f, f["arch"]["ok"], "--loss", "kd:1,magic:2"), 2, "magic"),
     "output dir exists": (lambda f: _search(f, out=f["existing"]), 2, "--resume"),
-    "output dir read-only": (lambda f: _search(f, out=f["readonly"] / "run"), 2, "cannot write"),
+    # root ignores permission bits, so as root use a directory no one may write into: /sys
+    "output dir read-only": (lambda f: _search(f, out=(Path("/sys") if os.geteuid() == 0 else f["readonly"]) / "kdsearch-run"),
+                             2, "cannot write"),
     "output path is a file": (lambda f: _search(f, out=f["a_file"]), 2, "is a file"),
     "malformed storage url": (lambda f: _search(f, "--storage", "postgres:/nonsense"), 2, "storage"),
     "unreachable postgres": (lambda f: _search(f, "--storage", "postgresql+psycopg2://postgres@127.0.0.1:1/none"), 2, "server"),

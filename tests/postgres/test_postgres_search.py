@@ -1,0 +1,106 @@
+"""Distributed search on a real PostgreSQL: exact trial counts, no lost or duplicate trials, killed workers."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+import torch
+
+from kdsearch.data import load_dataset
+from kdsearch.models.teacher import load_teacher
+from kdsearch.search import SearchConfig, run_search
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+COMPLETE, PRUNED, FAIL, RUNNING = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
+                                   optuna.trial.TrialState.FAIL, optuna.trial.TrialState.RUNNING)
+SPACE = """\
+name: tiny_resnet
+family: resnet_cifar
+description: a tiny corner of resnet_cifar for tests
+genes:
+  depths: {choices: [1, 2, 3], length: 3}
+  widths: {choices: [8, 12, 16], length: 3}
+  block: {choices: [basic]}
+teacher: {depths: [2, 2, 2], widths: [12, 12, 12], block: basic}
+"""
+
+
+@pytest.fixture(scope="module")
+def space_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("space") / "tiny.yaml"
+    path.write_text(SPACE)
+    return path
+
+
+def _trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
+
+
+def test_four_local_workers_complete_exactly_the_requested_trials(pg_url, fashion_npz, space_file, tmp_path):
+    data = load_dataset(f"npz:{fashion_npz}", subset=128, seed=0)
+    torch.manual_seed(0)
+    teacher = load_teacher("resnet8", num_classes=data.num_classes, in_channels=data.in_channels)
+    config = SearchConfig(space=str(space_file), trials=10, population=4, proxy_batch=16, workers=4, seed=0,
+                          storage=pg_url, study_name="four")
+    result = run_search(teacher, data, tmp_path, config)
+    trials = _trials(pg_url, "four")
+    assert sum(t.state == COMPLETE for t in trials) == 10 == len(result.rows)
+    assert sorted(t.number for t in trials) == list(range(len(trials)))  # none duplicated, none lost
+    assert all(t.state in (COMPLETE, PRUNED) for t in trials)  # at most a surplus was pruned, nothing failed
+    assert sum(t.state == PRUNED for t in trials) <= 3
+
+
+WORKER = """\
+import sys, torch
+from pathlib import Path
+from kdsearch.data import load_dataset
+from kdsearch.models.teacher import load_teacher
+from kdsearch.search import SearchConfig, run_search
+data = load_dataset("npz:" + sys.argv[1], subset=128, seed=0)
+torch.manual_seed(0)
+teacher = load_teacher("resnet8", num_classes=data.num_classes, in_channels=data.in_channels)
+config = SearchConfig(space=sys.argv[2], trials=int(sys.argv[3]), population=4, proxy_batch=32, seed=int(sys.argv[5]),
+                      storage=sys.argv[4], study_name="killed", heartbeat_s=2)
+run_search(teacher, data, Path(sys.argv[6]), config, resume=True)
+"""
+
+
+def test_killed_worker_leaves_the_study_to_the_others(pg_url, fashion_npz, space_file, tmp_path):
+    """Independent processes (as on several machines) join one study; SIGKILL one mid-search."""
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    trials = 12
+    optuna.create_study(study_name="killed", storage=pg_url, directions=["maximize", "minimize"])
+
+    def start(i: int) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, str(script), str(fashion_npz), str(space_file), str(trials), pg_url,
+                                 str(i), str(tmp_path / f"w{i}")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    workers = [start(i) for i in range(3)]
+    victim = workers[0]
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:  # kill once the victim is surely inside the search loop
+        states = [t.state for t in _trials(pg_url, "killed")]
+        if states.count(COMPLETE) >= 2 and RUNNING in states:
+            break
+        time.sleep(0.2)
+    victim.send_signal(signal.SIGKILL)
+    outputs = [w.communicate(timeout=400)[0].decode() for w in workers[1:]]
+    assert [w.returncode for w in workers[1:]] == [0, 0], outputs
+    assert victim.wait(timeout=30) == -signal.SIGKILL
+    final = _trials(pg_url, "killed")
+    assert sum(t.state == COMPLETE for t in final) == trials
+    assert not [t for t in final if t.state == RUNNING]
+    assert sorted(t.number for t in final) == list(range(len(final)))
+    retried = {t.system_attrs.get("failed_trial") for t in final}
+    for t in final:
+        if t.state == FAIL:  # the victim's stale trial: failed by heartbeat and re-queued
+            assert t.number in retried
+    winner = json.loads((tmp_path / "w1" / "winner.json").read_text())
+    assert winner["complete_trials"] == trials

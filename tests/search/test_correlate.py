@@ -1,0 +1,136 @@
+"""Correlate: its statistics against independent computations, stratified sampling, resume."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from kdsearch.data import load_dataset
+from kdsearch.errors import UsageError
+from kdsearch.models.teacher import load_teacher
+from kdsearch.search.correlate import (
+    CorrelateConfig,
+    proxy_metrics,
+    regret_under_budget,
+    run_correlate,
+    size_controlled_tau,
+    stratified_archs,
+    top_k_hit_rate,
+    with_train,
+)
+
+
+def test_size_controlled_tau_matches_polyfit_residuals():
+    rng = np.random.default_rng(0)
+    params = rng.integers(1_000, 1_000_000, 40).astype(float)
+    acc = 0.05 * np.log(params) + rng.normal(0, 0.02, 40)
+    score = 2.0 * np.log(params) + rng.normal(0, 1, 40)
+    logp = np.log(params)
+    res = lambda v: v - np.polyval(np.polyfit(logp, v, 1), logp)  # noqa: E731 - an independent fit
+    expected = stats.kendalltau(res(score), res(acc)).statistic
+    assert size_controlled_tau(list(score), list(acc), list(params)) == pytest.approx(expected)
+
+
+def test_size_controlled_tau_sees_through_size():
+    """A proxy that only knows size ranks well raw and at chance once size is controlled."""
+    rng = np.random.default_rng(1)
+    params = np.exp(rng.uniform(7, 14, 200))
+    skill = rng.normal(0, 1, 200)  # what the size does not explain
+    acc = 0.03 * np.log(params) + 0.01 * skill
+    only_size = np.log(params) * 3 + 1
+    knows_skill = np.log(params) + 5 * skill
+    assert stats.kendalltau(only_size, acc).statistic > 0.5
+    assert math.isnan(size_controlled_tau(list(only_size), list(acc), list(params)))
+    assert size_controlled_tau(list(knows_skill), list(acc), list(params)) > 0.9
+
+
+def test_regret_and_top_k_by_hand():
+    acc = [0.50, 0.60, 0.70, 0.80]
+    params = [10, 20, 30, 40]
+    scores = [4, 3, 2, 1]  # picks the smallest, always wrong
+    assert regret_under_budget(scores, acc, params, [20, 40]) == pytest.approx([0.10, 0.30])
+    assert regret_under_budget([1, 2, 3, 4], acc, params, [20, 40]) == [0, 0]
+    assert regret_under_budget(scores, acc, params, [5]) != regret_under_budget(scores, acc, params, [5])  # nan: none fit
+    assert top_k_hit_rate([1, 2, 3, 4, 5, 6], [6, 5, 4, 3, 2, 1], k=2) == 0
+    assert top_k_hit_rate([1, 2, 3, 9, 8, 7], [1, 2, 3, 4, 5, 6], k=3) == 1
+
+
+def test_proxy_metrics_rank_correlations_follow_scipy():
+    rng = np.random.default_rng(2)
+    acc, score, params = rng.random(12), rng.random(12), rng.integers(100, 10_000, 12)
+    m = proxy_metrics(list(score), list(acc), list(params), [5_000, 10_000])
+    assert m["kendall_tau"] == pytest.approx(stats.kendalltau(score, acc).statistic)
+    assert m["spearman_rho"] == pytest.approx(stats.spearmanr(score, acc).statistic)
+
+
+@pytest.fixture(scope="module")
+def data(fashion_npz):
+    return load_dataset(f"npz:{fashion_npz}", subset=160, seed=0)
+
+
+def test_stratified_archs_span_the_size_range(data):
+    from kdsearch.spaces import load_space
+
+    space = load_space("resnet_cifar")
+    archs = stratified_archs(space, data, 8, seed=0, pool=60, max_params=200_000)
+    sizes = []
+    for a in archs:
+        with torch.device("meta"):
+            sizes.append(sum(p.numel() for p in space.build(a, num_classes=10, in_channels=1).parameters()))
+    assert sizes == sorted(sizes) and len({a.key for a in archs}) == 8
+    assert max(sizes) <= 200_000 and max(sizes) / min(sizes) > 5  # spread, not clustered
+    steps = np.diff(np.log(sizes))
+    assert steps.max() < 4 * np.log(max(sizes) / min(sizes)) / 7  # no gap far wider than an even step
+    with pytest.raises(UsageError, match="--archs"):
+        stratified_archs(space, data, 8, seed=0, pool=60, max_params=4_000)
+
+
+def test_bad_correlate_config():
+    with pytest.raises(UsageError):
+        CorrelateConfig(archs=3)
+    with pytest.raises(UsageError):
+        CorrelateConfig(teacher_inits=("imagenet",))
+
+
+TINY_SPACE = """\
+name: tiny_resnet
+family: resnet_cifar
+description: a tiny corner of resnet_cifar for tests
+genes:
+  depths: {choices: [1, 2], length: 3}
+  widths: {choices: [8, 12, 16], length: 3}
+  block: {choices: [basic]}
+teacher: {depths: [2, 2, 2], widths: [12, 12, 12], block: basic}
+"""
+
+
+@pytest.mark.slow
+def test_run_correlate_resumes_without_retraining(data, tmp_path, monkeypatch):
+    import kdsearch.distill.stage as stage
+
+    space = tmp_path / "tiny.yaml"
+    space.write_text(TINY_SPACE)
+    torch.manual_seed(0)
+    teacher = load_teacher("resnet8", num_classes=data.num_classes, in_channels=data.in_channels)
+    config = with_train(CorrelateConfig(space=str(space), archs=5, pool=60, proxy_batch=16, extra_batches=(8,),
+                                        proxies=("diswot", "nwot")), epochs=1, batch_size=32, device="cpu")
+    calls = []
+    real = stage.distill_student
+    monkeypatch.setattr(stage, "distill_student", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    first = run_correlate(teacher, data, tmp_path, config)
+    assert len(calls) == 5 and first.trained_now == 5
+    lines = (tmp_path / "students.jsonl").read_text().splitlines()
+    assert len(lines) == 5 and all(0 <= json.loads(x)["val_acc"] <= 1 for x in lines)
+    with open(tmp_path / "students.jsonl", "a") as f:
+        f.write('{"key": "torn')  # a crash mid-write leaves a torn last line
+    second = run_correlate(teacher, data, tmp_path, config)
+    assert len(calls) == 5 and second.trained_now == 0
+    names = {m["proxy"] for m in second.metrics}
+    assert {"diswot", "nwot", "params", "flops", "diswot@random", "diswot@b8", "diswot[w_rel=10]"} <= names
+    assert (tmp_path / "scatter.png").stat().st_size > 1000 and (tmp_path / "correlate.csv").exists()
+    params = next(m for m in second.metrics if m["proxy"] == "params")
+    assert math.isnan(params["size_controlled_tau"])  # params has nothing beyond params
