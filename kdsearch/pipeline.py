@@ -80,6 +80,7 @@ class RunConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
     distill: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    qat: bool = False  # quantization-aware training with KD after distill, then an int8 QAT export
     student_fraction: float | None = 0.25  # max student params as a fraction of the teacher's (when no --max-params)
     device: str = "auto"
 
@@ -426,6 +427,16 @@ def _run_stages(config: RunConfig, run_dir: Path, dataset, timings: dict[str, fl
     progress.note(f"stage distill: {arch.space} {json.dumps(arch.genes, separators=(',', ':'))}")
     student_metrics = distill_stage(run_dir, config, dataset, teacher, arch, resume=resume, progress=progress)
     timings["distill"] = time.perf_counter() - t
+    if config.qat:
+        from kdsearch.quant import QatConfig, quantize_student
+
+        t = time.perf_counter()
+        progress.note("stage quantize (QAT with KD)")
+        if not (resume and (run_dir / "qat" / "metrics.json").exists()):
+            quantize_student(run_dir, QatConfig(seed=config.distill.seed, device=config.distill.device), resume=resume,
+                             progress=progress)
+        timings["qat"] = time.perf_counter() - t
+        config = replace(config, export=replace(config.export, int8="qat"))
     t = time.perf_counter()
     progress.note("stage export")
     export = export_stage(run_dir, config, dataset, progress=progress)

@@ -46,17 +46,15 @@ def _root(
     """kdsearch: search, distil, quantize and export a student for your teacher."""
 
 
-from kdsearch.cli import correlate, info, run, score, stages  # noqa: E402  (commands register on `app`)
+from kdsearch.cli import correlate, info, quantize, report, run, score, stages  # noqa: E402  (commands register on `app`)
 
 run.register(app)
 stages.register(app)
+quantize.register(app)
 correlate.register(app)
 score.register(app)
 info.register(app)
-
-from kdsearch.cli import report as report_cli  # noqa: E402
-
-report_cli.register(app)
+report.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,7 @@ def run(
     epochs: o.Epochs = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for every stage.", rich_help_panel=o.RUN)] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu or cuda.", rich_help_panel=o.RUN)] = None,
+    qat: Annotated[Optional[bool], typer.Option("--qat/--no-qat", help="Add quantization-aware training with KD and an int8 export.", rich_help_panel=o.RUN)] = None,
     resume: o.Resume = False,
     force: o.Force = False,
     json_out: o.Json = False,
@@ -47,7 +48,7 @@ def run(
         search={"space": space, "trials": trials, "max_params": max_params, **sd},
         distill={"epochs": epochs, **dev, **sd},
         teach={**dev, **sd},
-        top={"teacher": teacher, "device": device},
+        top={"teacher": teacher, "device": device, "qat": qat},
     )
     progress = make_progress(quiet, json_out)
     try:
