@@ -3,7 +3,7 @@
 Runs (or resumes: finished students are never retrained) the same study as
 
     kdsearch correlate --teacher runs/teacher_r20 --data fashion-mnist --subset 2000 --archs 30 \\
-        --epochs 1 --max-params 60000 --proxies <all but grasp> --extra-batches 16,256 --out runs/correlate_fmnist
+        --epochs 2 --max-params 60000 --proxies <all but grasp> --extra-batches 16,256 --out runs/correlate_fmnist
 
 then prints every proxy variant's Kendall τ, size-controlled τ, top-5 hits and regret under
 budget, and writes benchmarks/correlate_fmnist.json. The baselines are params and flops in the
@@ -26,7 +26,7 @@ def main() -> None:
     p.add_argument("--teacher", default="runs/teacher_r20")
     p.add_argument("--out", type=Path, default=Path("runs/correlate_fmnist"))
     p.add_argument("--archs", type=int, default=30)
-    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--subset", type=int, default=2000)
     p.add_argument("--max-params", type=int, default=60_000)
     p.add_argument("--json", type=Path, default=HERE / "correlate_fmnist.json")

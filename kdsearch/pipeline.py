@@ -474,7 +474,7 @@ def build_summary(run_dir, dataset, teacher, teacher_metrics, winner, student_me
         "onnx": {
             "path": str(run_dir / "export" / fp32["path"]),
             "val_acc": fp32.get("accuracy"),
-            "top1_agreement": min(p["top1_agreement"] for p in fp32["parity"].values()),
+            "top1_agreement": min(p["top1_agreement"] for p in fp32["parity"].values() if isinstance(p, dict)),
             "latency_ms_b1": fp32["latency_ms"]["batch_1"]["p50"],
             "pytorch_latency_ms_b1": export["pytorch_eager"]["latency_ms"]["batch_1"]["p50"],
         },

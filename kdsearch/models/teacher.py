@@ -188,7 +188,9 @@ def load_teacher(spec: str, *, num_classes: int, in_channels: int) -> Teacher:
             if "/" in spec or "." in spec:
                 raise UsageError(f"teacher {spec} does not exist; check the path")
             MODELS.get(spec)  # raises the registry's "unknown model" error listing known names
-        module = create_model(spec, num_classes=num_classes, in_channels=in_channels)
+        with torch.random.fork_rng(devices=[]):  # the same name gives the same teacher in every process
+            torch.manual_seed(0)
+            module = create_model(spec, num_classes=num_classes, in_channels=in_channels)
         teacher = Teacher(module, spec, False, model_arch(spec), spec, {})
     teacher.info.setdefault("num_classes", num_classes)
     teacher.info.setdefault("in_channels", in_channels)

@@ -76,7 +76,7 @@ def export_table(report: dict[str, Any]) -> Table:
     for col in ("file", "val top-1", "top-1 agreement", "p50 b=1", "p50 b=32", "size", "provider"):
         table.add_column(col, justify="right" if col != "file" else "left")
     for kind, f in report["files"].items():
-        agreement = min((p.get("top1_agreement", 1.0) for p in f.get("parity", {}).values()), default=None)
+        agreement = min((p["top1_agreement"] for p in f.get("parity", {}).values() if isinstance(p, dict)), default=None)
         lat = f.get("latency_ms", {})
         table.add_row(
             f"{kind}: {f['path']}",

@@ -70,8 +70,8 @@ class CorrelateConfig:
     pool: int = 600  # archs sampled before stratifying
     budgets: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)  # params-quantiles of the sample used as budgets
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        epochs=1, batch_size=128, augment=False, cache_teacher=True,  # no augmentation in 1-2 epochs: cache the teacher
-        schedule="onecycle", lr=0.2))
+        epochs=2, batch_size=64, augment=False, cache_teacher=True,  # no augmentation in 1-2 epochs: cache the teacher
+        schedule="onecycle", lr=0.1))
     seed: int = 0
 
     def __post_init__(self) -> None:
