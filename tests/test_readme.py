@@ -17,7 +17,7 @@ SHRINK = [
     (r"--trials \d+", "--trials 4 --population 4 --proxy-batch 16"),
     (r"--model resnet56", "--model resnet8"),
     (r"--subset \d+", "--subset 600"),
-    (r"--archs \d+", "--archs 3 --extra-batches 16 --teacher-init pretrained"),
+    (r"--archs \d+", "--archs 5 --extra-batches 16 --teacher-init pretrained"),
 ]
 
 

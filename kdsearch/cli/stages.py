@@ -131,8 +131,9 @@ def search(
         t = resolve_teacher(out, config, dataset)
         prepare_run_dir(out, resume=resume, force=force)
         save_run_config(out, config)
-        result = run_search(t, dataset, out / "search", search_config_for(config, t), resume=resume, seed_archs=seeds,
-                            progress=progress)
+        with capture_library_noise(out / "kdsearch.log"):
+            result = run_search(t, dataset, out / "search", search_config_for(config, t), resume=resume,
+                                seed_archs=seeds, progress=progress)
     finally:
         close(progress)
     url = storage_url(config.search, out / "search")
@@ -233,13 +234,14 @@ def distill(
             shutil.rmtree(out / "distill")
         if main:
             save_run_config(out, config)
-        if assistant:
-            from kdsearch.distill.assistant import assistant_stage
+        with capture_library_noise(out / "kdsearch.log"):
+            if assistant:
+                from kdsearch.distill.assistant import assistant_stage
 
-            metrics = assistant_stage(out, arch, assistant, t, dataset, config.distill, search_dir=run_dir,
-                                      space_spec=config.search.space, resume=resume, progress=progress)
-        else:
-            metrics = distill_stage(out, config, dataset, t, arch, resume=resume, progress=progress)
+                metrics = assistant_stage(out, arch, assistant, t, dataset, config.distill, search_dir=run_dir,
+                                          space_spec=config.search.space, resume=resume, progress=progress)
+            else:
+                metrics = distill_stage(out, config, dataset, t, arch, resume=resume, progress=progress)
     finally:
         close(progress)
     if not main:
