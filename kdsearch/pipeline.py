@@ -275,7 +275,8 @@ def check_inputs(config: RunConfig, dataset, *, search: bool = True, student: Ar
     if config.teacher is not None:
         from kdsearch.models.teacher import load_teacher
 
-        teacher = load_teacher(config.teacher, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
+        teacher = load_teacher(config.teacher, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
+                         image_size=dataset.image_size)
         module = teacher.module
     else:
         MODELS.get(config.teacher_model)
@@ -309,7 +310,8 @@ def resolve_teacher(run_dir: Path, config: RunConfig, dataset):
     from kdsearch.models.teacher import load_teacher
 
     spec = config.teacher or str(run_dir / "teacher")
-    return load_teacher(spec, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
+    return load_teacher(spec, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
+                         image_size=dataset.image_size)
 
 
 def search_config_for(config: RunConfig, teacher) -> SearchConfig:

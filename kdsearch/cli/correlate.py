@@ -53,7 +53,8 @@ def correlate(
     progress = make_progress(quiet, json_out)
     try:
         dataset = load_dataset(data, data_dir=data_dir, subset=subset, seed=seed)
-        t = load_teacher(teacher, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
+        t = load_teacher(teacher, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
+                         image_size=dataset.image_size)
         result = run_correlate(t, dataset, out / "correlate", config, progress=progress)
     finally:
         close(progress)

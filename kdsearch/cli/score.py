@@ -49,7 +49,8 @@ def score(
     dataset = load_dataset(data, data_dir=data_dir, subset=subset, seed=seed)
     the_space = load_space(space)
     archs = [Arch.load(p) for p in arch] if arch else sample_archs(the_space, sample or 0, seed)
-    t = load_teacher(teacher, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
+    t = load_teacher(teacher, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
+                         image_size=dataset.image_size)
     module = t.module if teacher_init == "pretrained" else t.fresh_copy(seed)
     progress = make_progress(quiet, json_out)
     try:

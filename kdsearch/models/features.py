@@ -69,6 +69,15 @@ class FeatureTap:
         return self.outputs[path]
 
 
+def _is_linear(module: nn.Module) -> bool:
+    """An ``nn.Linear``, or a module standing for one (a ``torch.export`` unflattened ``Linear``
+    keeps its 2-D ``weight`` but not its class)."""
+    if isinstance(module, nn.Linear):
+        return True
+    weight = getattr(module, "weight", None)
+    return isinstance(weight, torch.Tensor) and weight.dim() == 2 and not any(True for _ in module.children())
+
+
 @dataclass(frozen=True)
 class ModelParts:
     """Where to read a model: its last 4-D feature map and its final classifier."""
@@ -114,7 +123,7 @@ def locate_parts(
         clf = "classifier"
     if feat is not None and clf is not None:
         get_module(model, feat)
-        if not isinstance(get_module(model, clf), nn.Linear):
+        if not _is_linear(get_module(model, clf)):
             raise ModelError(f"module {clf!r} is not an nn.Linear classifier; name the final linear layer")
         return ModelParts(feat, clf)
     if isinstance(model, torch.jit.ScriptModule):
@@ -128,7 +137,7 @@ def locate_parts(
         model(sample[:2])
     model.train(was_training)
     if clf is None:
-        linears = [name for name, m, _ in calls if isinstance(m, nn.Linear)]
+        linears = [name for name, m, _ in calls if _is_linear(m)]
         if not linears:
             raise ModelError("the model has no nn.Linear classifier; name it with --teacher-classifier")
         clf = linears[-1]

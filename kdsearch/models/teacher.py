@@ -163,8 +163,8 @@ def _load_torchscript(path: Path) -> nn.Module:
         raise ModelError(f"{path} is not a readable TorchScript file ({type(e).__name__}); save it with torch.jit.save") from None
 
 
-def load_teacher(spec: str, *, num_classes: int, in_channels: int) -> Teacher:
-    """Resolve ``--teacher SPEC`` into a :class:`Teacher` on the CPU."""
+def load_teacher(spec: str, *, num_classes: int, in_channels: int, image_size: tuple[int, int] = (32, 32)) -> Teacher:
+    """Resolve ``--teacher SPEC`` into a :class:`Teacher` on the CPU, checked on inputs of ``image_size``."""
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / "model.json").exists():
@@ -194,17 +194,18 @@ def load_teacher(spec: str, *, num_classes: int, in_channels: int) -> Teacher:
         teacher = Teacher(module, spec, False, model_arch(spec), spec, {})
     teacher.info.setdefault("num_classes", num_classes)
     teacher.info.setdefault("in_channels", in_channels)
-    check_io(teacher.module, num_classes=num_classes, in_channels=in_channels, what=f"teacher {spec}")
+    check_io(teacher.module, num_classes=num_classes, in_channels=in_channels, what=f"teacher {spec}", size=image_size)
     return teacher
 
 
-def check_io(model: nn.Module, *, num_classes: int, in_channels: int, what: str, size: int = 32) -> None:
+def check_io(model: nn.Module, *, num_classes: int, in_channels: int, what: str,
+             size: tuple[int, int] = (32, 32)) -> None:
     """Fail clearly when ``model`` does not take ``in_channels`` or output ``num_classes``."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            out = model(torch.zeros(2, in_channels, size, size))
+            out = model(torch.zeros(2, in_channels, *size))
     except Exception as e:  # noqa: BLE001 - a shape error here is a data/teacher mismatch
         raise UsageError(
             f"{what} cannot take {in_channels}-channel images ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
