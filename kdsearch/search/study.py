@@ -407,8 +407,12 @@ def run_search(
     if done < config.trials:
         job = _WorkerJob(config, storage_url(config, out_dir), shape, proxy_names, stats, batch)
         helpers = _start_helpers(job, config.workers - 1)
+        ctrl_c = _CtrlC()
         try:
-            _optimize(study, objective, config, [_ProgressCallback(progress, config, done)])
+            with ctrl_c:
+                _optimize(study, objective, config, [_ProgressCallback(progress, config, done), ctrl_c])
+            if ctrl_c.pressed:
+                raise KeyboardInterrupt
         except KeyboardInterrupt:
             from kdsearch.errors import Interrupted
 
@@ -425,6 +429,37 @@ def run_search(
                               f"{config.trials} trials; run the same command with --resume")
     progress.finish("search")
     return summarise_study(study, config, out_dir)
+
+
+class _CtrlC:
+    """Turn Ctrl-C into a clean stop after the running trial: a KeyboardInterrupt raised inside
+    Optuna's trial bookkeeping can leave it in a broken state, so the signal only sets a flag
+    and this callback calls ``study.stop()``."""
+
+    def __init__(self) -> None:
+        self.pressed = False
+        self._previous = None
+
+    def __enter__(self) -> "_CtrlC":
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._on_signal)
+        return self
+
+    def _on_signal(self, signum, frame) -> None:
+        self.pressed = True
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def __call__(self, study, trial) -> None:
+        if self.pressed:
+            study.stop()
 
 
 def _optimize(study, objective: _Objective, config: SearchConfig, callbacks: list) -> None:

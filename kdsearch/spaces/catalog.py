@@ -34,8 +34,12 @@ def builtin_space_names() -> list[str]:
 
 def _read_yaml(path: Path) -> object:
     from kdsearch.config_files import load_yaml
+    from kdsearch.errors import ConfigError
 
-    return load_yaml(path, "search space file")
+    try:
+        return load_yaml(path, "search space file")
+    except ConfigError as e:
+        raise SpaceError(str(e)) from None
 
 
 def load_space(spec: str | Path) -> SearchSpace:

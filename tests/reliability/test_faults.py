@@ -50,9 +50,9 @@ def inputs(tmp_path_factory, fashion_npz):
     return d, f"npz:{fashion_npz}"
 
 
-def _distill_args(d: Path, data: str, out: Path) -> list[str]:
+def _distill_args(d: Path, data: str, out: Path, epochs: int = 3) -> list[str]:
     return _kdsearch("distill", "--teacher", "resnet8", "--student", d / "student.json", "--data", data, "--out", out,
-                     "--epochs", "3", "--batch-size", "32", "--seed", "5", "--quiet")
+                     "--epochs", epochs, "--batch-size", "32", "--seed", "5", "--quiet")
 
 
 def test_distill_sigkill_then_resume_matches_uninterrupted(inputs):
@@ -83,7 +83,9 @@ def test_distill_sigkill_then_resume_matches_uninterrupted(inputs):
 def test_distill_sigint_saves_and_exits_130(inputs):
     d, data = inputs
     out = d / "interrupted"
-    proc = subprocess.Popen(_distill_args(d, data, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # many epochs, so the signal surely lands mid-training however fast the machine is
+    proc = subprocess.Popen(_distill_args(d, data, out, epochs=200), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     _wait_for(lambda: _epoch_of(out / "distill" / "last.ckpt") >= 1, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
