@@ -17,6 +17,12 @@ pytestmark = pytest.mark.slow
 STUDENT = {"space": "resnet_cifar", "genes": {"depths": [1, 1, 1], "widths": [8, 8, 16], "block": "basic"}}
 
 
+def _default_sigint() -> None:
+    """A job started in the background by a non-interactive shell inherits SIGINT ignored; a user's
+    terminal would deliver Ctrl-C, so give the child the default disposition."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _kdsearch(*args: str) -> list[str]:
     return [sys.executable, "-m", "kdsearch", *map(str, args)]
 
@@ -85,7 +91,7 @@ def test_distill_sigint_saves_and_exits_130(inputs):
     out = d / "interrupted"
     # many epochs, so the signal surely lands mid-training however fast the machine is
     proc = subprocess.Popen(_distill_args(d, data, out, epochs=200), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=_default_sigint)
     _wait_for(lambda: _epoch_of(out / "distill" / "last.ckpt") >= 1, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
@@ -136,7 +142,8 @@ def test_search_sigint_exits_130(inputs):
     d, data = inputs
     out = d / "search_interrupted"
     db = out / "search" / "study.db"
-    proc = subprocess.Popen(_search_args(out, data, 500), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(_search_args(out, data, 500), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
     _wait_for(lambda: db.exists() and db.stat().st_size > 0, proc)
     time.sleep(3)
     proc.send_signal(signal.SIGINT)
