@@ -10,7 +10,7 @@ import shutil
 import time
 import types
 import typing
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -19,6 +19,8 @@ from kdsearch.distill.trainer import TrainConfig
 from kdsearch.errors import ConfigError, UsageError
 from kdsearch.files import read_json, write_json, write_text
 from kdsearch.progress import NULL_PROGRESS, Progress
+from kdsearch.quant.qat import QatConfig
+from kdsearch.search.correlate import CorrelateConfig
 from kdsearch.search.study import SearchConfig
 
 __all__ = [
@@ -81,6 +83,8 @@ class RunConfig:
     distill: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     qat: bool = False  # quantization-aware training with KD after distill, then an int8 QAT export
+    quantize: QatConfig = field(default_factory=QatConfig)  # `kdsearch quantize` and `run --qat`
+    correlate: CorrelateConfig = field(default_factory=CorrelateConfig)  # `kdsearch correlate`
     student_fraction: float | None = 0.25  # max student params as a fraction of the teacher's (when no --max-params)
     device: str = "auto"
 
@@ -114,7 +118,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 _SECTIONS = {"data": DataConfig, "teach": TrainConfig, "search": SearchConfig, "distill": TrainConfig,
-             "export": ExportConfig}
+             "export": ExportConfig, "quantize": QatConfig, "correlate": CorrelateConfig}
 
 
 def _section(cls, base: Any, values: Mapping[str, Any], where: str):
@@ -129,13 +133,18 @@ def _section(cls, base: Any, values: Mapping[str, Any], where: str):
     for f in fields(cls):
         if f.name in values:
             v = values[f.name]
-            if f.name == "objectives" and isinstance(v, str):
+            if is_dataclass(hints[f.name]):  # a nested section, e.g. correlate.train
+                clean[f.name] = _section(hints[f.name], getattr(base, f.name), v or {}, f"{where}.{f.name}")
+                continue
+            if f.name in {"objectives", "proxies"} and isinstance(v, str):
                 v = tuple(x.strip() for x in v.split(",") if x.strip())
             elif isinstance(v, list):
                 v = tuple(v)
             if not _matches(v, hints[f.name]):
                 raise ConfigError(f"{where}.{f.name} = {v!r} has the wrong type; expected {_type_name(hints[f.name])}")
             clean[f.name] = v
+    if cls is SearchConfig and "proxy" in clean and "objectives" not in clean:  # as --proxy does
+        clean["objectives"] = (clean["proxy"], *base.objectives[1:])
     try:
         return replace(base, **clean)
     except TypeError as e:
@@ -430,13 +439,12 @@ def _run_stages(config: RunConfig, run_dir: Path, dataset, timings: dict[str, fl
     student_metrics = distill_stage(run_dir, config, dataset, teacher, arch, resume=resume, progress=progress)
     timings["distill"] = time.perf_counter() - t
     if config.qat:
-        from kdsearch.quant import QatConfig, quantize_student
+        from kdsearch.quant import quantize_student
 
         t = time.perf_counter()
         progress.note("stage quantize (QAT with KD)")
         if not (resume and (run_dir / "qat" / "metrics.json").exists()):
-            quantize_student(run_dir, QatConfig(seed=config.distill.seed, device=config.distill.device), resume=resume,
-                             progress=progress)
+            quantize_student(run_dir, config.quantize, resume=resume, progress=progress)
         timings["qat"] = time.perf_counter() - t
         config = replace(config, export=replace(config.export, int8="qat"))
     t = time.perf_counter()

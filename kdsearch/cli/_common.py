@@ -7,7 +7,7 @@ from typing import Any
 
 from kdsearch.pipeline import RunConfig, config_from_dict, preset
 
-__all__ = ["base_config", "override", "section"]
+__all__ = ["base_config", "data_flags", "override", "require_teacher", "run_config", "section"]
 
 
 def base_config(config_file: Path | None, preset_name: str | None = None) -> RunConfig:
@@ -18,6 +18,17 @@ def base_config(config_file: Path | None, preset_name: str | None = None) -> Run
     if config_file is not None:
         config = config_from_dict(load_yaml(config_file, "config file") or {}, config)
     return config
+
+
+def run_config(run_dir: Path, config_file: Path | None, **sections: dict[str, Any]) -> RunConfig:
+    """A run directory's ``run.yaml``, then the YAML config file, then the flags given."""
+    from kdsearch.config_files import load_yaml
+    from kdsearch.pipeline import load_run_config
+
+    config = load_run_config(run_dir)
+    if config_file is not None:
+        config = config_from_dict(load_yaml(config_file, "config file") or {}, config)
+    return override(config, **sections)
 
 
 def section(obj: Any, **flags: Any) -> Any:
@@ -32,3 +43,17 @@ def override(config: RunConfig, **sections: dict[str, Any]) -> RunConfig:
     changes = {name: section(getattr(config, name), **flags) for name, flags in sections.items()}
     changes.update({k: v for k, v in top.items() if v is not None})
     return replace(config, **changes)
+
+
+def data_flags(data: str | None, data_dir: Path | None, subset: int | None, seed: int | None) -> dict[str, Any]:
+    """The ``data`` section's flags (``--seed`` also seeds the split and the subset)."""
+    return {"spec": data, "data_dir": str(data_dir) if data_dir else None, "subset": subset, "seed": seed}
+
+
+def require_teacher(config: RunConfig) -> str:
+    """The teacher spec, from ``--teacher`` or the config file's ``teacher:``."""
+    from kdsearch.errors import UsageError
+
+    if not config.teacher:
+        raise UsageError("no teacher: give --teacher (a zoo name, model directory, .pt or .pt2) or `teacher:` in --config")
+    return config.teacher

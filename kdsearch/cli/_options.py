@@ -12,14 +12,14 @@ TRAIN = "Training"
 SEARCH = "Search"
 OUT = "Output"
 
-Data = Annotated[str, typer.Option("--data", help="Dataset NAME[:PATH]: fashion-mnist, mnist, cifar10, cifar100, imagefolder:DIR, npz:FILE.", rich_help_panel=DATA)]
+Data = Annotated[Optional[str], typer.Option("--data", help="Dataset NAME[:PATH]: fashion-mnist (default), mnist, cifar10, cifar100, imagefolder:DIR, npz:FILE.", rich_help_panel=DATA)]
 DataDir = Annotated[Optional[Path], typer.Option("--data-dir", help="Where to look for (and download) dataset files.", rich_help_panel=DATA)]
 Subset = Annotated[Optional[int], typer.Option("--subset", help="Keep only N training images (quick runs).", rich_help_panel=DATA)]
-Teacher = Annotated[str, typer.Option("--teacher", help="Teacher: a zoo name (fresh weights), a model directory, TorchScript .pt or torch.export .pt2.", rich_help_panel=RUN)]
+Teacher = Annotated[Optional[str], typer.Option("--teacher", help="Teacher: a zoo name (fresh weights), a model directory, TorchScript .pt or torch.export .pt2 (required here or in --config).", rich_help_panel=RUN)]
 OptTeacher = Annotated[Optional[str], typer.Option("--teacher", help="Teacher: a zoo name, a model directory, .pt (TorchScript) or .pt2; default: train one.", rich_help_panel=RUN)]
 Out = Annotated[Path, typer.Option("--out", help="Run directory to write.", rich_help_panel=OUT)]
-Seed = Annotated[int, typer.Option("--seed", help="Seed for every random choice: same seed, same run.", rich_help_panel=RUN)]
-Device = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu or cuda.", rich_help_panel=RUN)]
+Seed = Annotated[Optional[int], typer.Option("--seed", help="Seed for every random choice (default 0): same seed, same run.", rich_help_panel=RUN)]
+Device = Annotated[Optional[str], typer.Option("--device", help="auto (default: CUDA when present), cpu or cuda.", rich_help_panel=RUN)]
 Epochs = Annotated[Optional[int], typer.Option("--epochs", help="Training epochs.", rich_help_panel=TRAIN)]
 Trials = Annotated[Optional[int], typer.Option("--trials", help="Candidates to evaluate (complete trials, resumed ones included).", rich_help_panel=SEARCH)]
 MaxParams = Annotated[Optional[int], typer.Option("--max-params", help="Hard budget: most parameters a student may have.", rich_help_panel=SEARCH)]
@@ -27,4 +27,4 @@ Resume = Annotated[bool, typer.Option("--resume", help="Continue what an interru
 Force = Annotated[bool, typer.Option("--force", help="Start over, replacing an existing run directory.", rich_help_panel=OUT)]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout and nothing else.", rich_help_panel=OUT)]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.", rich_help_panel=OUT)]
-Config = Annotated[Optional[Path], typer.Option("--config", help="YAML file of options (run.yaml format); flags override it.", rich_help_panel=RUN)]
+Config = Annotated[Optional[Path], typer.Option("--config", help="YAML file of options (run.yaml format: one section per command); flags override it.", rich_help_panel=RUN)]

@@ -1,6 +1,7 @@
 """``kdsearch correlate``: distil a stratified sample of a space and rank every proxy against accuracy."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -17,45 +18,52 @@ def _csv(text: str | None, kind=str) -> tuple | None:
 
 
 def correlate(
-    teacher: o.Teacher,
     out: o.Out,
-    data: o.Data = "fashion-mnist",
+    teacher: o.Teacher = None,
+    data: o.Data = None,
     data_dir: o.DataDir = None,
     subset: o.Subset = None,
-    space: Annotated[str, typer.Option("--space", help="Search space to sample (name or YAML file).", rich_help_panel=o.SEARCH)] = "resnet_cifar",
-    archs: Annotated[int, typer.Option("--archs", help="Architectures to distil, spread evenly over log-parameters.", rich_help_panel=o.SEARCH)] = 30,
-    epochs: Annotated[int, typer.Option("--epochs", help="Distillation epochs per architecture.", rich_help_panel=o.TRAIN)] = 2,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Training batch size.", rich_help_panel=o.TRAIN)] = 64,
+    space: Annotated[Optional[str], typer.Option("--space", help="Search space to sample (default resnet_cifar; name or YAML file).", rich_help_panel=o.SEARCH)] = None,
+    archs: Annotated[Optional[int], typer.Option("--archs", help="Architectures to distil, spread evenly over log-parameters (default 30).", rich_help_panel=o.SEARCH)] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Distillation epochs per architecture (default 2).", rich_help_panel=o.TRAIN)] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Training batch size (default 64).", rich_help_panel=o.TRAIN)] = None,
     proxies: Annotated[Optional[str], typer.Option("--proxies", help="Comma list of proxies (default: all; params and flops always).", rich_help_panel=o.SEARCH)] = None,
-    proxy_batch: Annotated[int, typer.Option("--proxy-batch", help="Images per proxy score (main variant).", rich_help_panel=o.SEARCH)] = 64,
-    extra_batches: Annotated[str, typer.Option("--extra-batches", help="Other batch sizes the teacher-aware proxies are scored at.", rich_help_panel=o.SEARCH)] = "16,256",
-    teacher_init: Annotated[str, typer.Option("--teacher-init", help="Teacher variants scored, main first: pretrained,random.", rich_help_panel=o.SEARCH)] = "pretrained,random",
+    proxy_batch: Annotated[Optional[int], typer.Option("--proxy-batch", help="Images per proxy score, main variant (default 64).", rich_help_panel=o.SEARCH)] = None,
+    extra_batches: Annotated[Optional[str], typer.Option("--extra-batches", help="Other batch sizes the teacher-aware proxies are scored at (default 16,256).", rich_help_panel=o.SEARCH)] = None,
+    teacher_init: Annotated[Optional[str], typer.Option("--teacher-init", help="Teacher variants scored, main first (default pretrained,random).", rich_help_panel=o.SEARCH)] = None,
     max_params: o.MaxParams = None,
-    seed: o.Seed = 0,
-    device: o.Device = "auto",
+    seed: o.Seed = None,
+    device: o.Device = None,
+    config_file: o.Config = None,
     json_out: o.Json = False,
     quiet: o.Quiet = False,
 ) -> None:
     """Does the proxy pick well? Distil N archs and report Kendall τ, size-controlled τ, top-5 hits and regret per proxy.
 
     Resumable: finished students are kept in OUT/correlate/students.jsonl and never trained twice.
+    Options may come from --config (teacher, data and its correlate section); flags override them.
 
     Example: kdsearch correlate --teacher runs/quick/teacher --data fashion-mnist --subset 5000 --archs 30 --epochs 1 --out runs/corr
     """
-    from kdsearch.data import load_dataset
+    from kdsearch.cli._common import base_config, data_flags, override, require_teacher
     from kdsearch.models.teacher import load_teacher
-    from kdsearch.search.correlate import CorrelateConfig, run_correlate, with_train
+    from kdsearch.pipeline import load_run_dataset, save_run_config
+    from kdsearch.search.correlate import run_correlate, with_train
 
-    config = CorrelateConfig(space=space, archs=archs, proxies=_csv(proxies), proxy_batch=proxy_batch,
-                             extra_batches=_csv(extra_batches, int) or (), teacher_inits=_csv(teacher_init) or (),
-                             max_params=max_params, seed=seed)
-    config = with_train(config, epochs=epochs, batch_size=batch_size, seed=seed, device=device)
+    extra = () if extra_batches is not None and not extra_batches.strip() else _csv(extra_batches, int)
+    config = override(base_config(config_file), data=data_flags(data, data_dir, subset, seed), top={"teacher": teacher},
+                      correlate={"space": space, "archs": archs, "proxies": _csv(proxies), "proxy_batch": proxy_batch,
+                                 "extra_batches": extra, "teacher_inits": _csv(teacher_init),
+                                 "max_params": max_params, "seed": seed})
+    c = with_train(config.correlate, epochs=epochs, batch_size=batch_size, seed=seed, device=device)
+    spec = require_teacher(config)
     progress = make_progress(quiet, json_out)
     try:
-        dataset = load_dataset(data, data_dir=data_dir, subset=subset, seed=seed)
-        t = load_teacher(teacher, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
+        dataset = load_run_dataset(config)
+        t = load_teacher(spec, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
                          image_size=dataset.image_size)
-        result = run_correlate(t, dataset, out / "correlate", config, progress=progress)
+        save_run_config(out, replace(config, correlate=c))
+        result = run_correlate(t, dataset, out / "correlate", c, progress=progress)
     finally:
         close(progress)
     if json_out:

@@ -15,14 +15,15 @@ __all__ = ["register", "quantize"]
 
 def quantize(
     run_dir: Annotated[Path, typer.Argument(help="A run directory with distill/student.json.")],
-    epochs: Annotated[int, typer.Option("--epochs", help="QAT epochs.", rich_help_panel=o.TRAIN)] = 2,
-    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (cosine decay); small: QAT fine-tunes.", rich_help_panel=o.TRAIN)] = 5e-3,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Training batch size.", rich_help_panel=o.TRAIN)] = 128,
-    loss: Annotated[str, typer.Option("--loss", help="Logit losses by name and weight, e.g. kd:1,ce:1.", rich_help_panel=o.TRAIN)] = "kd:1,ce:1",
-    freeze_bn_after: Annotated[int, typer.Option("--freeze-bn-after", help="Epochs on batch statistics before BatchNorm uses its running ones.", rich_help_panel=o.TRAIN)] = 1,
-    freeze_observers_after: Annotated[int, typer.Option("--freeze-observers-after", help="Epochs the quantization ranges adapt before they are fixed.", rich_help_panel=o.TRAIN)] = 1,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for shuffling and augmentation.", rich_help_panel=o.RUN)] = 0,
-    device: o.Device = "auto",
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="QAT epochs (default 2).", rich_help_panel=o.TRAIN)] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate, cosine decay (default 0.005: QAT fine-tunes).", rich_help_panel=o.TRAIN)] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Training batch size (default 128).", rich_help_panel=o.TRAIN)] = None,
+    loss: Annotated[Optional[str], typer.Option("--loss", help="Logit losses by name and weight (default kd:1,ce:1).", rich_help_panel=o.TRAIN)] = None,
+    freeze_bn_after: Annotated[Optional[int], typer.Option("--freeze-bn-after", help="Epochs on batch statistics before BatchNorm uses its running ones (default 1).", rich_help_panel=o.TRAIN)] = None,
+    freeze_observers_after: Annotated[Optional[int], typer.Option("--freeze-observers-after", help="Epochs the quantization ranges adapt before they are fixed (default 1).", rich_help_panel=o.TRAIN)] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for shuffling and augmentation (default 0).", rich_help_panel=o.RUN)] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="auto (CUDA when present), cpu or cuda.", rich_help_panel=o.RUN)] = None,
+    config_file: o.Config = None,
     resume: o.Resume = False,
     force: o.Force = False,
     json_out: o.Json = False,
@@ -30,24 +31,30 @@ def quantize(
 ) -> None:
     """Quantization-aware training of the distilled student, guided by the teacher; then int8.
 
+    Options come from RUN_DIR/run.yaml's quantize section, then --config, then flags; the result is saved back.
+
     Example: kdsearch quantize runs/quick --epochs 2 && kdsearch export runs/quick --int8 qat
     """
+    from kdsearch.cli._common import run_config
     from kdsearch.errors import UsageError
-    from kdsearch.quant import QatConfig, quantize_student
+    from kdsearch.pipeline import save_run_config
+    from kdsearch.quant import quantize_student
 
-    config = QatConfig(epochs=epochs, lr=lr, batch_size=batch_size, loss=loss, freeze_bn_after=freeze_bn_after,
-                       freeze_observers_after=freeze_observers_after, seed=seed, device=device)
     if not (run_dir / "distill" / "student.json").exists():
         raise UsageError(f"{run_dir} has no distilled student (distill/student.json); run `kdsearch distill` first")
+    config = run_config(run_dir, config_file, quantize={
+        "epochs": epochs, "lr": lr, "batch_size": batch_size, "loss": loss, "freeze_bn_after": freeze_bn_after,
+        "freeze_observers_after": freeze_observers_after, "seed": seed, "device": device})
     out = run_dir / "qat"
     if out.exists() and any(out.iterdir()):
         if force and not resume:
             shutil.rmtree(out)
         elif not resume:
             raise UsageError(f"{out} already exists; add --resume to continue it or --force to start over")
+    save_run_config(run_dir, config)
     progress = make_progress(quiet, json_out)
     try:
-        metrics = quantize_student(run_dir, config, resume=resume, progress=progress)
+        metrics = quantize_student(run_dir, config.quantize, resume=resume, progress=progress)
     finally:
         close(progress)
     if json_out:

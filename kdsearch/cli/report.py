@@ -43,13 +43,17 @@ def report(
     run_dir: Annotated[Path, typer.Argument(help="A run directory (the --out of `kdsearch run`).")],
     out: Annotated[Optional[Path], typer.Option("--out", help="Where to write the page (default RUN_DIR/report.html).",
                                                  rich_help_panel=o.OUT)] = None,
+    config_file: Annotated[Optional[Path], typer.Option("--config", help="Accepted and checked as in every command; the page itself describes RUN_DIR as its run.yaml recorded it.", rich_help_panel=o.RUN)] = None,
     json_out: o.Json = False,
 ) -> None:
     """Write RUN_DIR/report.html (one self-contained page) and summarise the run.
 
     Example: kdsearch report runs/quick
     """
+    from kdsearch.cli._common import base_config
     from kdsearch.report.html import write_report
+
+    base_config(config_file)  # a project-wide config file works with every command; a broken one is an error
 
     result = write_report(run_dir, out)
     if json_out:
@@ -91,6 +95,7 @@ def _doctor_tables(d: dict[str, Any]) -> list[Table]:
 
 def doctor(
     data_dir: o.DataDir = None,
+    config_file: Annotated[Optional[Path], typer.Option("--config", help="Take the dataset directory (data.data_dir) from this config file.", rich_help_panel=o.RUN)] = None,
     json_out: o.Json = False,
 ) -> None:
     """Check this machine: versions, GPUs, ONNX Runtime, datasets; each problem with its fix.
@@ -99,9 +104,11 @@ def doctor(
 
     Example: kdsearch doctor --json
     """
+    from kdsearch.cli._common import base_config
     from kdsearch.doctor import diagnose
 
-    result = diagnose(data_dir)
+    configured = base_config(config_file).data.data_dir
+    result = diagnose(data_dir or (Path(configured) if configured else None))
     d = result.to_dict()
     if json_out:
         print_json(d)

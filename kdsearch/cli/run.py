@@ -48,6 +48,7 @@ def run(
         search={"space": space, "trials": trials, "max_params": max_params, **sd},
         distill={"epochs": epochs, **dev, **sd},
         teach={**dev, **sd},
+        quantize={**dev, **sd},
         top={"teacher": teacher, "device": device, "qat": qat},
     )
     progress = make_progress(quiet, json_out)

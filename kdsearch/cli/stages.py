@@ -8,7 +8,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from kdsearch.cli import _options as o
-from kdsearch.cli._common import base_config, override
+from kdsearch.cli._common import base_config, data_flags, override, require_teacher
 from kdsearch.cli._console import close, console, make_progress, print_json
 from kdsearch.logs import capture_library_noise
 
@@ -19,21 +19,17 @@ Lr = Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (d
 Batch = Annotated[Optional[int], typer.Option("--batch-size", help="Training batch size.", rich_help_panel=o.TRAIN)]
 
 
-def _data(config, data, data_dir, subset, seed):
-    return {"spec": data, "data_dir": str(data_dir) if data_dir else None, "subset": subset, "seed": seed}
-
-
 def teach(
     out: o.Out,
-    model: Annotated[str, typer.Option("--model", help="Zoo model to train (see `kdsearch models`).", rich_help_panel=o.RUN)] = "resnet20",
-    data: o.Data = "fashion-mnist",
+    model: Annotated[Optional[str], typer.Option("--model", help="Zoo model to train (default resnet20; see `kdsearch models`).", rich_help_panel=o.RUN)] = None,
+    data: o.Data = None,
     data_dir: o.DataDir = None,
     subset: o.Subset = None,
     epochs: o.Epochs = None,
     batch_size: Batch = None,
     lr: Lr = None,
-    seed: o.Seed = 0,
-    device: o.Device = "auto",
+    seed: o.Seed = None,
+    device: o.Device = None,
     config_file: o.Config = None,
     resume: o.Resume = False,
     force: o.Force = False,
@@ -47,7 +43,7 @@ def teach(
     from kdsearch.pipeline import check_inputs, load_run_dataset, prepare_run_dir, save_run_config, teach_stage
 
     config = base_config(config_file)
-    config = override(config, data=_data(config, data, data_dir, subset, seed),
+    config = override(config, data=data_flags(data, data_dir, subset, seed),
                       teach={"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "device": device},
                       top={"teacher_model": model})
     progress = make_progress(quiet, json_out)
@@ -60,6 +56,7 @@ def teach(
             metrics = teach_stage(out, config, dataset, resume=resume, progress=progress)  # --out is the model directory
     finally:
         close(progress)
+    model = config.teacher_model
     result = {"model_dir": str(out), "model": model, "val_acc": metrics["val_acc"], "test_acc": metrics["test_acc"],
               "params": metrics["params"]}
     if json_out:
@@ -70,9 +67,9 @@ def teach(
 
 
 def search(
-    teacher: o.Teacher,
     out: o.Out,
-    data: o.Data = "fashion-mnist",
+    teacher: o.Teacher = None,
+    data: o.Data = None,
     data_dir: o.DataDir = None,
     subset: o.Subset = None,
     space: Space = None,
@@ -95,7 +92,7 @@ def search(
     storage: Annotated[Optional[str], typer.Option("--storage", help="Optuna RDB URL (default: SQLite in the run directory).", rich_help_panel=o.SEARCH)] = None,
     study_name: Annotated[Optional[str], typer.Option("--study-name", help="Study name in the storage.", rich_help_panel=o.SEARCH)] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Worker processes sharing the study on this machine; on other machines run the same command with --storage URL --resume.", rich_help_panel=o.SEARCH)] = None,
-    seed: o.Seed = 0,
+    seed: o.Seed = None,
     config_file: o.Config = None,
     resume: o.Resume = False,
     force: o.Force = False,
@@ -122,7 +119,8 @@ def search(
     }
     if proxy and not objs:
         search_flags["objectives"] = (proxy, *config.search.objectives[1:])
-    config = override(config, data=_data(config, data, data_dir, subset, seed), search=search_flags, top={"teacher": teacher})
+    config = override(config, data=data_flags(data, data_dir, subset, seed), search=search_flags, top={"teacher": teacher})
+    require_teacher(config)
     seeds = [Arch.load(p) for p in seed_arch or []]
     progress = make_progress(quiet, json_out)
     try:
@@ -260,17 +258,20 @@ def export(
     provider: Annotated[Optional[str], typer.Option("--provider", help="ONNX Runtime provider: cpu, cuda or tensorrt (falls back to cpu with a warning).", rich_help_panel=o.OUT)] = None,
     calib_images: Annotated[Optional[int], typer.Option("--calib-images", help="Training images that calibrate PTQ.", rich_help_panel=o.OUT)] = None,
     latency_runs: Annotated[Optional[int], typer.Option("--latency-runs", help="Timed runs per latency figure.", rich_help_panel=o.OUT)] = None,
+    config_file: o.Config = None,
     json_out: o.Json = False,
     quiet: o.Quiet = False,
 ) -> None:
     """Export the distilled student to ONNX, verify it against PyTorch and measure it in ONNX Runtime.
 
+    Options come from RUN_DIR/run.yaml's export section, then --config, then flags; the result is saved back.
+
     Example: kdsearch export runs/quick --int8 ptq
     """
-    from kdsearch.pipeline import load_run_dataset, export_stage, load_run_config, save_run_config
+    from kdsearch.cli._common import run_config
+    from kdsearch.pipeline import export_stage, load_run_dataset, save_run_config
 
-    config = load_run_config(run_dir)
-    config = override(config, export={"int8": int8, "opset": opset, "provider": provider, "calib_images": calib_images,
+    config = run_config(run_dir, config_file, export={"int8": int8, "opset": opset, "provider": provider, "calib_images": calib_images,
                                       "latency_runs": latency_runs})
     progress = make_progress(quiet, json_out)
     try:

@@ -100,3 +100,14 @@ def test_cli_doctor_json_and_exit_codes(cli, monkeypatch, no_user_data):
     assert code == 1 and "pip uninstall" in out.replace("\n", " ")
     code, out, err = cli("doctor", "--json")
     assert code == 1 and json.loads(out)["healthy"] is False
+
+
+def test_cli_doctor_takes_the_data_dir_from_config(cli, tmp_path, no_user_data):
+    data = tmp_path / "data"
+    (data / "mnist").mkdir(parents=True)
+    for name in _IDX:
+        (data / "mnist" / name).write_bytes(b"")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"data:\n  data_dir: {data}\n")
+    code, out, err = cli("doctor", "--config", config, "--json")
+    assert json.loads(out)["datasets"]["mnist"] == str(data / "mnist")

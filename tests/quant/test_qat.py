@@ -181,3 +181,22 @@ def test_cli_refuses_to_overwrite(qat_run, cli) -> None:
 def test_help_has_an_example(cli) -> None:
     code, out, _ = cli("quantize", "--help")
     assert code == 0 and "Example" in out and "--freeze-bn-after" in out
+
+
+@pytest.mark.slow
+def test_quantize_and_export_take_config_flags_win_run_yaml_records(fresh_run: Path, cli, tmp_path: Path) -> None:
+    import yaml
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"quantize": {"epochs": 1, "batch_size": 64, "lr": 0.01, "device": "cpu"},
+                                      "export": {"latency_runs": 3, "calib_images": 16}}))
+    code, out, err = cli("quantize", fresh_run, "--config", config, "--lr", "0.02", "--json", "--quiet")
+    assert code == 0, err
+    used = json.loads((fresh_run / "qat" / "qat.json").read_text())["config"]
+    assert used["epochs"] == 1 and used["batch_size"] == 64 and used["lr"] == 0.02
+    saved = yaml.safe_load((fresh_run / "run.yaml").read_text())
+    assert saved["quantize"]["epochs"] == 1 and saved["quantize"]["lr"] == 0.02
+    code, out, err = cli("export", fresh_run, "--config", config, "--int8", "qat", "--json", "--quiet")
+    assert code == 0, err
+    saved = yaml.safe_load((fresh_run / "run.yaml").read_text())["export"]
+    assert saved == {**saved, "latency_runs": 3, "calib_images": 16, "int8": "qat"}
