@@ -117,6 +117,11 @@ def locate_parts(
     ``sample`` records the order modules run in: the classifier is the last ``nn.Linear``
     to run, the feature is the last module with a 4-D output that ran before it.
     """
+    if isinstance(model, torch.jit.ScriptModule):  # its compiled graph never calls hooks
+        raise ModelError(
+            "this TorchScript teacher's features cannot be read (its graph could not be cut into parts, see the "
+            "warning above); save it with torch.export as .pt2 or as a kdsearch model directory"
+        )
     feat = feature or getattr(model, "feature_path", "") or None
     clf = classifier
     if clf is None and isinstance(getattr(model, "classifier", None), nn.Linear):
@@ -126,11 +131,6 @@ def locate_parts(
         if not _is_linear(get_module(model, clf)):
             raise ModelError(f"module {clf!r} is not an nn.Linear classifier; name the final linear layer")
         return ModelParts(feat, clf)
-    if isinstance(model, torch.jit.ScriptModule):
-        raise ModelError(
-            "cannot hook a TorchScript teacher automatically; load it as a .pt2 (torch.export) "
-            "file or a kdsearch model directory, or name --teacher-feature/--teacher-classifier"
-        )
     was_training = model.training
     model.eval()
     with torch.no_grad(), _record_order(model) as calls:

@@ -33,11 +33,10 @@ class Teacher:
 
     def fresh_copy(self, seed: int) -> nn.Module:
         """A newly initialised network of the same architecture (DisWOT's reference teacher)."""
-        if self.arch is None and self.model_name is None:
-            raise UsageError(
-                f"--teacher-init random needs a teacher whose architecture kdsearch knows (a zoo name or a "
-                f"kdsearch model directory); {self.source} is an opaque file: use --teacher-init pretrained"
-            )
+        if self.arch is None and self.model_name is None:  # an opaque file: read it again, then re-initialise
+            again = load_teacher(self.source, num_classes=self.info["num_classes"], in_channels=self.info["in_channels"],
+                                 image_size=tuple(self.info.get("image_size", (32, 32))))
+            return reinitialise(again.module, seed, self.source)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return build_from_description(
@@ -45,6 +44,31 @@ class Teacher:
                 self.info["num_classes"],
                 self.info["in_channels"],
             )
+
+
+def reinitialise(module: nn.Module, seed: int, source: str = "the teacher") -> nn.Module:
+    """Give an opaque teacher (``.pt2``, TorchScript) fresh weights in place, by tensor shape: conv
+    kernels Kaiming-normal (fan-out), linear weights ``N(0, 0.01)``, norm scales 1, biases 0, statistics reset
+    (the initialisation of kdsearch's own networks)."""
+    if isinstance(module, torch.jit.ScriptModule):
+        raise UsageError(f"--teacher-init random cannot re-initialise the TorchScript graph of {source}; "
+                         "use --teacher-init pretrained, or give the teacher as .pt2 or a kdsearch model directory")
+    fresh = module
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        for name, p in fresh.named_parameters():
+            if p.dim() >= 3:
+                nn.init.kaiming_normal_(p, mode="fan_out", nonlinearity="relu")
+            elif p.dim() == 2:
+                nn.init.normal_(p, 0.0, 0.01)
+            else:
+                (nn.init.ones_ if name.endswith("weight") else nn.init.zeros_)(p)
+        for name, b in fresh.named_buffers():
+            if name.endswith("running_var"):
+                b.fill_(1)
+            elif name.endswith(("running_mean", "num_batches_tracked")):
+                b.zero_()
+    return fresh
 
 
 def build_from_description(desc: dict[str, Any], num_classes: int, in_channels: int) -> nn.Module:
@@ -163,6 +187,23 @@ def _load_torchscript(path: Path) -> nn.Module:
         raise ModelError(f"{path} is not a readable TorchScript file ({type(e).__name__}); save it with torch.jit.save") from None
 
 
+def _hookable(script: nn.Module, spec: str, num_classes: int, in_channels: int, size: tuple[int, int]) -> nn.Module:
+    """The TorchScript graph cut into hookable parts; the plain script (logits only) when it cannot be."""
+    import warnings
+
+    from kdsearch.errors import KdsearchWarning
+    from kdsearch.models.graph_teacher import hookable_torchscript
+
+    check_io(script, num_classes=num_classes, in_channels=in_channels, what=f"teacher {spec}", size=size)
+    try:
+        return hookable_torchscript(script, torch.zeros(2, in_channels, *size))
+    except ModelError as e:
+        warnings.warn(f"teacher {spec}: {e}; its logits still distil, but the search cannot read its features "
+                      "(save it with torch.export as .pt2, or as a kdsearch model directory)", KdsearchWarning,
+                      stacklevel=2)
+        return script
+
+
 def load_teacher(spec: str, *, num_classes: int, in_channels: int, image_size: tuple[int, int] = (32, 32)) -> Teacher:
     """Resolve ``--teacher SPEC`` into a :class:`Teacher` on the CPU, checked on inputs of ``image_size``."""
     path = Path(spec).expanduser()
@@ -175,7 +216,8 @@ def load_teacher(spec: str, *, num_classes: int, in_channels: int, image_size: t
     elif path.suffix == ".pt2" and path.is_file():
         teacher = Teacher(_load_pt2(path), spec, None, info={})
     elif path.suffix in {".pt", ".ts", ".torchscript", ".jit"} and path.is_file():
-        teacher = Teacher(_load_torchscript(path), spec, None, info={})
+        teacher = Teacher(_hookable(_load_torchscript(path), spec, num_classes, in_channels, image_size), spec, None,
+                          info={})
     elif path.exists():
         raise UsageError(
             f"cannot read a teacher from {path}: use a zoo name, a kdsearch model directory, a TorchScript file "
@@ -194,6 +236,7 @@ def load_teacher(spec: str, *, num_classes: int, in_channels: int, image_size: t
         teacher = Teacher(module, spec, False, model_arch(spec), spec, {})
     teacher.info.setdefault("num_classes", num_classes)
     teacher.info.setdefault("in_channels", in_channels)
+    teacher.info.setdefault("image_size", list(image_size))
     check_io(teacher.module, num_classes=num_classes, in_channels=in_channels, what=f"teacher {spec}", size=image_size)
     return teacher
 

@@ -1,0 +1,116 @@
+"""TorchScript teachers made hookable: ``body → head → classifier`` modules over the same graph.
+
+A loaded TorchScript module runs its compiled graph, so forward hooks on its submodules never
+fire and features cannot be captured. :func:`hookable_torchscript` converts it to a
+``torch.export`` graph (``TS2EPConverter``) and cuts that graph in three at the last 4-D
+feature map and at the final ``linear``: ``body`` (image → feature map), ``head`` (feature map
+→ classifier input) and ``classifier`` (a real ``nn.Linear`` sharing the file's weights). The
+user's file is only read; the result computes the same logits (checked) and every kdsearch
+feature tap works on it by module path.
+"""
+from __future__ import annotations
+
+import operator
+import warnings
+
+import torch
+from torch import fx, nn
+
+from kdsearch.errors import ModelError
+
+__all__ = ["GraphTeacher", "hookable_torchscript"]
+
+
+class GraphTeacher(nn.Module):
+    """``classifier(head(body(x)))``: a TorchScript teacher's graph in three hookable parts."""
+
+    feature_path = "body"
+
+    def __init__(self, body: fx.GraphModule, head: fx.GraphModule, classifier: nn.Linear) -> None:
+        super().__init__()
+        self.body, self.head, self.classifier = body, head, classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.head(self.body(x)))
+
+
+def _is_4d_map(node: fx.Node) -> bool:
+    v = node.meta.get("val")
+    return isinstance(v, torch.Tensor) and v.dim() == 4 and v.shape[-1] * v.shape[-2] > 1
+
+
+_STATISTICS = {"running_mean", "running_var", "num_batches_tracked"}
+
+
+def _weights_as_parameters(gm: fx.GraphModule) -> None:
+    """The converter lifts every weight as a buffer; make them parameters again (statistics stay buffers)."""
+    for name, buf in list(gm.named_buffers()):
+        prefix, _, leaf = name.rpartition(".")
+        if leaf not in _STATISTICS and buf.is_floating_point():
+            module = gm.get_submodule(prefix)
+            del module._buffers[leaf]
+            module.register_parameter(leaf, nn.Parameter(buf.detach().clone()))
+
+
+def _subgraph(root: fx.GraphModule, nodes: list[fx.Node], inp: fx.Node, out: fx.Node) -> fx.GraphModule:
+    """A graph computing ``out`` from ``inp`` with copies of ``nodes``; parameters are shared with ``root``."""
+    g = fx.Graph()
+    env = {inp: g.placeholder("x")}
+
+    def arg(n: fx.Node) -> fx.Node:
+        if n not in env:
+            if n.op != "get_attr":
+                raise ModelError("the TorchScript graph does not split at its last feature map "
+                                 "(a later layer reads an earlier one)")
+            env[n] = g.node_copy(n)
+        return env[n]
+
+    for n in nodes:
+        if n is not inp and n.op not in ("placeholder", "output", "get_attr"):  # attributes: copied when used
+            env[n] = g.node_copy(n, arg)
+    g.output(env[out])
+    return fx.GraphModule(root, g)
+
+
+def hookable_torchscript(script: torch.jit.ScriptModule, sample: torch.Tensor) -> GraphTeacher:
+    """Convert a TorchScript classifier into a :class:`GraphTeacher` (raises ``ModelError`` when it cannot)."""
+    from torch._export.converter import TS2EPConverter
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            gm = TS2EPConverter(script, (sample,)).convert().module()
+    except Exception as e:  # noqa: BLE001 - the converter fails on unsupported TorchScript
+        raise ModelError(f"cannot convert this TorchScript graph ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+    _weights_as_parameters(gm)
+    nodes = list(gm.graph.nodes)
+    inputs = [n for n in nodes if n.op == "placeholder"]
+    linears = [n for n in nodes if n.op == "call_function" and n.target is torch.ops.aten.linear.default]
+    if len(inputs) != 1 or not linears:
+        raise ModelError("the TorchScript graph is not one image in, logits of a final linear layer out")
+    lin = linears[-1]
+    (result,) = [n for n in nodes if n.op == "output"]
+    outs = result.args[0] if isinstance(result.args[0], (tuple, list)) else (result.args[0],)
+    if list(outs) != [lin]:
+        raise ModelError("the TorchScript graph's output is not the final linear layer's (logits)")
+    weight, bias = (list(lin.args) + [None])[1:3]
+    if weight is None or weight.op != "get_attr" or (bias is not None and bias.op != "get_attr"):
+        raise ModelError("the TorchScript graph's final linear layer has no stored weight")
+    i_lin = nodes.index(lin)
+    maps = [n for n in nodes[:i_lin] if _is_4d_map(n)]
+    if not maps:
+        raise ModelError("the TorchScript graph has no 4-D feature map before its classifier")
+    feat, i_feat = maps[-1], nodes.index(maps[-1])
+    w = operator.attrgetter(weight.target)(gm)
+    classifier = nn.Linear(w.shape[1], w.shape[0], bias=bias is not None)
+    classifier.weight = w
+    if bias is not None:
+        classifier.bias = operator.attrgetter(bias.target)(gm)
+    model = GraphTeacher(_subgraph(gm, nodes[: i_feat + 1], inputs[0], feat),
+                         _subgraph(gm, nodes[i_feat + 1 : i_lin], feat, lin.args[0]), classifier)
+    model.eval()
+    with torch.no_grad():
+        expected, got = script(sample), model(sample)
+    if not torch.allclose(expected, got, rtol=1e-4, atol=1e-5):
+        raise ModelError("the converted TorchScript graph does not reproduce the file's logits")
+    return model
