@@ -101,6 +101,63 @@ def test_distill_sigint_saves_and_exits_130(inputs):
     assert _epoch_of(out / "distill" / "last.ckpt") >= 1
 
 
+@pytest.fixture(scope="module")
+def distilled(inputs) -> Path:
+    """A run directory with a distilled student (1 epoch), for QAT."""
+    d, data = inputs
+    subprocess.run(_distill_args(d, data, d / "distilled", epochs=1), check=True, capture_output=True, timeout=600)
+    return d / "distilled"
+
+
+def _quantize_args(run: Path, epochs: int = 2) -> list[str]:
+    return _kdsearch("quantize", run, "--epochs", epochs, "--batch-size", "32", "--lr", "0.01", "--device", "cpu",
+                     "--quiet")
+
+
+def _copy_run(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("qat", "export"))
+    return dst
+
+
+@pytest.mark.skipif(not __import__("importlib").util.find_spec("torchao"), reason="QAT needs torchao")
+def test_quantize_sigkill_then_resume_matches_uninterrupted(distilled):
+    from safetensors.torch import load_file
+
+    straight = _copy_run(distilled, distilled.parent / "qat_straight")
+    subprocess.run(_quantize_args(straight), check=True, capture_output=True, timeout=900)
+    killed = _copy_run(distilled, distilled.parent / "qat_killed")
+    proc = subprocess.Popen(_quantize_args(killed), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: _epoch_of(killed / "qat" / "last.ckpt") >= 1, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "qat" / "student.qat.safetensors").exists()
+    assert not list(killed.rglob("*.tmp*")), "a kill must not leave temporary files under final names"
+    done = subprocess.run(_quantize_args(killed) + ["--resume"], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    a = load_file(str(straight / "qat" / "student.qat.safetensors"))
+    b = load_file(str(killed / "qat" / "student.qat.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    metrics = [json.loads((r / "qat" / "metrics.json").read_text()) for r in (straight, killed)]
+    assert metrics[0]["int8_val_acc"] == metrics[1]["int8_val_acc"]
+
+
+@pytest.mark.skipif(not __import__("importlib").util.find_spec("torchao"), reason="QAT needs torchao")
+def test_quantize_sigint_saves_and_exits_130(distilled):
+    run = _copy_run(distilled, distilled.parent / "qat_interrupted")
+    proc = subprocess.Popen(_quantize_args(run, epochs=200), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
+    _wait_for(lambda: _epoch_of(run / "qat" / "last.ckpt") >= 1, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert "--resume" in err and "Traceback" not in err
+    assert _epoch_of(run / "qat" / "last.ckpt") >= 1
+
+
 def _search_args(out: Path, data: str, trials: int) -> list[str]:
     return _kdsearch("search", "--teacher", "resnet8", "--data", data, "--out", out, "--trials", trials,
                      "--population", "4", "--proxy-batch", "16", "--max-params", "200000", "--quiet")
