@@ -58,6 +58,14 @@ def test_graph_is_optimised(fp32_onnx: Path) -> None:
     assert ops.count("Conv") == 9  # stem + 2 per block x 3 + 2 projection shortcuts
 
 
+def test_exporter_debug_metadata_is_stripped(fp32_onnx: Path) -> None:
+    import onnx
+
+    proto = onnx.load(str(fp32_onnx))
+    assert proto.graph.node and not any(n.metadata_props for n in proto.graph.node)
+    assert read_metadata(fp32_onnx)["normalization"]  # the model-level metadata stays
+
+
 def test_export_keeps_training_flag_and_is_silent(tmp_path: Path, images: torch.Tensor, capfd) -> None:
     model = tiny_resnet(seed=3).train()
     logs: list[str] = []
