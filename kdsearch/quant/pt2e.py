@@ -21,7 +21,7 @@ MAX_BATCH = 65536  # torch.export needs a finite bound on the symbolic batch; ON
 _BATCH_NORMS = ("aten.batch_norm.default", "aten._native_batch_norm_legit.default", "aten.cudnn_batch_norm.default")
 
 
-def prepare_for_qat(model: nn.Module, sample: torch.Tensor, recipe: str = "x86") -> torch.fx.GraphModule:
+def prepare_for_qat(model: nn.Module, sample: torch.Tensor, recipe: str = "onnx") -> torch.fx.GraphModule:
     """Capture ``model`` (a copy is not made: pass one) with a dynamic batch and insert fake-quantizers.
 
     Strict capture (TorchDynamo) is used because it names every call of a module apart; the

@@ -46,7 +46,7 @@ class QatConfig:
     weight_decay: float = 1e-4  # never applied to norms and biases
     grad_clip: float | None = 5.0
     augment: bool = True
-    recipe: str = "x86"  # see kdsearch.quant.recipes.QUANTIZERS
+    recipe: str = "onnx"  # see kdsearch.quant.recipes.QUANTIZERS; "onnx": every conv runs as QLinearConv in ONNX Runtime
     eval_batch_size: int = 512
     seed: int = 0
     device: str = "auto"

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from kdsearch.registry import Registry
 
-__all__ = ["QUANTIZERS", "x86_per_channel"]
+__all__ = ["QUANTIZERS", "onnx_runtime_per_channel", "x86_per_channel"]
 
 QUANTIZERS: Registry[Callable[[], Any]] = Registry("quantization recipe")
 
@@ -26,3 +26,35 @@ def x86_per_channel() -> Any:
     )
 
     return X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config(is_qat=True))
+
+
+def _onnx_runtime_quantizer_class() -> type:
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import X86InductorQuantizer
+
+    class OnnxRuntimeQuantizer(X86InductorQuantizer):
+        """X86InductorQuantizer without its conv+add fusions: every conv output gets its own
+        Q/DQ, so ONNX Runtime turns each conv into QLinearConv and each residual add into QLinearAdd
+        (Inductor fuses conv+add+relu into one int8 kernel; ONNX Runtime cannot, and leaves such convs in fp32)."""
+
+        def _annotate_qat_conv2d_bn_binary_unary(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+        def _annotate_qat_conv2d_bn_binary(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+        def _annotate_conv2d_binary_unary(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+        def _annotate_conv2d_binary(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+    return OnnxRuntimeQuantizer
+
+
+@QUANTIZERS.register("onnx")
+def onnx_runtime_per_channel() -> Any:
+    """The x86 recipe's numerics (int8 per-channel weights, uint8 activations) laid out for ONNX Runtime:
+    every conv quantized on its own, so the exported QDQ graph runs as QLinearConv / QLinearAdd."""
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import get_default_x86_inductor_quantization_config
+
+    return _onnx_runtime_quantizer_class()().set_global(get_default_x86_inductor_quantization_config(is_qat=True))

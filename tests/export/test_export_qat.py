@@ -97,3 +97,36 @@ def test_export_model_qat(qat_model: nn.Module, qat_images: torch.Tensor, tmp_pa
     with torch.no_grad():
         expected = float((qat_model(qat_images).argmax(1) == labels).float().mean())
     assert entry["accuracy"] == pytest.approx(expected)
+
+
+def _ops_onnx_runtime_runs(path: Path, tmp_path: Path) -> list[str]:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(tmp_path / f"{path.stem}.opt.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+
+
+@pytest.mark.parametrize("recipe", ["onnx", "x86"])
+def test_recipes_on_a_residual_net_export_and_the_onnx_recipe_runs_every_conv_in_int8(recipe: str, tmp_path: Path) -> None:
+    from kdsearch.models.resnet_cifar import ResNetCifar
+    from kdsearch.quant.pt2e import convert, prepare_for_qat
+
+    torch.manual_seed(0)
+    images = torch.randn(32, 3, 16, 16)
+    prepared = prepare_for_qat(ResNetCifar([2, 1, 1], [8, 16, 16]).train(), images[:2], recipe)
+    with torch.no_grad():
+        prepared(images)  # observers see data
+    model = convert(prepared)
+    path = export_onnx(model, images[:2], tmp_path / f"{recipe}.onnx")
+    ops = _ops_onnx_runtime_runs(path, tmp_path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        expected = model(images).numpy()
+    got = session.run(None, {session.get_inputs()[0].name: images.numpy()})[0]
+    assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.9
+    n_conv = sum(isinstance(m, nn.Conv2d) for m in ResNetCifar([2, 1, 1], [8, 16, 16]).modules())
+    if recipe == "onnx":
+        assert ops.count("QLinearConv") == n_conv and "FusedConv" not in ops and "Conv" not in ops
+    else:  # Inductor's conv+add fusion leaves the conv before each residual add in fp32 for ONNX Runtime
+        assert ops.count("QLinearConv") < n_conv
