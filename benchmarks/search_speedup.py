@@ -5,6 +5,9 @@
    candidates = N x mean measured per-candidate time. The ratio is what DisWOT's "≥ 180x
    training acceleration" claims (their training-based baseline trains longer, so their ratio
    is larger for the same proxy cost).
+   With ``--from-correlate DIR`` nothing is extrapolated: N is the number of students a finished
+   ``kdsearch correlate --out DIR`` distilled, and the distil time is the sum of their measured
+   ``train_s`` (pass the same --teacher, --data and --subset the study used).
 2. Trials/s of 1, 2 and 4 worker processes on one PostgreSQL study (spawn start-up included;
    on a 2-core machine more workers than cores cannot scale).
 
@@ -34,6 +37,8 @@ def _args() -> argparse.Namespace:
     p.add_argument("--distil", type=int, default=3, help="candidates actually distilled to measure the per-candidate time")
     p.add_argument("--epochs", type=int, default=2, help="distillation epochs per candidate")
     p.add_argument("--max-params", type=int, default=60_000)
+    p.add_argument("--from-correlate", type=Path, default=None,
+                   help="a correlate --out directory: use its students' measured distil times instead of extrapolating")
     p.add_argument("--workers", default="1,2,4", help="worker counts timed on PostgreSQL ('' to skip)")
     p.add_argument("--worker-trials", type=int, default=16)
     p.add_argument("--json", type=Path, default=HERE / "search_speedup.json")
@@ -59,6 +64,11 @@ def main() -> None:
     from kdsearch.search import SearchConfig
     from kdsearch.search.correlate import CorrelateConfig
 
+    measured = None
+    if args.from_correlate is not None:
+        lines = (args.from_correlate / "correlate" / "students.jsonl").read_text().splitlines()
+        measured = [json.loads(x) for x in lines if x.strip().endswith("}")]
+        args.candidates, args.epochs = len(measured), measured[0]["epochs"]
     dataset = load_dataset(args.data, subset=args.subset, seed=0)
     torch.manual_seed(0)
     teacher = load_teacher(args.teacher, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
@@ -68,8 +78,8 @@ def main() -> None:
                     "proxy_batch": config.proxy_batch, "subset": args.subset, "epochs": args.epochs}
     with tempfile.TemporaryDirectory() as tmp:
         search_s, result = _search_time(teacher, dataset, config, Path(tmp) / "search")
-        unique = list(dict.fromkeys(r["arch"] for r in result.rows))[: args.distil]
-        times = []
+        unique = [] if measured else list(dict.fromkeys(r["arch"] for r in result.rows))[: args.distil]
+        times = [m["train_s"] for m in measured] if measured else []
         for i, arch_json in enumerate(unique):
             t0 = time.perf_counter()
             distill_student(Arch.from_json(arch_json), teacher, dataset, Path(tmp) / f"d{i}", recipe)
@@ -77,12 +87,15 @@ def main() -> None:
     per_candidate = sum(times) / len(times)
     distil_s = per_candidate * args.candidates
     report.update({"search_s": search_s, "search_s_per_candidate": search_s / args.candidates,
-                   "distil_s_per_candidate_measured": times, "distil_s_extrapolated": distil_s,
-                   "speedup": distil_s / search_s})
+                   "distil_s_per_candidate_measured": times, "distil_s": distil_s,
+                   "distil_s_extrapolated": not measured, "speedup": distil_s / search_s,
+                   "from_correlate": str(args.from_correlate) if measured else None})
     print(f"search {args.candidates} candidates with {config.proxy}: {search_s:8.1f} s "
           f"({search_s / args.candidates:.2f} s each)")
+    how = (f"all {len(times)} measured by correlate" if measured
+           else f"extrapolated from {len(times)} measured")
     print(f"distil {args.candidates} candidates x {args.epochs} epoch(s): {distil_s:8.1f} s "
-          f"(extrapolated from {len(times)} measured: {per_candidate:.1f} s each)")
+          f"({how}: {per_candidate:.1f} s each)")
     print(f"speedup: {distil_s / search_s:.1f}x")
 
     counts = [int(x) for x in args.workers.split(",") if x.strip()]

@@ -29,6 +29,7 @@ def x86_per_channel() -> Any:
 
 
 def _onnx_runtime_quantizer_class() -> type:
+    import torch
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import X86InductorQuantizer
 
     class OnnxRuntimeQuantizer(X86InductorQuantizer):
@@ -47,6 +48,26 @@ def _onnx_runtime_quantizer_class() -> type:
 
         def _annotate_conv2d_binary(self, *args: Any, **kwargs: Any) -> None:
             return None
+
+        def annotate(self, model: Any) -> Any:
+            """Also quantize both inputs of every residual add, so ONNX Runtime runs it as QLinearAdd."""
+            from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, get_input_act_qspec
+
+            super().annotate(model)
+            if self.global_config is None:
+                return model
+            qspec = get_input_act_qspec(self.global_config)
+            for node in model.graph.nodes:
+                if node.op != "call_function" or node.target not in (torch.ops.aten.add.Tensor, torch.ops.aten.add_.Tensor):
+                    continue
+                args = [a for a in node.args[:2] if isinstance(a, torch.fx.Node)]
+                if len(args) != 2 or "quantization_annotation" in node.meta:
+                    continue
+                if not all(getattr(a.meta.get("val"), "dim", lambda: 0)() == 4 for a in args):
+                    continue
+                node.meta["quantization_annotation"] = QuantizationAnnotation(
+                    input_qspec_map={a: qspec for a in args}, _annotated=True)
+            return model
 
     return OnnxRuntimeQuantizer
 

@@ -108,7 +108,7 @@ def _ops_onnx_runtime_runs(path: Path, tmp_path: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("recipe", ["onnx", "x86"])
-def test_recipes_on_a_residual_net_export_and_the_onnx_recipe_runs_every_conv_in_int8(recipe: str, tmp_path: Path) -> None:
+def test_recipes_on_a_residual_net_export_and_the_onnx_recipe_runs_convs_and_adds_in_int8(recipe: str, tmp_path: Path) -> None:
     from kdsearch.models.resnet_cifar import ResNetCifar
     from kdsearch.quant.pt2e import convert, prepare_for_qat
 
@@ -126,7 +126,8 @@ def test_recipes_on_a_residual_net_export_and_the_onnx_recipe_runs_every_conv_in
     got = session.run(None, {session.get_inputs()[0].name: images.numpy()})[0]
     assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.9
     n_conv = sum(isinstance(m, nn.Conv2d) for m in ResNetCifar([2, 1, 1], [8, 16, 16]).modules())
-    if recipe == "onnx":
+    if recipe == "onnx":  # every conv in int8, and the residual adds too (the last one feeds the fp32 pooling)
         assert ops.count("QLinearConv") == n_conv and "FusedConv" not in ops and "Conv" not in ops
+        assert ops.count("QLinearAdd") == 3 and ops.count("Add") == 1  # 4 residual blocks
     else:  # Inductor's conv+add fusion leaves the conv before each residual add in fp32 for ONNX Runtime
         assert ops.count("QLinearConv") < n_conv
