@@ -36,7 +36,7 @@ def _study(d: Path) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], list
     params = np.array([float(r[col["params"]]) for r in body])
     acc = np.array([float(r[col["acc"]]) for r in body])
     scores = {name: np.array([float(r[i]) for r in body]) for name, i in col.items()
-              if name not in ("arch", "acc", "val_acc", "train_s")}
+              if name not in ("arch", "acc", "val_acc", "train_s", "acc_by_seed")}
     quantiles = json.loads((d / "correlate" / "correlate.json").read_text())["config"]["budgets"]
     ordered = sorted(params)
     budgets = [ordered[max(0, math.ceil(q * len(ordered)) - 1)] for q in quantiles]

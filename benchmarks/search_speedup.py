@@ -67,7 +67,9 @@ def main() -> None:
     measured = None
     if args.from_correlate is not None:
         lines = (args.from_correlate / "correlate" / "students.jsonl").read_text().splitlines()
-        measured = [json.loads(x) for x in lines if x.strip().endswith("}")]
+        rows = [json.loads(x) for x in lines if x.strip().endswith("}")]
+        first_seed = min(r.get("seed", 0) for r in rows)  # one distillation per candidate, as a search would need
+        measured = [r for r in rows if r.get("seed", 0) == first_seed]
         args.candidates, args.epochs = len(measured), measured[0]["epochs"]
     dataset = load_dataset(args.data, subset=args.subset, seed=0)
     torch.manual_seed(0)

@@ -26,6 +26,7 @@ def correlate(
     space: Annotated[Optional[str], typer.Option("--space", help="Search space to sample (default resnet_cifar; name or YAML file).", rich_help_panel=o.SEARCH)] = None,
     archs: Annotated[Optional[int], typer.Option("--archs", help="Architectures to distil, spread evenly over log-parameters (default 30).", rich_help_panel=o.SEARCH)] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Distillation epochs per architecture (default 2).", rich_help_panel=o.TRAIN)] = None,
+    repeats: Annotated[Optional[int], typer.Option("--repeats", help="Training seeds per architecture (default 1); with 2 or more, accuracy is their mean and the seed-to-seed agreement is reported as the ceiling no proxy can beat.", rich_help_panel=o.TRAIN)] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Training batch size (default 64).", rich_help_panel=o.TRAIN)] = None,
     proxies: Annotated[Optional[str], typer.Option("--proxies", help="Comma list of proxies (default: all; params and flops always).", rich_help_panel=o.SEARCH)] = None,
     proxy_batch: Annotated[Optional[int], typer.Option("--proxy-batch", help="Images per proxy score, main variant (default 64).", rich_help_panel=o.SEARCH)] = None,
@@ -54,7 +55,7 @@ def correlate(
     config = override(base_config(config_file), data=data_flags(data, data_dir, subset, seed), top={"teacher": teacher},
                       correlate={"space": space, "archs": archs, "proxies": _csv(proxies), "proxy_batch": proxy_batch,
                                  "extra_batches": extra, "teacher_inits": _csv(teacher_init),
-                                 "max_params": max_params, "seed": seed})
+                                 "max_params": max_params, "seed": seed, "repeats": repeats})
     c = with_train(config.correlate, epochs=epochs, batch_size=batch_size, seed=seed, device=device)
     spec = require_teacher(config)
     progress = make_progress(quiet, json_out)
@@ -68,7 +69,7 @@ def correlate(
         close(progress)
     if json_out:
         print_json({"out": str(result.out_dir), "archs": len(result.students), "trained_now": result.trained_now,
-                    "metrics": result.metrics})
+                    "metrics": result.metrics, "reliability": result.reliability})
         return
     from rich.table import Table
 
@@ -81,6 +82,11 @@ def correlate(
         table.add_row(m["proxy"], *(f"{m[k]:.3f}" for k in ("kendall_tau", "spearman_rho", "size_controlled_tau",
                                                              "top5_hit", "mean_regret")))
     console.print(table)
+    r = result.reliability
+    if r:
+        console.print(f"ceiling — one training seed ranking another ({r['seeds']} seeds): Kendall τ {r['kendall_tau']:.3f}, "
+                      f"size-ctrl τ {r['size_controlled_tau']:.3f}, regret {r['mean_regret']:.3f}; accuracy sd "
+                      f"{r['acc_sd_within_arch']:.4f} between seeds, {r['acc_sd_between_archs']:.4f} between archs")
     console.print(f"all variants → {result.out_dir / 'correlate.csv'}; plots → {result.out_dir / 'scatter.png'}")
 
 

@@ -11,8 +11,14 @@ teacher initialisation, batch size, term weights) and reports per proxy:
 - regret under budget: for several params budgets, the accuracy of the best arch within the
   budget minus that of the proxy's favourite within it (0 is perfect).
 
-Every finished student is appended to ``students.jsonl`` (one fsynced JSON line) and never
-trained twice; scores are recomputed on every run (seconds), so new proxies need no training.
+With ``repeats`` > 1 every arch is distilled once per training seed; accuracy is then the mean
+over seeds, and the seeds' agreement with each other (``reliability``) is the ceiling no proxy can
+pass: how well one training run ranks the archs for another, overall and beyond size, and the
+regret of picking by one seed's accuracy judged on another's.
+
+Every finished student is appended to ``students.jsonl`` (one fsynced JSON line, keyed by arch
+and training seed) and never trained twice; scores are recomputed on every run (seconds), so new
+proxies need no training.
 """
 from __future__ import annotations
 
@@ -49,6 +55,7 @@ __all__ = [
     "top_k_hit_rate",
     "DISWOT_WEIGHTS",
     "with_train",
+    "seed_reliability",
 ]
 
 BASELINES = ("params", "flops")  # always reported: a proxy must beat these to be worth its cost
@@ -73,8 +80,11 @@ class CorrelateConfig:
         epochs=2, batch_size=64, augment=False, cache_teacher=True,  # no augmentation in 1-2 epochs: cache the teacher
         schedule="onecycle", lr=0.1))
     seed: int = 0
+    repeats: int = 1  # training seeds per arch: train.seed, train.seed + 1, ...
 
     def __post_init__(self) -> None:
+        if self.repeats < 1:
+            raise UsageError(f"--repeats must be at least 1 (got {self.repeats})")
         if self.archs < 5:
             raise UsageError(f"--archs must be at least 5 for rank statistics to mean anything (got {self.archs})")
         if self.proxy_batch < 2 or any(b < 2 for b in self.extra_batches):
@@ -93,6 +103,7 @@ class CorrelateResult:
     metrics: list[dict[str, Any]]  # one per proxy variant, best size-controlled τ first
     out_dir: Path
     trained_now: int = 0
+    reliability: dict[str, Any] = field(default_factory=dict)  # seed-to-seed agreement; empty with one seed
 
 
 def stratified_archs(space, dataset: Dataset, n: int, *, seed: int, pool: int = 600,
@@ -191,17 +202,56 @@ def proxy_metrics(scores: Sequence[float], acc: Sequence[float], params: Sequenc
     }
 
 
-def _read_students(path: Path) -> dict[str, dict[str, Any]]:
-    """Finished students by arch key; a torn last line (a crash mid-write) is ignored."""
-    done: dict[str, dict[str, Any]] = {}
+def _read_students(path: Path, default_seed: int) -> dict[tuple[str, int], dict[str, Any]]:
+    """Finished students by (arch key, training seed); a torn last line (a crash mid-write) is ignored.
+
+    Rows written before seeds were recorded count as ``default_seed``, the study's first seed.
+    """
+    done: dict[tuple[str, int], dict[str, Any]] = {}
     if path.exists():
         for line in path.read_text().splitlines():
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            done[row["key"]] = row
+            done[(row["key"], row.get("seed", default_seed))] = row
     return done
+
+
+def _accuracy(row: dict[str, Any]) -> float:
+    return row["test_acc"] if row.get("test_acc") is not None else row["val_acc"]
+
+
+def seed_reliability(accs: Sequence[Sequence[float]], params: Sequence[float],
+                     budgets: Sequence[float]) -> dict[str, Any]:
+    """How well one training seed's accuracies predict another's: the ceiling for any proxy.
+
+    ``accs[i][r]`` is arch ``i`` trained with seed ``r``. Kendall τ and size-controlled τ are
+    averaged over seed pairs; ``mean_regret`` is the regret under budget of picking by one
+    seed's accuracy, judged by another's, averaged over ordered pairs. Empty with one seed.
+    """
+    import statistics
+
+    seeds = len(accs[0]) if accs else 0
+    if seeds < 2:
+        return {}
+    column = [[row[r] for row in accs] for r in range(seeds)]
+    pairs = [(a, b) for a in range(seeds) for b in range(seeds) if a != b]
+    taus = [_rank_corr(column[a], column[b])[0] for a, b in pairs if a < b]
+    controlled = [size_controlled_tau(column[a], column[b], params) for a, b in pairs if a < b]
+    regrets = []
+    for a, b in pairs:
+        finite = [r for r in regret_under_budget(column[a], column[b], params, budgets) if not math.isnan(r)]
+        regrets.append(sum(finite) / len(finite))
+    means = [statistics.fmean(row) for row in accs]
+    return {
+        "seeds": seeds,
+        "kendall_tau": statistics.fmean(taus),
+        "size_controlled_tau": statistics.fmean(controlled),
+        "mean_regret": statistics.fmean(regrets),
+        "acc_sd_within_arch": statistics.fmean(statistics.stdev(row) for row in accs),
+        "acc_sd_between_archs": statistics.stdev(means),
+    }
 
 
 def _append_line(path: Path, row: dict[str, Any]) -> None:
@@ -287,26 +337,34 @@ def run_correlate(
     out_dir.mkdir(parents=True, exist_ok=True)
     archs = stratified_archs(space, dataset, config.archs, seed=config.seed, pool=config.pool, max_params=config.max_params)
     students_path = out_dir / "students.jsonl"
-    done = _read_students(students_path)
-    todo = [a for a in archs if a.key not in done]
-    progress.start("distill", f"distil {len(todo)} students ({len(archs) - len(todo)} done before)", len(todo))
-    for arch in todo:
-        work = out_dir / "students" / f"{zlib.crc32(arch.key.encode()):08x}"
-        trained = _train_one(arch, teacher, dataset, work, config, config.space)
+    seeds = [config.train.seed + r for r in range(config.repeats)]
+    done = _read_students(students_path, config.train.seed)
+    # seed-major: every arch is trained once before any is trained twice, so a cut-short study is still whole
+    todo = [(a, seed) for seed in seeds for a in archs if (a.key, seed) not in done]
+    progress.start("distill", f"distil {len(todo)} students ({len(archs) * len(seeds) - len(todo)} done before)", len(todo))
+    for arch, seed in todo:
+        name = f"{zlib.crc32(arch.key.encode()):08x}" + ("" if seed == config.train.seed else f"-s{seed}")
+        trained = _train_one(arch, teacher, dataset, out_dir / "students" / name,
+                             replace(config, train=replace(config.train, seed=seed)), config.space)
         model = space.build(arch, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
         h, w = dataset.image_size
         row = {"key": arch.key, "arch": arch.to_dict(), "params": sum(p.numel() for p in model.parameters()),
                "flops": count_flops(model, (dataset.in_channels, h, w)), **trained,
-               "epochs": config.train.epochs}
+               "epochs": config.train.epochs, "seed": seed}
         _append_line(students_path, row)
-        done[arch.key] = row
-        progress.advance("distill", acc=row["test_acc"] if row["test_acc"] is not None else row["val_acc"])
+        done[(arch.key, seed)] = row
+        progress.advance("distill", acc=_accuracy(row))
     progress.finish("distill")
 
-    students = [dict(done[a.key]) for a in archs]
+    students = []
+    for a in archs:
+        runs = [done[(a.key, seed)] for seed in seeds]
+        accs = [_accuracy(r) for r in runs]
+        students.append({**runs[0], "accs": accs, "acc": sum(accs) / len(accs),
+                         "val_acc": sum(r["val_acc"] for r in runs) / len(runs),
+                         "train_s": sum(r["train_s"] for r in runs)})
     scores = _score_variants(space, archs, teacher, dataset, config, progress)
     for s, sc in zip(students, scores):
-        s["acc"] = s["test_acc"] if s.get("test_acc") is not None else s["val_acc"]
         s["scores"] = sc
     acc = [s["acc"] for s in students]
     params = [s["params"] for s in students]
@@ -321,21 +379,22 @@ def run_correlate(
             column = [math.log(max(v, 1.0)) for v in column]
         metrics.append({"proxy": name, **proxy_metrics(column, acc, params, budgets)})
     metrics.sort(key=lambda m: -(m["size_controlled_tau"] if math.isfinite(m["size_controlled_tau"]) else -2))
-    _write_outputs(out_dir, students, metrics, config, budgets)
-    return CorrelateResult(students, metrics, out_dir, trained_now=len(todo))
+    reliability = seed_reliability([s["accs"] for s in students], params, budgets)
+    _write_outputs(out_dir, students, metrics, config, budgets, reliability)
+    return CorrelateResult(students, metrics, out_dir, trained_now=len(todo), reliability=reliability)
 
 
 def _write_outputs(out_dir: Path, students: list[dict[str, Any]], metrics: list[dict[str, Any]],
-                   config: CorrelateConfig, budgets: list[int]) -> None:
+                   config: CorrelateConfig, budgets: list[int], reliability: dict[str, Any]) -> None:
     from kdsearch.report.plots import plot_proxy_scatter
 
     buf = io.StringIO()
     names = list(students[0]["scores"])
     writer = csv.writer(buf)
-    writer.writerow(["arch", "params", "flops", "acc", "val_acc", "train_s", *names])
+    writer.writerow(["arch", "params", "flops", "acc", "val_acc", "train_s", "acc_by_seed", *names])
     for s in students:
         writer.writerow([json.dumps(s["arch"], sort_keys=True), s["params"], s["flops"], s["acc"], s["val_acc"],
-                         f"{s['train_s']:.2f}", *[s["scores"][n] for n in names]])
+                         f"{s['train_s']:.2f}", json.dumps(s["accs"]), *[s["scores"][n] for n in names]])
     write_text(out_dir / "scores.csv", buf.getvalue())
     buf = io.StringIO()
     writer = csv.writer(buf)
@@ -346,7 +405,7 @@ def _write_outputs(out_dir: Path, students: list[dict[str, Any]], metrics: list[
     write_text(out_dir / "correlate.csv", buf.getvalue())
     plain = asdict(config)
     write_json(out_dir / "correlate.json", {"config": plain, "budgets": budgets, "metrics": metrics,
-                                            "archs": len(students)})
+                                            "reliability": reliability, "archs": len(students)})
     shown = [m["proxy"] for m in metrics if "@" not in m["proxy"] and "[" not in m["proxy"]]
     acc = [s["acc"] for s in students]
     params = [s["params"] for s in students]

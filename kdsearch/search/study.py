@@ -20,7 +20,7 @@ from kdsearch.errors import BudgetError, SearchError, UsageError
 from kdsearch.files import write_json, write_text
 from kdsearch.models.teacher import Teacher
 from kdsearch.progress import NULL_PROGRESS, Progress
-from kdsearch.search.winner import pick_winner
+from kdsearch.search.winner import PICK_RULES, pick_winner
 
 __all__ = [
     "SearchConfig",
@@ -57,7 +57,7 @@ class SearchConfig:
     teacher_init: str = "pretrained"  # pretrained | random (DisWOT's reference procedure)
     teacher_feature: str | None = None  # module path of the teacher's last 4-D map (None: found automatically)
     teacher_classifier: str | None = None  # module path of its final nn.Linear (None: found automatically)
-    pick: str = "best"  # best | knee
+    pick: str = "largest"  # largest (most params within budget, proxy breaks ties) | best (highest proxy) | knee
     seed: int = 0
     storage: str | None = None  # None: SQLite in the run directory
     study_name: str = "kdsearch"
@@ -81,8 +81,8 @@ class SearchConfig:
                 raise UsageError(f"{name} must be positive (got {value})")
         if self.sampler not in SAMPLERS:
             raise UsageError(f"unknown sampler {self.sampler!r}; use one of {', '.join(SAMPLERS)}")
-        if self.pick not in {"best", "knee"}:
-            raise UsageError(f"unknown --pick {self.pick!r}; use best or knee")
+        if self.pick not in PICK_RULES:
+            raise UsageError(f"unknown --pick {self.pick!r}; use {', '.join(PICK_RULES)}")
         if self.teacher_init not in {"pretrained", "random"}:
             raise UsageError(f"unknown --teacher-init {self.teacher_init!r}; use pretrained or random")
         if not self.objectives or self.objectives[0] in COST_OBJECTIVES:

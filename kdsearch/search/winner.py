@@ -1,10 +1,17 @@
-"""The winner rule: explicit, recorded in winner.json."""
+"""The winner rule: explicit, recorded in winner.json.
+
+The default, ``largest``, takes the most parameters the budgets allow and lets the proxy break
+ties: in both ``kdsearch correlate`` studies (benchmarks/RESULTS.md) parameter count picked
+better within a budget than any proxy, so trusting the proxy (``best``) is opt-in.
+"""
 from __future__ import annotations
 
 import math
 from typing import Any, Sequence
 
-__all__ = ["pick_winner", "pareto_front"]
+__all__ = ["pick_winner", "pareto_front", "PICK_RULES"]
+
+PICK_RULES = ("largest", "best", "knee")
 
 
 def pareto_front(rows: Sequence[dict[str, Any]], score: str, cost: str) -> list[dict[str, Any]]:
@@ -19,9 +26,12 @@ def pareto_front(rows: Sequence[dict[str, Any]], score: str, cost: str) -> list[
 
 
 def pick_winner(rows: Sequence[dict[str, Any]], score: str, rule: str, cost: str = "params") -> dict[str, Any]:
-    """``best``: highest score (ties: cheaper). ``knee``: the Pareto point farthest from the
+    """``largest``: the highest cost — the most the budgets allow (ties: higher score).
+    ``best``: highest score (ties: cheaper). ``knee``: the Pareto point farthest from the
     line joining the front's two ends, in min-max normalised (log-cost, score) coordinates —
     where paying more buys the least extra score."""
+    if rule == "largest":
+        return max(rows, key=lambda r: (r[cost], r[score]))
     if rule == "best":
         return max(rows, key=lambda r: (r[score], -r[cost]))
     front = pareto_front(rows, score, cost)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from kdsearch.search.correlate import (
     proxy_metrics,
     regret_under_budget,
     run_correlate,
+    seed_reliability,
     size_controlled_tau,
     stratified_archs,
     top_k_hit_rate,
@@ -67,6 +69,19 @@ def test_proxy_metrics_rank_correlations_follow_scipy():
     assert m["spearman_rho"] == pytest.approx(stats.spearmanr(score, acc).statistic)
 
 
+def test_seed_reliability_is_the_agreement_between_seeds():
+    params = [10, 20, 30, 40, 50]
+    agree = [[0.5, 0.51], [0.6, 0.62], [0.7, 0.69], [0.8, 0.8], [0.9, 0.91]]
+    r = seed_reliability(agree, params, [30, 50])
+    assert r["seeds"] == 2 and r["kendall_tau"] == pytest.approx(1.0) and r["mean_regret"] == 0
+    assert r["acc_sd_within_arch"] == pytest.approx(np.mean([np.std(a, ddof=1) for a in agree]))
+    # seed 1 reverses seed 0's order: picking by one seed is judged badly by the other
+    flip = [[0.5, 0.9], [0.6, 0.8], [0.7, 0.7], [0.8, 0.6], [0.9, 0.5]]
+    r = seed_reliability(flip, params, [50])
+    assert r["kendall_tau"] == pytest.approx(-1.0) and r["mean_regret"] == pytest.approx(0.4)
+    assert seed_reliability([[0.5], [0.6]], [1, 2], [2]) == {}  # one seed: no ceiling to report
+
+
 @pytest.fixture(scope="module")
 def data(fashion_npz):
     return load_dataset(f"npz:{fashion_npz}", subset=160, seed=0)
@@ -94,6 +109,8 @@ def test_bad_correlate_config():
         CorrelateConfig(archs=3)
     with pytest.raises(UsageError):
         CorrelateConfig(teacher_inits=("imagenet",))
+    with pytest.raises(UsageError, match="--repeats"):
+        CorrelateConfig(repeats=0)
 
 
 TINY_SPACE = """\
@@ -134,3 +151,18 @@ def test_run_correlate_resumes_without_retraining(data, tmp_path, monkeypatch):
     assert (tmp_path / "scatter.png").stat().st_size > 1000 and (tmp_path / "correlate.csv").exists()
     params = next(m for m in second.metrics if m["proxy"] == "params")
     assert math.isnan(params["size_controlled_tau"])  # params has nothing beyond params
+    assert second.reliability == {}
+
+    # a second training seed: rows written before seeds were recorded count as the first seed,
+    # so only the five new students train, and accuracy becomes the mean of the two
+    lines = (tmp_path / "students.jsonl").read_text().splitlines()[:5]
+    (tmp_path / "students.jsonl").write_text("".join(
+        json.dumps({k: v for k, v in json.loads(x).items() if k != "seed"}) + "\n" for x in lines))
+    third = run_correlate(teacher, data, tmp_path, replace(config, repeats=2))
+    assert len(calls) == 10 and third.trained_now == 5
+    assert all(len(s["accs"]) == 2 and s["acc"] == pytest.approx(sum(s["accs"]) / 2) for s in third.students)
+    assert any(s["accs"][0] != s["accs"][1] for s in third.students)  # the seed reaches the training
+    assert third.reliability["seeds"] == 2 and -1 <= third.reliability["kendall_tau"] <= 1
+    assert json.loads((tmp_path / "correlate.json").read_text())["reliability"] == third.reliability
+    rows = [json.loads(x) for x in (tmp_path / "students.jsonl").read_text().splitlines()]
+    assert sorted(r.get("seed", 0) for r in rows) == [0] * 5 + [1] * 5

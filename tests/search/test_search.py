@@ -40,11 +40,12 @@ def test_search_writes_artifacts_and_respects_budget(data, teacher, tmp_path):
     result = run_search(teacher, data, tmp_path, _config())
     assert result.winner_row["params"] <= 40_000
     winner = json.loads((tmp_path / "winner.json").read_text())
-    assert winner["rule"] == "best" and winner["arch"] == result.winner.to_dict()
+    assert winner["rule"] == "largest" and winner["arch"] == result.winner.to_dict()
     rows = list(csv.DictReader((tmp_path / "leaderboard.csv").open()))
     assert len(rows) == 6
     feasible = [r for r in rows if r["feasible"] == "True"]
-    assert max(float(r["score_diswot"]) for r in feasible) == pytest.approx(winner["score"])
+    assert max(int(r["params"]) for r in feasible) == winner["params"]  # the default: the most the budget allows
+    assert any(int(r["params"]) > 40_000 for r in rows)  # so the budget, not the space, is what bounded it
     assert (tmp_path / "pareto.png").stat().st_size > 1000
 
 
@@ -98,6 +99,9 @@ def test_winner_rules():
     ]
     assert pick_winner(rows, "score", "best")["params"] == 10000
     assert pick_winner(rows, "score", "knee")["params"] == 100
+    sized = [{"score": 9.0, "params": 50}, {"score": 1.0, "params": 80}, {"score": 2.0, "params": 80}]
+    assert pick_winner(sized, "score", "largest") == {"score": 2.0, "params": 80}  # most params; the score breaks the tie
+    assert pick_winner(sized, "score", "best")["params"] == 50
     assert [r["params"] for r in pareto_front(rows, "score", "params")] == [10, 100, 1000, 10000]
 
 
