@@ -143,7 +143,10 @@ def search(
         from kdsearch.report.tables import leaderboard_table
 
         console.print(leaderboard_table(result.rows, config.search.proxy, result.winner_row))
-        console.print(f"winner → {out / 'search' / 'winner.json'}")
+        from kdsearch.search.winner import PICK_RULES
+
+        rule = config.search.pick
+        console.print(f"winner by --pick {rule} ({PICK_RULES[rule]}) → {out / 'search' / 'winner.json'}")
         console.print(f"view the study: optuna-dashboard {url}", highlight=False)
 
 

@@ -11,7 +11,11 @@ from typing import Any, Sequence
 
 __all__ = ["pick_winner", "pareto_front", "PICK_RULES"]
 
-PICK_RULES = ("largest", "best", "knee")
+PICK_RULES = {  # name -> what it takes, as the search prints it
+    "largest": "the most parameters within the budgets; the proxy breaks ties",
+    "best": "the highest proxy score",
+    "knee": "the knee of the proxy-vs-params Pareto front",
+}
 
 
 def pareto_front(rows: Sequence[dict[str, Any]], score: str, cost: str) -> list[dict[str, Any]]:
