@@ -31,7 +31,7 @@ def correlate(
     proxies: Annotated[Optional[str], typer.Option("--proxies", help="Comma list of proxies (default: all; params and flops always).", rich_help_panel=o.SEARCH)] = None,
     proxy_batch: Annotated[Optional[int], typer.Option("--proxy-batch", help="Images per proxy score, main variant (default 64).", rich_help_panel=o.SEARCH)] = None,
     extra_batches: Annotated[Optional[str], typer.Option("--extra-batches", help="Other batch sizes the teacher-aware proxies are scored at (default 16,256).", rich_help_panel=o.SEARCH)] = None,
-    teacher_init: Annotated[Optional[str], typer.Option("--teacher-init", help="Teacher variants scored, main first (default pretrained,random).", rich_help_panel=o.SEARCH)] = None,
+    teacher_init: Annotated[Optional[str], typer.Option("--teacher-init", help="Teacher variants scored, main first (default random,pretrained).", rich_help_panel=o.SEARCH)] = None,
     max_params: o.MaxParams = None,
     seed: o.Seed = None,
     device: o.Device = None,

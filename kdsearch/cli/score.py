@@ -22,7 +22,7 @@ def score(
     arch: Annotated[Optional[List[Path]], typer.Option("--arch", help="Arch JSON file to score (repeatable).", rich_help_panel=o.SEARCH)] = None,
     sample: Annotated[Optional[int], typer.Option("--sample", help="Score N archs sampled from the space.", rich_help_panel=o.SEARCH)] = None,
     proxy: Annotated[Optional[str], typer.Option("--proxy", help="Comma list of proxies (default: the search proxy, params, flops; see `kdsearch proxies`).", rich_help_panel=o.SEARCH)] = None,
-    teacher_init: Annotated[Optional[str], typer.Option("--teacher-init", help="pretrained (default), or random: a freshly initialised teacher of the same architecture (DisWOT's procedure).", rich_help_panel=o.SEARCH)] = None,
+    teacher_init: Annotated[Optional[str], typer.Option("--teacher-init", help="random (default): a freshly initialised teacher of the same architecture (DisWOT's procedure), or pretrained: the trained weights.", rich_help_panel=o.SEARCH)] = None,
     teacher_feature: Annotated[Optional[str], typer.Option("--teacher-feature", help="Module path of the teacher's last 4-D feature map.", rich_help_panel=o.SEARCH)] = None,
     teacher_classifier: Annotated[Optional[str], typer.Option("--teacher-classifier", help="Module path of the teacher's final linear layer.", rich_help_panel=o.SEARCH)] = None,
     proxy_batch: Annotated[Optional[int], typer.Option("--proxy-batch", help="Images scored per candidate (default 64).", rich_help_panel=o.SEARCH)] = None,

@@ -84,7 +84,7 @@ def search(
     max_flops: Annotated[Optional[int], typer.Option("--max-flops", help="Hard budget: most FLOPs at batch 1.", rich_help_panel=o.SEARCH)] = None,
     max_latency_ms: Annotated[Optional[float], typer.Option("--max-latency-ms", help="Hard budget: ONNX Runtime latency at batch 1 on this machine.", rich_help_panel=o.SEARCH)] = None,
     pick: Annotated[Optional[str], typer.Option("--pick", help="Winner rule: largest (default: the most params within the budgets, the proxy breaking ties — what won the correlate studies), best (trust the proxy: highest score) or knee (of the Pareto front).", rich_help_panel=o.SEARCH)] = None,
-    teacher_init: Annotated[Optional[str], typer.Option("--teacher-init", help="Score against the pretrained teacher or a freshly initialised one (DisWOT's procedure).", rich_help_panel=o.SEARCH)] = None,
+    teacher_init: Annotated[Optional[str], typer.Option("--teacher-init", help="random (default): score against a freshly initialised teacher of the same architecture, DisWOT's reference procedure and the better of the two in both correlate studies; pretrained: against the trained weights.", rich_help_panel=o.SEARCH)] = None,
     teacher_feature: Annotated[Optional[str], typer.Option("--teacher-feature", help="Module path of the teacher's last 4-D feature map (default: found automatically).", rich_help_panel=o.SEARCH)] = None,
     teacher_classifier: Annotated[Optional[str], typer.Option("--teacher-classifier", help="Module path of the teacher's final linear layer (default: found automatically).", rich_help_panel=o.SEARCH)] = None,
     proxy_batch: Annotated[Optional[int], typer.Option("--proxy-batch", help="Images scored per candidate.", rich_help_panel=o.SEARCH)] = None,

@@ -72,7 +72,7 @@ class CorrelateConfig:
     proxies: tuple[str, ...] | None = None  # None: every registered proxy
     proxy_batch: int = 64  # the main variant's batch; the one the search uses by default
     extra_batches: tuple[int, ...] = (16, 256)  # teacher-aware proxies are also scored at these
-    teacher_inits: tuple[str, ...] = ("pretrained", "random")  # the first is the main variant
+    teacher_inits: tuple[str, ...] = ("random", "pretrained")  # the first is the main variant: the search's default
     max_params: int | None = None  # sample only archs this small
     pool: int = 600  # archs sampled before stratifying
     budgets: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)  # params-quantiles of the sample used as budgets

@@ -54,7 +54,7 @@ class SearchConfig:
     max_flops: int | None = None
     max_latency_ms: float | None = None
     proxy_batch: int = 64  # images scored per candidate: one fixed, seeded batch of real data
-    teacher_init: str = "pretrained"  # pretrained | random (DisWOT's reference procedure)
+    teacher_init: str = "random"  # random (DisWOT's reference procedure; won both correlate studies) | pretrained
     teacher_feature: str | None = None  # module path of the teacher's last 4-D map (None: found automatically)
     teacher_classifier: str | None = None  # module path of its final nn.Linear (None: found automatically)
     pick: str = "largest"  # largest (most params within budget, proxy breaks ties) | best (highest proxy) | knee

@@ -147,7 +147,7 @@ def test_run_correlate_resumes_without_retraining(data, tmp_path, monkeypatch):
     second = run_correlate(teacher, data, tmp_path, config)
     assert len(calls) == 5 and second.trained_now == 0
     names = {m["proxy"] for m in second.metrics}
-    assert {"diswot", "nwot", "params", "flops", "diswot@random", "diswot@b8", "diswot[w_rel=10]"} <= names
+    assert {"diswot", "nwot", "params", "flops", "diswot@pretrained", "diswot@b8", "diswot[w_rel=10]"} <= names
     assert (tmp_path / "scatter.png").stat().st_size > 1000 and (tmp_path / "correlate.csv").exists()
     params = next(m for m in second.metrics if m["proxy"] == "params")
     assert math.isnan(params["size_controlled_tau"])  # params has nothing beyond params
