@@ -191,9 +191,10 @@ def distill(
     kdsearch distill --teacher teachers/r20 --student winner.json --data fashion-mnist --out runs/d1
     """
     from kdsearch.arch import Arch
-    from kdsearch.distill.distributed import is_main_process
-    from kdsearch.errors import UsageError
-    from kdsearch.pipeline import check_inputs, distill_stage, load_run_config, load_run_dataset, prepare_run_dir, resolve_teacher, save_run_config
+    from kdsearch.devices import resolve_device
+    from kdsearch.distill.distributed import DistributedContext, is_main_process
+    from kdsearch.errors import KdsearchError, UsageError
+    from kdsearch.pipeline import check_inputs, distill_stage, load_run_config, load_run_dataset, resolve_teacher, save_run_config
 
     if run_dir is not None:
         config = load_run_config(run_dir)
@@ -219,22 +220,26 @@ def distill(
         config = replace(config, teacher=str(run_dir / "teacher"))
     main = is_main_process()  # under torchrun, rank 0 alone prepares the directory and prints
     progress = make_progress(quiet or not main, json_out)
+    group, ok = None, False
     try:
         dataset = load_run_dataset(config)
         check_inputs(config, dataset, search=False, student=arch)
         t = resolve_teacher(out, config, dataset)
-        if not main:
-            pass
-        elif run_dir is None or out != run_dir:
-            prepare_run_dir(out, resume=resume, force=force)
-        elif (out / "distill").exists() and not (resume or force):
-            raise UsageError(f"{out / 'distill'} already exists; add --resume to continue it or --force to start over")
-        elif force and (out / "distill").exists() and not resume:
-            import shutil
-
-            shutil.rmtree(out / "distill")
+        # Under torchrun one process group spans the command, so the other ranks touch the
+        # run directory only once rank 0 has checked and prepared it (else they race it).
+        group = DistributedContext.from_env(resolve_device(config.distill.device))
+        failure = None
         if main:
-            save_run_config(out, config)
+            try:
+                _prepare_distill_dir(out, run_dir, resume=resume, force=force)
+                save_run_config(out, config)
+            except KdsearchError as e:
+                failure = e
+        failure = group.broadcast(failure)
+        if failure is not None:
+            if main:
+                raise failure
+            raise SystemExit(failure.exit_code)  # rank 0 prints the error, once
         with capture_library_noise(out / "kdsearch.log"):
             if assistant:
                 from kdsearch.distill.assistant import assistant_stage
@@ -243,7 +248,10 @@ def distill(
                                           space_spec=config.search.space, resume=resume, progress=progress)
             else:
                 metrics = distill_stage(out, config, dataset, t, arch, resume=resume, progress=progress)
+        ok = True
     finally:
+        if group is not None:
+            group.close(wait=ok)
         close(progress)
     if not main:
         return
@@ -252,6 +260,21 @@ def distill(
     else:
         console.print(f"student val top-1 {metrics['val_acc']:.4f} (teacher {metrics.get('teacher_val_acc') or float('nan'):.4f}), "
                       f"{metrics['params']:,} params → {out / 'distill'}")
+
+
+def _prepare_distill_dir(out: Path, run_dir: Optional[Path], *, resume: bool, force: bool) -> None:
+    """Make ``out`` ready for a distillation: a new run directory, or ``RUN_DIR/distill`` kept or cleared."""
+    from kdsearch.errors import UsageError
+    from kdsearch.pipeline import prepare_run_dir
+
+    if run_dir is None or out != run_dir:
+        prepare_run_dir(out, resume=resume, force=force)
+    elif (out / "distill").exists() and not (resume or force):
+        raise UsageError(f"{out / 'distill'} already exists; add --resume to continue it or --force to start over")
+    elif force and (out / "distill").exists() and not resume:
+        import shutil
+
+        shutil.rmtree(out / "distill")
 
 
 def export(

@@ -52,6 +52,8 @@ class DistributedContext:
 
         owns = not dist.is_initialized()
         if owns:
+            if device.type == "cuda":  # NCCL collectives run on the current device: this rank's GPU
+                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         return cls(dist.get_rank(), dist.get_world_size(), True, owns)
 

@@ -16,22 +16,49 @@ from kdsearch.distill.checkpoint import load_checkpoint
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 
 
+def _torchrun_env() -> dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    return env
+
+
+def _torchrun_distill(student: Path, npz: Path, out: Path) -> list[str]:
+    return [str(TORCHRUN), "--standalone", "--nproc-per-node", "2", "-m", "kdsearch", "distill",
+            "--teacher", "resnet8", "--student", str(student), "--data", f"npz:{npz}", "--out", str(out),
+            "--epochs", "1", "--batch-size", "32"]
+
+
+needs_torchrun = pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed next to this Python")
+
+
 @pytest.mark.slow
-@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed next to this Python")
+@needs_torchrun
+def test_torchrun_refuses_an_existing_run_once_and_touches_nothing(fashion_npz, tmp_path):
+    """Rank 0's refusal reaches every rank: one error line, exit 2, no rank trains or writes."""
+    student = tmp_path / "student.json"
+    Arch("resnet_cifar", {"block": "basic", "depths": [1, 1, 1], "widths": [8, 8, 8]}).save(student)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    done = subprocess.run(_torchrun_distill(student, fashion_npz, out), env=_torchrun_env(), capture_output=True,
+                          text=True, timeout=240)
+    assert done.returncode != 0
+    assert done.stderr.count("already exists; add --resume") == 1, done.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+
+@pytest.mark.slow
+@needs_torchrun
 def test_torchrun_two_processes_distill(fashion_npz, tmp_path):
     from safetensors.torch import load_file
 
     student = tmp_path / "student.json"
     Arch("resnet_cifar", {"block": "basic", "depths": [1, 1, 1], "widths": [8, 8, 16]}).save(student)
     out = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    cmd = [str(TORCHRUN), "--standalone", "--nproc-per-node", "2", "-m", "kdsearch", "distill",
-           "--teacher", "resnet8", "--student", str(student), "--data", f"npz:{fashion_npz}", "--out", str(out),
-           "--epochs", "1", "--batch-size", "32", "--loss", "kd:1,ce:1,fitnet:1", "--lr", "0.05",
-           "--temperature-schedule", "dts", "--json"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    cmd = _torchrun_distill(student, fashion_npz, out) + ["--loss", "kd:1,ce:1,fitnet:1", "--lr", "0.05",
+                                                         "--temperature-schedule", "dts", "--json"]
+    done = subprocess.run(cmd, env=_torchrun_env(), capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     # rank 0 alone prints the JSON document
     assert done.stdout.count('"val_acc"') == 1, done.stdout
