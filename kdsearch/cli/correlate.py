@@ -9,6 +9,7 @@ import typer
 
 from kdsearch.cli import _options as o
 from kdsearch.cli._console import close, console, make_progress, print_json
+from kdsearch.logs import capture_library_noise
 
 __all__ = ["register"]
 
@@ -64,7 +65,8 @@ def correlate(
         t = load_teacher(spec, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
                          image_size=dataset.image_size)
         save_run_config(out, replace(config, correlate=c))
-        result = run_correlate(t, dataset, out / "correlate", c, progress=progress)
+        with capture_library_noise(out / "kdsearch.log"):
+            result = run_correlate(t, dataset, out / "correlate", c, progress=progress)
     finally:
         close(progress)
     if json_out:

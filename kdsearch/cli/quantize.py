@@ -9,6 +9,7 @@ import typer
 
 from kdsearch.cli import _options as o
 from kdsearch.cli._console import close, console, make_progress, print_json
+from kdsearch.logs import capture_library_noise
 
 __all__ = ["register", "quantize"]
 
@@ -54,7 +55,8 @@ def quantize(
     save_run_config(run_dir, config)
     progress = make_progress(quiet, json_out)
     try:
-        metrics = quantize_student(run_dir, config.quantize, resume=resume, progress=progress)
+        with capture_library_noise(run_dir / "kdsearch.log"):  # torchao logs kernel-load failures at import
+            metrics = quantize_student(run_dir, config.quantize, resume=resume, progress=progress)
     finally:
         close(progress)
     if json_out:

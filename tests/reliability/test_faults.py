@@ -126,7 +126,9 @@ def test_quantize_sigkill_then_resume_matches_uninterrupted(distilled):
     from safetensors.torch import load_file
 
     straight = _copy_run(distilled, distilled.parent / "qat_straight")
-    subprocess.run(_quantize_args(straight), check=True, capture_output=True, timeout=900)
+    done = subprocess.run(_quantize_args(straight), check=True, capture_output=True, text=True, timeout=900)
+    assert done.stderr == "", done.stderr  # --quiet, and torchao's import chatter goes to kdsearch.log
+    assert (straight / "kdsearch.log").exists()
     killed = _copy_run(distilled, distilled.parent / "qat_killed")
     proc = subprocess.Popen(_quantize_args(killed), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for(lambda: _epoch_of(killed / "qat" / "last.ckpt") >= 1, proc)
