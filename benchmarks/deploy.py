@@ -10,7 +10,7 @@ Two parts, one run, every ratio against a baseline measured in the same run:
    inputs: latency does not depend on them), int8 = PTQ U8S8 and S8S8 activations.
 
 Run: ``python benchmarks/deploy.py [--run-dir runs/quick] [--provider cuda]``.
-Writes ``benchmarks/deploy.json``.
+Writes ``benchmarks/deploy.json`` (or ``--out``).
 """
 from __future__ import annotations
 
@@ -117,6 +117,7 @@ def main() -> None:
     parser.add_argument("--provider", default="cpu", choices=["cpu", "cuda", "tensorrt"])
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--batches", default="1,32")
+    parser.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".json"), help="JSON to write")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     result: dict = {
@@ -141,9 +142,8 @@ def main() -> None:
     for name, row in sizes.items():
         print(f"{name:<26}{row['params']:>9,}{row['ort_fp32_over_eager_b1']:>15.3f}"
               f"{row['int8_u8s8_over_fp32_b1']:>14.3f}{row['int8_s8s8_over_fp32_b1']:>14.3f}")
-    out = Path(__file__).with_suffix(".json")
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
