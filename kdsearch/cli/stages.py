@@ -74,7 +74,7 @@ def search(
     subset: o.Subset = None,
     space: Space = None,
     proxy: Annotated[Optional[str], typer.Option("--proxy", help="Proxy that ranks candidates (see `kdsearch proxies`).", rich_help_panel=o.SEARCH)] = None,
-    objectives: Annotated[Optional[str], typer.Option("--objectives", help="Comma list: a proxy, then costs (params, flops, latency) for a Pareto search.", rich_help_panel=o.SEARCH)] = None,
+    objectives: Annotated[Optional[str], typer.Option("--objectives", help="Comma list: a proxy, then costs (params, flops, latency) for a Pareto search; under --pick largest params is maximised within the budget.", rich_help_panel=o.SEARCH)] = None,
     trials: o.Trials = None,
     sampler: Annotated[Optional[str], typer.Option("--sampler", help="evolution (NSGA-II), nsga3, tpe or random.", rich_help_panel=o.SEARCH)] = None,
     population: Annotated[Optional[int], typer.Option("--population", help="NSGA population size.", rich_help_panel=o.SEARCH)] = None,

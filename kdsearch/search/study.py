@@ -34,7 +34,7 @@ __all__ = [
     "COST_OBJECTIVES",
 ]
 
-COST_OBJECTIVES = ("params", "flops", "latency")  # minimised; every other objective is a proxy, maximised
+COST_OBJECTIVES = ("params", "flops", "latency")  # minimised (see objective_directions); every other objective is a proxy, maximised
 SAMPLERS = ("evolution", "nsga3", "tpe", "random")
 
 
@@ -242,6 +242,10 @@ class _Objective:
         from kdsearch.spaces.candidates import build_candidate
 
         self._admit(trial)
+        # Optuna asks the sampler for relative params lazily, and an enqueued trial (a seeded or
+        # in-budget first-generation candidate: every param fixed) never asks, so NSGA-II/III
+        # would give it no generation and it would never breed. Asking puts it in the population.
+        trial.relative_params  # noqa: B018
         arch = self.space.suggest(trial)
         key = arch.key
         if key not in self.seen:
@@ -334,6 +338,14 @@ def get_storage(url: str, heartbeat_s: int | None = None):
                          "(e.g. postgresql+psycopg2://user@host:5432/db) and that the server runs and accepts you") from None
 
 
+def objective_directions(config: SearchConfig) -> list[str]:
+    """Proxies are maximised, costs minimised; except params under ``--pick largest``, which is
+    maximised (within the budget): that rule takes the largest feasible candidate, so evolution
+    should press towards the budget's edge, not away from it."""
+    return ["maximize" if o not in COST_OBJECTIVES or (o == "params" and config.pick == "largest") else "minimize"
+            for o in config.objectives]
+
+
 def open_study(config: SearchConfig, out_dir: Path, *, resume: bool):
     """Create the study, or load it with ``resume``; an existing study without ``resume`` is refused."""
     import optuna
@@ -341,7 +353,7 @@ def open_study(config: SearchConfig, out_dir: Path, *, resume: bool):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = storage_url(config, out_dir)
     storage = get_storage(url, config.heartbeat_s)
-    directions = ["minimize" if o in COST_OBJECTIVES else "maximize" for o in config.objectives]
+    directions = objective_directions(config)
     existing = [s.study_name for s in optuna.get_all_study_summaries(storage)]
     if config.study_name in existing and not resume:
         raise UsageError(
@@ -393,10 +405,11 @@ def run_search(
     stats = teacher_stats(proxies, teacher_module, batch, parts)
 
     study = open_study(config, out_dir, resume=resume)
+    fresh = not study.trials  # not a resumed study, not another worker's
     for arch in seed_archs or []:
         space.validate(arch)
         study.enqueue_trial(space.params(arch), user_attrs={"seeded": True}, skip_if_exists=True)
-    if not study.trials:  # a fresh study (not a resumed one, not another worker's)
+    if fresh:
         for arch in initial[: max(0, config.population - len(seed_archs or []))]:
             study.enqueue_trial(space.params(arch), skip_if_exists=True)
     done = _count_complete(study)

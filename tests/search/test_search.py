@@ -83,6 +83,43 @@ def test_repeated_arch_is_not_scored_again(data, teacher, tmp_path, monkeypatch)
     assert len(calls) == len(unique)
 
 
+@pytest.mark.parametrize("sampler", ["evolution", "nsga3"])
+def test_in_budget_first_generation_is_the_population_that_breeds(data, teacher, tmp_path, sampler):
+    """The --seed-arch and in-budget candidates enqueued first are generation 0, and generation 1 is bred from them.
+
+    Optuna asks a sampler for relative params only when a trial needs them; a fully fixed
+    (enqueued) trial never did, got no generation, and evolution started from random,
+    mostly over-budget candidates instead.
+    """
+    seed = tmp_path / "seed.json"
+    from kdsearch.arch import Arch
+
+    Arch("resnet_cifar", {"block": "basic", "depths": [1, 1, 1], "widths": [8, 8, 8]}).save(seed)
+    run_search(teacher, data, tmp_path / "s", _config(trials=8, population=4, sampler=sampler),
+               seed_archs=[Arch.load(seed)])
+    trials = sorted(_complete(tmp_path / "s"), key=lambda t: t.number)
+    key = {"evolution": "NSGAIISampler:generation", "nsga3": "NSGAIIISampler:generation"}[sampler]
+    assert trials[0].user_attrs.get("seeded") is True
+    assert all("fixed_params" in t.system_attrs and t.user_attrs["params"] <= 40_000 for t in trials[:4])  # enqueued, in budget
+    assert [t.system_attrs.get(key) for t in trials] == [0, 0, 0, 0, 1, 1, 1, 1]
+
+
+def test_params_is_pressed_towards_the_budget_only_when_the_largest_candidate_wins(data, teacher, tmp_path):
+    from kdsearch.search.study import objective_directions
+
+    assert objective_directions(_config(pick="largest")) == ["maximize", "maximize"]
+    assert objective_directions(_config(pick="best")) == ["maximize", "minimize"]
+    assert objective_directions(_config(pick="largest", objectives=("diswot", "flops", "params"))) == [
+        "maximize", "minimize", "maximize"]
+    run_search(teacher, data, tmp_path, _config(trials=4))
+    study = optuna.load_study(study_name="kdsearch", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MAXIMIZE"]
+    # the winner rule can still change on --resume: the study keeps its directions, the rule re-picks
+    result = run_search(teacher, data, tmp_path, _config(trials=6, pick="best"), resume=True)
+    feasible = [r for r in result.rows if r["feasible"]]
+    assert result.winner_row["score_diswot"] == max(r["score_diswot"] for r in feasible)
+
+
 def test_impossible_budget_fails_before_scoring(data, teacher, tmp_path):
     with pytest.raises(BudgetError, match="smallest sampled"):
         run_search(teacher, data, tmp_path, _config(max_params=10))
