@@ -55,3 +55,33 @@ def cli():
         return code, out.getvalue(), err.getvalue()
 
     return invoke
+
+
+def _open_storage_at_the_barrier(url: str, barrier, results) -> None:
+    from kdsearch.search.study import get_storage
+
+    barrier.wait()
+    try:
+        get_storage(url)
+        results.put("ok")
+    except BaseException as e:  # noqa: BLE001 - reported to the test
+        results.put(str(e))
+
+
+@pytest.fixture()
+def open_storage_together():
+    """Open one storage URL from ``n`` processes released at the same instant; their outcomes."""
+    import multiprocessing
+
+    def run(url: str, n: int = 6) -> list[str]:
+        ctx = multiprocessing.get_context("fork")
+        barrier, results = ctx.Barrier(n), ctx.Queue()
+        procs = [ctx.Process(target=_open_storage_at_the_barrier, args=(url, barrier, results)) for _ in range(n)]
+        for p in procs:
+            p.start()
+        outcomes = [results.get(timeout=120) for _ in procs]
+        for p in procs:
+            p.join()
+        return outcomes
+
+    return run

@@ -308,6 +308,18 @@ def storage_url(config: SearchConfig, out_dir: Path) -> str:
     return config.storage or f"sqlite:///{(out_dir / 'study.db').resolve()}"
 
 
+_SCHEMA_RACE_TRIES = 8
+_JITTER = random.Random()  # its own stream: seeded searches must not see the retries
+
+
+def _lost_schema_race(error: Exception) -> bool:
+    """Optuna creates its tables and version row on first open without a lock, so workers opening
+    a fresh database together collide ("table ... already exists", a duplicate version row);
+    the loser only has to open again."""
+    text = str(error)
+    return "already exists" in text or ("alembic_version" in text and ("UNIQUE" in text or "duplicate key" in text))
+
+
 def get_storage(url: str, heartbeat_s: int | None = None):
     """Optuna storage for ``url``; a malformed URL or an unreachable server is one clear UsageError.
 
@@ -324,18 +336,24 @@ def get_storage(url: str, heartbeat_s: int | None = None):
         engine = {"connect_args": {"timeout": 60}}  # several local workers wait for the file lock instead of failing
     elif url.startswith("postgresql"):
         engine = {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the heartbeat API is "experimental" in Optuna 5
-            beat: dict[str, Any] = {}
-            if heartbeat_s is not None:
-                beat = {"heartbeat_interval": heartbeat_s, "grace_period": 3 * heartbeat_s,
-                        "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)}
-            return optuna.storages.get_storage(optuna.storages.RDBStorage(url, engine_kwargs=engine, **beat))
-    except Exception as e:  # noqa: BLE001 - a malformed URL or an unreachable server
-        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
-        raise UsageError(f"cannot open storage {url!r} ({type(e).__name__}: {first}); check the URL "
-                         "(e.g. postgresql+psycopg2://user@host:5432/db) and that the server runs and accepts you") from None
+    beat: dict[str, Any] = {}
+    if heartbeat_s is not None:
+        beat = {"heartbeat_interval": heartbeat_s, "grace_period": 3 * heartbeat_s,
+                "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)}
+    for attempt in range(_SCHEMA_RACE_TRIES):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the heartbeat API is "experimental" in Optuna 5
+                return optuna.storages.get_storage(optuna.storages.RDBStorage(url, engine_kwargs=engine, **beat))
+        except Exception as e:  # noqa: BLE001 - a malformed URL or an unreachable server
+            if _lost_schema_race(e) and attempt + 1 < _SCHEMA_RACE_TRIES:
+                time.sleep(_JITTER.uniform(0.05, 0.3) * (attempt + 1))
+                continue
+            error = e
+            break
+    first = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""
+    raise UsageError(f"cannot open storage {url!r} ({type(error).__name__}: {first}); check the URL "
+                     "(e.g. postgresql+psycopg2://user@host:5432/db) and that the server runs and accepts you") from None
 
 
 def objective_directions(config: SearchConfig) -> list[str]:

@@ -42,6 +42,10 @@ def _trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
 
 
+def test_workers_opening_a_fresh_database_together_all_get_it(pg_url, open_storage_together):
+    assert open_storage_together(pg_url) == ["ok"] * 6
+
+
 def test_four_local_workers_complete_exactly_the_requested_trials(pg_url, fashion_npz, space_file, tmp_path):
     data = load_dataset(f"npz:{fashion_npz}", subset=128, seed=0)
     torch.manual_seed(0)

@@ -74,6 +74,14 @@ def test_unreachable_server_is_a_usage_error():
     assert "\n" not in str(info.value)
 
 
+def test_workers_opening_a_fresh_study_together_all_get_it(tmp_path, open_storage_together):
+    """Optuna creates its schema on first open without a lock; workers started together on a fresh
+    database used to lose that race ('UNIQUE constraint failed: alembic_version')."""
+    for round_ in range(3):
+        outcomes = open_storage_together(f"sqlite:///{tmp_path / f'fresh{round_}.db'}")
+        assert outcomes == ["ok"] * len(outcomes)
+
+
 TINY_SPACE = """\
 name: tiny_resnet
 family: resnet_cifar
