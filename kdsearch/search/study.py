@@ -336,14 +336,14 @@ def get_storage(url: str, heartbeat_s: int | None = None):
         engine = {"connect_args": {"timeout": 60}}  # several local workers wait for the file lock instead of failing
     elif url.startswith("postgresql"):
         engine = {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
-    beat: dict[str, Any] = {}
-    if heartbeat_s is not None:
-        beat = {"heartbeat_interval": heartbeat_s, "grace_period": 3 * heartbeat_s,
-                "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)}
     for attempt in range(_SCHEMA_RACE_TRIES):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the heartbeat API is "experimental" in Optuna 5
+                beat: dict[str, Any] = {}
+                if heartbeat_s is not None:
+                    beat = {"heartbeat_interval": heartbeat_s, "grace_period": 3 * heartbeat_s,
+                            "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)}
                 return optuna.storages.get_storage(optuna.storages.RDBStorage(url, engine_kwargs=engine, **beat))
         except Exception as e:  # noqa: BLE001 - a malformed URL or an unreachable server
             if _lost_schema_race(e) and attempt + 1 < _SCHEMA_RACE_TRIES:

@@ -82,6 +82,15 @@ def test_workers_opening_a_fresh_study_together_all_get_it(tmp_path, open_storag
         assert outcomes == ["ok"] * len(outcomes)
 
 
+def test_heartbeat_storage_opens_without_experimental_warnings(tmp_path):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        get_storage(f"sqlite:///{tmp_path / 'beat.db'}", heartbeat_s=5)
+    assert [str(w.message) for w in caught] == []
+
+
 TINY_SPACE = """\
 name: tiny_resnet
 family: resnet_cifar
