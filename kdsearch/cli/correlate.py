@@ -27,7 +27,7 @@ def correlate(
     space: Annotated[Optional[str], typer.Option("--space", help="Search space to sample (default resnet_cifar; name or YAML file).", rich_help_panel=o.SEARCH)] = None,
     archs: Annotated[Optional[int], typer.Option("--archs", help="Architectures to distil, spread evenly over log-parameters (default 30).", rich_help_panel=o.SEARCH)] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Distillation epochs per architecture (default 2).", rich_help_panel=o.TRAIN)] = None,
-    repeats: Annotated[Optional[int], typer.Option("--repeats", help="Training seeds per architecture (default 1); with 2 or more, accuracy is their mean and the seed-to-seed agreement is reported as the ceiling no proxy can beat.", rich_help_panel=o.TRAIN)] = None,
+    repeats: Annotated[Optional[int], typer.Option("--repeats", help="Training seeds per architecture (default 1); with 2 or more, accuracy is their mean, and how well one seed's accuracies rank the archs for another seed is reported: a measure of training noise in the ground truth, not an upper bound on a proxy's correlation with the mean.", rich_help_panel=o.TRAIN)] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Training batch size (default 64).", rich_help_panel=o.TRAIN)] = None,
     proxies: Annotated[Optional[str], typer.Option("--proxies", help="Comma list of proxies (default: all; params and flops always).", rich_help_panel=o.SEARCH)] = None,
     proxy_batch: Annotated[Optional[int], typer.Option("--proxy-batch", help="Images per proxy score, main variant (default 64).", rich_help_panel=o.SEARCH)] = None,
