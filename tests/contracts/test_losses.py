@@ -43,6 +43,17 @@ def test_is_a_documented_distill_loss(name):
         assert field.default is not dataclasses.MISSING, f"{name}.{field.name} needs a default"
 
 
+def test_cites_its_paper_and_lists_its_options(name):
+    cls = LOSSES.get(name)
+    assert cls.paper.strip() and re.search(r"\b(19|20)\d\d\b", cls.paper), f"{name} must cite its paper with a year"
+    listed = cls.option_info()
+    assert [o["name"] for o in listed] == [f.name for f in dataclasses.fields(cls.Options)]
+    defaults = dataclasses.asdict(cls.Options())
+    for o in listed:
+        assert o["default"] == defaults[o["name"]]
+        assert o["meaning"].strip(), f"{name}.{o['name']} must say what it means (declare it with option())"
+
+
 def test_finite_scalar_with_finite_student_grads_and_none_for_the_teacher(name):
     loss = _built(name)
     inputs = _inputs()

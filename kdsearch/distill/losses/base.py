@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from kdsearch.errors import TrainingError, UsageError
 from kdsearch.registry import Registry
 
-__all__ = ["LOSSES", "LossInputs", "DistillLoss", "NoOptions", "register_loss"]
+__all__ = ["LOSSES", "LossInputs", "DistillLoss", "NoOptions", "option", "register_loss"]
 
 LOSSES: Registry[type["DistillLoss"]] = Registry("loss")
 
@@ -56,6 +56,11 @@ class NoOptions:
     """Options of a loss that takes none."""
 
 
+def option(default: Any, meaning: str) -> Any:
+    """A field of a loss's ``Options``: its default and what it means (``kdsearch losses`` lists both)."""
+    return dataclasses.field(default=default, metadata={"meaning": meaning})
+
+
 def _coerce_option(value: Any, default: Any, field: str) -> Any:
     """Convert ``value`` to the type of ``default`` (numbers from YAML or the CLI)."""
     if isinstance(default, bool):
@@ -82,19 +87,21 @@ def _coerce_option(value: Any, default: Any, field: str) -> Any:
 class DistillLoss(nn.Module, ABC):
     """Base class of every distillation loss; subclasses register with ``@register_loss(name)``.
 
-    Subclasses declare their options as a frozen dataclass ``Options`` (one commented
-    field per option, with its default) whose ``__post_init__`` raises ``ValueError`` for
-    values out of range; :meth:`__init__` turns unknown or bad options into a
-    :class:`~kdsearch.errors.UsageError` that lists the valid ones.
+    Subclasses cite their paper in ``paper`` and declare their options as a frozen dataclass
+    ``Options`` (one :func:`option` per field: its default and meaning) whose
+    ``__post_init__`` raises ``ValueError`` for values out of range; :meth:`__init__` turns
+    unknown or bad options into a :class:`~kdsearch.errors.UsageError` that lists the valid ones.
 
     Attributes:
         name: the registry name, set by :func:`register_loss`.
+        paper: the citation: authors, title, venue and year.
         uses_teacher: needs ``teacher_logits`` or teacher features.
         uses_features: needs ``student_feats`` / ``teacher_feats``.
         opts: the validated options, an instance of ``Options``.
     """
 
     name: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
     uses_teacher: ClassVar[bool] = True
     uses_features: ClassVar[bool] = False
     Options: ClassVar[type] = NoOptions
@@ -124,6 +131,14 @@ class DistillLoss(nn.Module, ABC):
             return "it takes no options"
         listed = ", ".join(f"{f.name} (default {f.default})" for f in fields)
         return f"its options are: {listed}"
+
+    @classmethod
+    def option_info(cls) -> list[dict[str, Any]]:
+        """Each option's ``name``, ``default`` and ``meaning``, in declaration order."""
+        return [
+            {"name": f.name, "default": f.default, "meaning": f.metadata.get("meaning", "")}
+            for f in dataclasses.fields(cls.Options)
+        ]
 
     def setup(self, student_channels: list[int], teacher_channels: list[int]) -> None:
         """Build learned parts (connectors) for the paired feature channel counts.

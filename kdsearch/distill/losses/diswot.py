@@ -19,9 +19,11 @@ from torch import Tensor
 
 from kdsearch.distill.losses._checks import require_non_negative, require_positive
 from kdsearch.distill.losses._functional import normalized_gram
-from kdsearch.distill.losses.base import DistillLoss, LossInputs, register_loss
+from kdsearch.distill.losses.base import DistillLoss, LossInputs, option, register_loss
 
 __all__ = ["DisWOTRelationLoss", "DisWOTSemanticLoss", "DisWOTLoss"]
+
+_DISWOT = 'Dong, Li, Wei, "DisWOT: Student Architecture Search for Distillation WithOut Training", CVPR 2023'
 
 
 @register_loss("diswot_relation")
@@ -35,6 +37,7 @@ class DisWOTRelationLoss(DistillLoss):
     Invariant to channel permutations; channel counts and spatial sizes may differ.
     """
 
+    paper = _DISWOT
     uses_features = True
 
     def forward(self, inputs: LossInputs) -> Tensor:
@@ -57,9 +60,11 @@ class DisWOTSemanticLoss(DistillLoss):
     whatever the channel counts. ``LossInputs.temperature`` overrides T.
     """
 
+    paper = _DISWOT
+
     @dataclass(frozen=True)
     class Options:
-        temperature: float = 4.0  # softened as in KD so the off-diagonal class relations carry signal
+        temperature: float = option(4.0, "softening temperature T, as in KD, so the off-diagonal class relations carry signal")
 
         def __post_init__(self) -> None:
             require_positive(temperature=self.temperature)
@@ -78,13 +83,14 @@ class DisWOTLoss(DistillLoss):
     The relation term reads the LAST feature pair; see the two losses for the formulas.
     """
 
+    paper = _DISWOT
     uses_features = True
 
     @dataclass(frozen=True)
     class Options:
-        semantic_weight: float = 1.0
-        relation_weight: float = 1.0
-        temperature: float = 4.0  # of the semantic term
+        semantic_weight: float = option(1.0, "weight of the diswot_semantic term")
+        relation_weight: float = option(1.0, "weight of the diswot_relation term")
+        temperature: float = option(4.0, "softening temperature T of the semantic term")
 
         def __post_init__(self) -> None:
             require_non_negative(semantic_weight=self.semantic_weight, relation_weight=self.relation_weight)

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from kdsearch.distill.losses._functional import match_spatial, normalized_gram
 from kdsearch.distill.losses._checks import require_non_negative, require_positive
-from kdsearch.distill.losses.base import DistillLoss, LossInputs, register_loss
+from kdsearch.distill.losses.base import DistillLoss, LossInputs, option, register_loss
 from kdsearch.errors import TrainingError
 
 __all__ = ["FitNetLoss", "ATLoss", "SPLoss", "RKDLoss"]
@@ -29,6 +29,7 @@ class FitNetLoss(DistillLoss):
     when the student is saved.
     """
 
+    paper = 'Romero, Ballas, Kahou, Chassang, Gatta, Bengio, "FitNets: Hints for Thin Deep Nets", ICLR 2015'
     uses_features = True
 
     def __init__(self, **options) -> None:
@@ -84,12 +85,14 @@ class ATLoss(DistillLoss):
     spec reproduces the paper's scale. Channel counts may differ.
     """
 
+    paper = ('Zagoruyko, Komodakis, "Paying More Attention to Attention: Improving the Performance of '
+             'Convolutional Neural Networks via Attention Transfer", ICLR 2017')
     uses_features = True
 
     @dataclass(frozen=True)
     class Options:
-        beta: float = 1000.0  # the paper's weight; its β/2 is applied inside
-        p: float = 2.0  # power of the attention map (paper: 2)
+        beta: float = option(1000.0, "weight β (the paper's); β/2 is applied inside")
+        p: float = option(2.0, "power p of the attention map Σ_c |f_c|^p (paper: 2)")
 
         def __post_init__(self) -> None:
             require_non_negative(beta=self.beta)
@@ -116,11 +119,12 @@ class SPLoss(DistillLoss):
     reproduces its scale. Channel counts and spatial sizes may differ (G is B × B).
     """
 
+    paper = 'Tung, Mori, "Similarity-Preserving Knowledge Distillation", ICCV 2019'
     uses_features = True
 
     @dataclass(frozen=True)
     class Options:
-        gamma: float = 3000.0  # the paper's CIFAR-10 weight
+        gamma: float = option(3000.0, "weight γ (the paper's CIFAR-10 weight)")
 
         def __post_init__(self) -> None:
             require_non_negative(gamma=self.gamma)
@@ -168,12 +172,13 @@ class RKDLoss(DistillLoss):
     all B² and B³ entries, as in the official code. Needs a batch of at least 2.
     """
 
+    paper = 'Park, Kim, Lu, Cho, "Relational Knowledge Distillation", CVPR 2019'
     uses_features = True
 
     @dataclass(frozen=True)
     class Options:
-        distance_weight: float = 25.0  # w_d (paper)
-        angle_weight: float = 50.0  # w_a (paper)
+        distance_weight: float = option(25.0, "weight w_d of the distance term (paper)")
+        angle_weight: float = option(50.0, "weight w_a of the angle term (paper)")
 
         def __post_init__(self) -> None:
             require_non_negative(distance_weight=self.distance_weight, angle_weight=self.angle_weight)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdsearch.distill.losses._checks import require_non_negative, require_positive
-from kdsearch.distill.losses.base import DistillLoss, LossInputs, register_loss
+from kdsearch.distill.losses.base import DistillLoss, LossInputs, option, register_loss
 from kdsearch.errors import TrainingError
 
 __all__ = ["KDLoss", "DKDLoss", "DISTLoss", "CELoss"]
@@ -23,9 +23,11 @@ class KDLoss(DistillLoss):
     magnitudes comparable across temperatures. ``LossInputs.temperature`` overrides T.
     """
 
+    paper = 'Hinton, Vinyals, Dean, "Distilling the Knowledge in a Neural Network", NIPS Deep Learning Workshop 2015'
+
     @dataclass(frozen=True)
     class Options:
-        temperature: float = 4.0  # the usual CIFAR choice (CRD, DKD benchmarks)
+        temperature: float = option(4.0, "softening temperature T; 4 is the usual CIFAR choice (CRD, DKD benchmarks)")
 
         def __post_init__(self) -> None:
             require_positive(temperature=self.temperature)
@@ -55,11 +57,13 @@ class DKDLoss(DistillLoss):
     ``LossInputs.temperature`` overrides T.
     """
 
+    paper = 'Zhao, Cui, Song, Qiu, Liang, "Decoupled Knowledge Distillation", CVPR 2022'
+
     @dataclass(frozen=True)
     class Options:
-        alpha: float = 1.0  # TCKD weight (paper default)
-        beta: float = 8.0  # NCKD weight (paper's CIFAR-100 default; 0.5 on ImageNet)
-        temperature: float = 4.0  # paper default
+        alpha: float = option(1.0, "weight α of the target-class term TCKD (paper default)")
+        beta: float = option(8.0, "weight β of the non-target term NCKD (paper's CIFAR-100 default; 0.5 on ImageNet)")
+        temperature: float = option(4.0, "softening temperature T (paper default)")
 
         def __post_init__(self) -> None:
             require_positive(temperature=self.temperature)
@@ -114,11 +118,13 @@ class DISTLoss(DistillLoss):
     official ``DIST`` class); set them per recipe. ``LossInputs.temperature`` overrides τ.
     """
 
+    paper = 'Huang, You, Wang, Qian, Xu, "Knowledge Distillation from A Stronger Teacher", NeurIPS 2022'
+
     @dataclass(frozen=True)
     class Options:
-        beta: float = 1.0  # inter-class weight
-        gamma: float = 1.0  # intra-class weight
-        temperature: float = 1.0  # τ
+        beta: float = option(1.0, "weight β of the inter-class relation (per sample, over classes)")
+        gamma: float = option(1.0, "weight γ of the intra-class relation (per class, over the batch)")
+        temperature: float = option(1.0, "softening temperature τ")
 
         def __post_init__(self) -> None:
             require_positive(temperature=self.temperature)
@@ -141,11 +147,12 @@ class CELoss(DistillLoss):
     Needs no teacher.
     """
 
+    paper = 'Szegedy, Vanhoucke, Ioffe, Shlens, Wojna, "Rethinking the Inception Architecture for Computer Vision", CVPR 2016'
     uses_teacher = False
 
     @dataclass(frozen=True)
     class Options:
-        label_smoothing: float = 0.0  # ε; 0 is plain cross entropy
+        label_smoothing: float = option(0.0, "label smoothing ε in [0, 1); 0 is plain cross entropy")
 
         def __post_init__(self) -> None:
             if not 0.0 <= self.label_smoothing < 1.0:
