@@ -1,16 +1,37 @@
-"""Listing commands: what spaces, proxies and models exist."""
+"""Listing commands: what spaces, proxies, models and losses exist."""
 from __future__ import annotations
 
-import typer
-from rich.table import Table
-
+import re
 from pathlib import Path
-from typing import Optional
+from typing import Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
 
 from kdsearch.cli import _options as o
 from kdsearch.cli._console import console, print_json
 
-__all__ = ["register"]
+__all__ = ["register", "plain_summary"]
+
+# reST markup that docstrings use and a terminal must not show: :role:`~a.b.Name`, ``literal``, `default role`
+_ROLE = re.compile(r":[\w:-]+:`(?:([^`<]+?)\s*<[^`>]+>|(~?)([^`]+))`")
+_LITERAL = re.compile(r"``(.+?)``|`([^`]+)`")
+# the citation at the end of a loss summary, e.g. ' (Hinton, Vinyals, Dean, "...", 2015)': `losses` shows it apart
+_CITATION = re.compile(r"\s*\([^()]*\b(19|20)\d\d\)(?=\.?$)")
+
+
+def _role_text(role: re.Match[str]) -> str:
+    """What Sphinx shows for a role: its title, else its target (``~``: the target's last part)."""
+    title, short, target = role.groups()
+    return title or (target.rsplit(".", 1)[-1] if short else target)
+
+
+def plain_summary(doc: str | None) -> str:
+    """A docstring's first paragraph as plain text: one line, reST roles and literals reduced to their text."""
+    paragraph = " ".join((doc or "").strip().split("\n\n")[0].split())
+    paragraph = _ROLE.sub(_role_text, paragraph)
+    return _LITERAL.sub(lambda m: m.group(1) or m.group(2), paragraph)
 
 
 def _listing(title: str, rows: list[tuple[str, str]], json_out: bool, configured: set[str] | None = None) -> None:
@@ -22,7 +43,7 @@ def _listing(title: str, rows: list[tuple[str, str]], json_out: bool, configured
     table = Table(title=title, show_header=False, box=None)
     for name, desc in rows:
         mark = "  [green](in --config)[/]" if configured and name in configured else ""
-        table.add_row(f"[bold]{name}[/]", desc + mark)
+        table.add_row(f"[bold]{name}[/]", escape(desc) + mark)
     console.print(table)
 
 
@@ -54,10 +75,7 @@ def proxies(config_file: o.Config = None, json_out: o.Json = False) -> None:
     """
     from kdsearch.proxies import PROXIES
 
-    rows = []
-    for name in PROXIES.names():
-        doc = (PROXIES.get(name).__doc__ or "").strip().splitlines()
-        rows.append((name, doc[0] if doc else ""))
+    rows = [(name, plain_summary(PROXIES.get(name).__doc__)) for name in PROXIES.names()]
     config = _config(config_file)
     _listing("proxies (higher is better; cost proxies are minimised)", rows, json_out,
              {config.search.proxy, *config.search.objectives} if config else None)
@@ -70,15 +88,45 @@ def models(config_file: o.Config = None, json_out: o.Json = False) -> None:
     """
     from kdsearch.models.zoo import MODELS
 
-    rows = []
-    for name in MODELS.names():
-        doc = (MODELS.get(name).__doc__ or "").strip().splitlines()
-        rows.append((name, doc[0] if doc else ""))
+    rows = [(name, plain_summary(MODELS.get(name).__doc__)) for name in MODELS.names()]
     config = _config(config_file)
     _listing("model zoo", rows, json_out, {config.teacher_model, config.teacher} if config else None)
+
+
+def losses(config_file: o.Config = None, json_out: o.Json = False) -> None:
+    """List the distillation losses with their papers and options (with --config, its distill losses marked).
+
+    Combine them with --loss NAME:WEIGHT,... and set an option with --loss-option NAME.KEY=VALUE.
+
+    Example: kdsearch losses --json
+    """
+    from kdsearch.distill.losses import LOSSES, parse_loss_spec
+
+    config = _config(config_file)
+    configured = {name for name, _ in parse_loss_spec(config.distill.loss)} if config else None
+    entries: list[dict[str, Any]] = []
+    for name in LOSSES.names():
+        cls = LOSSES.get(name)
+        entries.append({"name": name, "description": _CITATION.sub("", plain_summary(cls.__doc__)), "paper": cls.paper,
+                        "options": cls.option_info()})
+        if configured is not None:
+            entries[-1]["configured"] = name in configured
+    if json_out:
+        print_json(entries)
+        return
+    table = Table(title="distillation losses (--loss NAME:WEIGHT,...; --loss-option NAME.KEY=VALUE)", show_lines=True)
+    for col in ("loss", "what (paper)", "options (default): meaning"):
+        table.add_column(col)
+    for e in entries:
+        mark = "\n[green](in --config)[/]" if e.get("configured") else ""
+        options = "\n".join(f"[bold]{escape(x['name'])}[/] ({x['default']}): {escape(x['meaning'])}" for x in e["options"])
+        table.add_row(f"[bold]{e['name']}[/]{mark}", f"{escape(e['description'])}\n[dim]{escape(e['paper'])}[/]",
+                      options or "[dim]none[/]")
+    console.print(table)
 
 
 def register(app: typer.Typer) -> None:
     app.command("spaces", rich_help_panel="Information")(spaces)
     app.command("proxies", rich_help_panel="Information")(proxies)
     app.command("models", rich_help_panel="Information")(models)
+    app.command("losses", rich_help_panel="Information")(losses)

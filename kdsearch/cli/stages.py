@@ -158,7 +158,7 @@ def distill(
     data: Annotated[Optional[str], typer.Option("--data", help="Dataset NAME[:PATH] (default: the run's).", rich_help_panel=o.DATA)] = None,
     data_dir: o.DataDir = None,
     subset: o.Subset = None,
-    loss: Annotated[Optional[str], typer.Option("--loss", help="Losses by name and weight, e.g. kd:1,ce:1.", rich_help_panel=o.TRAIN)] = None,
+    loss: Annotated[Optional[str], typer.Option("--loss", help="Losses by name and weight, e.g. kd:1,ce:1 (see `kdsearch losses`).", rich_help_panel=o.TRAIN)] = None,
     epochs: o.Epochs = None,
     batch_size: Batch = None,
     lr: Lr = None,
