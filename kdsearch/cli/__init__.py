@@ -5,6 +5,7 @@ import sys
 from typing import Optional
 
 import typer
+from typer.core import TyperGroup
 
 try:  # typer >= 0.20 vendors click; older releases depend on it
     from typer import _click as click
@@ -20,7 +21,35 @@ __all__ = ["app", "main"]
 _EXIT = tuple({typer.Exit, getattr(click.exceptions, "Exit", typer.Exit)})
 _ABORT = tuple({typer.Abort, getattr(click.exceptions, "Abort", typer.Abort)})
 
+
+def _flags_without_type(params: list[click.Parameter]) -> list[click.Parameter]:
+    """Give flags an empty metavar, the text Typer's Rich help then prints as their type."""
+    for param in params:
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+    return params
+
+
+class _Group(TyperGroup):
+    """Typer's group, but ``--help`` shows no value type for flags (``--json``, ``--augment/--no-augment``).
+
+    Typer 0.29's Rich help prints a type for every option, ``<bool>`` for a flag, although a
+    flag takes no value (its plain help and older Typers print none); for an option with a
+    metavar it prints the metavar instead. Set here, for every command and the built-in ``--help``.
+    """
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        return _flags_without_type(super().get_params(ctx))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            _flags_without_type(command.get_params(ctx))
+        return command
+
+
 app = typer.Typer(
+    cls=_Group,
     name="kdsearch",
     help=(
         "Find the student network that distils best from your teacher, train it, and ship it as ONNX.\n\n"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-COMMANDS = ["run", "teach", "search", "distill", "export", "spaces", "proxies", "models"]
+COMMANDS = ["run", "teach", "search", "distill", "export", "spaces", "proxies", "models", "losses"]
 
 
 def test_root_help_lists_commands(cli):
@@ -20,6 +20,27 @@ def test_command_help_has_example(cli, command):
     assert code == 0
     assert "Example" in out
     assert "kdsearch " + command in out
+
+
+def _all_commands() -> list[str]:
+    import typer
+
+    from kdsearch.cli import app
+
+    return list(typer.main.get_command(app).commands)
+
+
+@pytest.mark.parametrize("command", [None, *_all_commands()])
+def test_flags_show_no_value_type(cli, command):
+    """A flag takes no value, so --help shows none (Typer 0.29 would print `<bool>`)."""
+    code, out, _ = cli(*([command] if command else []), "--help")
+    assert code == 0 and "--help" in out
+    assert "<bool>" not in out
+
+
+def test_distill_loss_help_points_to_the_losses_list(cli):
+    code, out, _ = cli("distill", "--help")
+    assert code == 0 and "kdsearch losses" in " ".join(out.replace("│", " ").split())
 
 
 def test_version(cli):
