@@ -6,7 +6,6 @@ import time
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichBars, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from kdsearch.progress import Progress
 
@@ -30,6 +29,9 @@ class RichProgress(Progress):
     """Live bars on a terminal: one per running loop, with its live fields."""
 
     def __init__(self, out: Console) -> None:
+        # imported here: --help and shell completion never draw bars, so they need not load them
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichBars, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
         self.out = out
         self.bars = RichBars(
             TextColumn("[bold blue]{task.description}"),
