@@ -5,7 +5,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from kdsearch.pipeline import RunConfig, config_from_dict, preset
+from kdsearch.pipeline.config import RunConfig, config_from_dict, preset
 
 __all__ = ["base_config", "data_flags", "override", "require_teacher", "run_config", "section"]
 
@@ -23,7 +23,7 @@ def base_config(config_file: Path | None, preset_name: str | None = None) -> Run
 def run_config(run_dir: Path, config_file: Path | None, **sections: dict[str, Any]) -> RunConfig:
     """A run directory's ``run.yaml``, then the YAML config file, then the flags given."""
     from kdsearch.config_files import load_yaml
-    from kdsearch.pipeline import load_run_config
+    from kdsearch.pipeline.config import load_run_config
 
     config = load_run_config(run_dir)
     if config_file is not None:

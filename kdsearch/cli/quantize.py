@@ -1,7 +1,6 @@
 """``kdsearch quantize``: QAT-KD of a run's distilled student into RUN_DIR/qat."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -9,7 +8,6 @@ import typer
 
 from kdsearch.cli import _options as o
 from kdsearch.cli._console import close, console, make_progress, print_json
-from kdsearch.logs import capture_library_noise
 
 __all__ = ["register", "quantize"]
 
@@ -38,33 +36,25 @@ def quantize(
     """
     from kdsearch.cli._common import run_config
     from kdsearch.errors import UsageError
-    from kdsearch.pipeline import save_run_config
-    from kdsearch.quant import quantize_student
+    from kdsearch.pipeline import quantize_command
+    from kdsearch.rundir import RunDir
 
-    if not (run_dir / "distill" / "student.json").exists():
-        raise UsageError(f"{run_dir} has no distilled student (distill/student.json); run `kdsearch distill` first")
+    if not RunDir(run_dir).config.exists():
+        raise UsageError(f"{run_dir} is not a kdsearch run directory (no run.yaml); give the --out of a `kdsearch run`")
     config = run_config(run_dir, config_file, quantize={
         "epochs": epochs, "lr": lr, "batch_size": batch_size, "loss": loss, "freeze_bn_after": freeze_bn_after,
         "freeze_observers_after": freeze_observers_after, "seed": seed, "device": device})
-    out = run_dir / "qat"
-    if out.exists() and any(out.iterdir()):
-        if force and not resume:
-            shutil.rmtree(out)
-        elif not resume:
-            raise UsageError(f"{out} already exists; add --resume to continue it or --force to start over")
-    save_run_config(run_dir, config)
     progress = make_progress(quiet, json_out)
     try:
-        with capture_library_noise(run_dir / "kdsearch.log"):  # torchao logs kernel-load failures at import
-            metrics = quantize_student(run_dir, config.quantize, resume=resume, progress=progress)
+        metrics = quantize_command(run_dir, config, resume=resume, force=force, progress=progress)
     finally:
         close(progress)
     if json_out:
-        print_json({k: v for k, v in metrics.items() if k != "history"})
+        print_json({k: v for k, v in metrics.to_dict().items() if k != "history"})
     else:
         console.print(
-            f"QAT-KD: val top-1 fp32 {metrics['fp32_val_acc']:.4f} → fake-quant {metrics['fake_quant_val_acc']:.4f} "
-            f"→ int8 {metrics['int8_val_acc']:.4f}  → {out}  (then: kdsearch export {run_dir} --int8 qat)"
+            f"QAT-KD: val top-1 fp32 {metrics.fp32_val_acc:.4f} → fake-quant {metrics.fake_quant_val_acc:.4f} "
+            f"→ int8 {metrics.int8_val_acc:.4f}  → {RunDir(run_dir).qat}  (then: kdsearch export {run_dir} --int8 qat)"
         )
 
 

@@ -25,7 +25,7 @@ def _report_tables(figures: dict[str, Any]) -> list[Table]:
     main.add_row("params", fmt_int(t["params"]), fmt_int(s["params"]))
     main.add_row("FLOPs", fmt_int(t["flops"]), fmt_int(s["flops"]))
     if figures["qat"]:
-        main.add_row("val top-1 after QAT", "", fmt_pct(figures["qat"]["val_acc"]))
+        main.add_row("val top-1 after QAT (int8)", "", fmt_pct(figures["qat"]["int8_val_acc"]))
     tables = [main]
     if figures["export"]:
         deploy = Table(title="deployment (ONNX Runtime)")

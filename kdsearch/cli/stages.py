@@ -8,9 +8,8 @@ from typing import Annotated, List, Optional
 import typer
 
 from kdsearch.cli import _options as o
-from kdsearch.cli._common import base_config, data_flags, override, require_teacher
+from kdsearch.cli._common import base_config, data_flags, override
 from kdsearch.cli._console import close, console, make_progress, print_json
-from kdsearch.logs import capture_library_noise
 
 __all__ = ["register"]
 
@@ -40,7 +39,7 @@ def teach(
 
     Example: kdsearch teach --model resnet56 --data fashion-mnist --out teachers/r56
     """
-    from kdsearch.pipeline import check_inputs, load_run_dataset, prepare_run_dir, save_run_config, teach_stage
+    from kdsearch.pipeline import teach_command
 
     config = base_config(config_file)
     config = override(config, data=data_flags(data, data_dir, subset, seed),
@@ -48,22 +47,17 @@ def teach(
                       top={"teacher_model": model})
     progress = make_progress(quiet, json_out)
     try:
-        dataset = load_run_dataset(config)
-        check_inputs(config, dataset, search=False)
-        prepare_run_dir(out, resume=resume, force=force)
-        save_run_config(out, config)
-        with capture_library_noise(out / "kdsearch.log"):
-            metrics = teach_stage(out, config, dataset, resume=resume, progress=progress)  # --out is the model directory
+        metrics = teach_command(out, config, resume=resume, force=force, progress=progress)  # --out is the model directory
     finally:
         close(progress)
     model = config.teacher_model
-    result = {"model_dir": str(out), "model": model, "val_acc": metrics["val_acc"], "test_acc": metrics["test_acc"],
-              "params": metrics["params"]}
+    result = {"model_dir": str(out), "model": model, "val_acc": metrics.val_acc, "test_acc": metrics.test_acc,
+              "params": metrics.params}
     if json_out:
         print_json(result)
     else:
-        console.print(f"teacher {model}: val top-1 {metrics['val_acc']:.4f}, test top-1 {metrics['test_acc']:.4f}, "
-                      f"{metrics['params']:,} params → {out}  (use --teacher {out})")
+        console.print(f"teacher {model}: val top-1 {metrics.val_acc:.4f}, test top-1 {metrics.test_acc:.4f}, "
+                      f"{metrics.params:,} params → {out}  (use --teacher {out})")
 
 
 def search(
@@ -104,8 +98,7 @@ def search(
     Example: kdsearch search --teacher teachers/r20 --data fashion-mnist --max-params 60000 --trials 100 --out runs/s1
     """
     from kdsearch.arch import Arch
-    from kdsearch.pipeline import check_inputs, load_run_dataset, prepare_run_dir, resolve_teacher, save_run_config, search_config_for
-    from kdsearch.search.study import run_search, storage_url
+    from kdsearch.pipeline import search_command
 
     config = base_config(config_file)
     objs = tuple(x.strip() for x in objectives.split(",") if x.strip()) if objectives else None
@@ -120,34 +113,24 @@ def search(
     if proxy and not objs:
         search_flags["objectives"] = (proxy, *config.search.objectives[1:])
     config = override(config, data=data_flags(data, data_dir, subset, seed), search=search_flags, top={"teacher": teacher})
-    require_teacher(config)
     seeds = [Arch.load(p) for p in seed_arch or []]
     progress = make_progress(quiet, json_out)
     try:
-        dataset = load_run_dataset(config)
-        check_inputs(config, dataset)
-        t = resolve_teacher(out, config, dataset)
-        prepare_run_dir(out, resume=resume, force=force)
-        save_run_config(out, config)
-        with capture_library_noise(out / "kdsearch.log"):
-            result = run_search(t, dataset, out / "search", search_config_for(config, t), resume=resume,
-                                seed_archs=seeds, progress=progress)
+        outcome = search_command(out, config, seed_archs=seeds, resume=resume, force=force, progress=progress)
     finally:
         close(progress)
-    url = storage_url(config.search, out / "search")
+    winner = outcome.winner
     if json_out:
-        print_json({"winner": result.winner.to_dict(), **{k: result.winner_row[k] for k in ("params", "flops")},
-                    "score": result.winner_row[f"score_{config.search.proxy}"], "trials": len(result.rows),
-                    "feasible": result.feasible, "storage": url, "study_name": config.search.study_name})
+        print_json({"winner": winner.arch, "params": winner.params, "flops": winner.flops, "score": winner.score,
+                    "rule": winner.rule, "reason": winner.reason, "trials": len(outcome.rows),
+                    "feasible": outcome.feasible, "storage": outcome.storage_url, "study_name": outcome.study_name})
     else:
         from kdsearch.report.tables import leaderboard_table
 
-        console.print(leaderboard_table(result.rows, config.search.proxy, result.winner_row))
-        from kdsearch.search.winner import PICK_RULES
-
-        rule = config.search.pick
-        console.print(f"winner by --pick {rule} ({PICK_RULES[rule]}) → {out / 'search' / 'winner.json'}")
-        console.print(f"view the study: optuna-dashboard {url}", highlight=False)
+        console.print(leaderboard_table(outcome.rows, config.search.proxy, outcome.winner_row))
+        why = f": {winner.reason}" if winner.reason else ""
+        console.print(f"winner by --pick {winner.rule}{why} → {out / 'search' / 'winner.json'}")
+        console.print(f"view the study: optuna-dashboard {outcome.storage_url}", highlight=False)
 
 
 def distill(
@@ -191,95 +174,52 @@ def distill(
     kdsearch distill --teacher teachers/r20 --student winner.json --data fashion-mnist --out runs/d1
     """
     from kdsearch.arch import Arch
-    from kdsearch.devices import resolve_device
-    from kdsearch.distill.distributed import DistributedContext, is_main_process
-    from kdsearch.errors import KdsearchError, UsageError
-    from kdsearch.pipeline import check_inputs, distill_stage, load_run_config, load_run_dataset, resolve_teacher, save_run_config
+    from kdsearch.cli._common import run_config
+    from kdsearch.distill.distributed import is_main_process
+    from kdsearch.errors import UsageError
+    from kdsearch.pipeline import distill_command
 
+    flags = {"loss": loss, "epochs": epochs, "batch_size": batch_size, "lr": lr, "temperature": temperature,
+             "cache_teacher": cache_teacher, "augment": augment, "seed": seed, "device": device,
+             "optimizer": optimizer, "schedule": schedule, "warmup_epochs": warmup_epochs,
+             "grad_clip": grad_clip, "weight_decay": weight_decay, "label_smoothing": label_smoothing,
+             "temperature_schedule": temperature_schedule, "compile": compile_model,
+             "loss_options": tuple(loss_option) if loss_option else None}
+    data_section = data_flags(data, data_dir, subset, seed)
     if run_dir is not None:
-        config = load_run_config(run_dir)
+        # the run's run.yaml, then --config, then the flags
+        config = run_config(run_dir, config_file, data=data_section, distill=flags, top={"teacher": teacher})
         out = out or run_dir
         arch_file = student or run_dir / "search" / "winner.json"
         if not arch_file.exists():
             raise UsageError(f"{run_dir} has no search/winner.json; run `kdsearch search` first or give --student")
+        if config.teacher is None:
+            config = replace(config, teacher=str(run_dir / "teacher"))
     else:
         if teacher is None or student is None or out is None:
             raise UsageError("give a RUN_DIR, or all of --teacher, --student and --out")
-        config = base_config(config_file)
+        config = override(base_config(config_file), data=data_section, distill=flags, top={"teacher": teacher})
         arch_file = student
     arch = Arch.load(arch_file)
-    config = override(config, data={"spec": data, "data_dir": str(data_dir) if data_dir else None, "subset": subset, "seed": seed},
-                      distill={"loss": loss, "epochs": epochs, "batch_size": batch_size, "lr": lr, "temperature": temperature,
-                               "cache_teacher": cache_teacher, "augment": augment, "seed": seed, "device": device,
-                               "optimizer": optimizer, "schedule": schedule, "warmup_epochs": warmup_epochs,
-                               "grad_clip": grad_clip, "weight_decay": weight_decay, "label_smoothing": label_smoothing,
-                               "temperature_schedule": temperature_schedule, "compile": compile_model,
-                               "loss_options": tuple(loss_option) if loss_option else None},
-                      top={"teacher": teacher})
-    if run_dir is not None and config.teacher is None:
-        config = replace(config, teacher=str(run_dir / "teacher"))
-    main = is_main_process()  # under torchrun, rank 0 alone prepares the directory and prints
+    main = is_main_process()  # under torchrun, rank 0 alone prints
     progress = make_progress(quiet or not main, json_out)
-    group, ok = None, False
     try:
-        dataset = load_run_dataset(config)
-        check_inputs(config, dataset, search=False, student=arch)
-        t = resolve_teacher(out, config, dataset)
-        # Under torchrun one process group spans the command, so the other ranks touch the
-        # run directory only once rank 0 has checked and prepared it (else they race it).
-        group = DistributedContext.from_env(resolve_device(config.distill.device))
-        failure = None
-        if main:
-            try:
-                _prepare_distill_dir(out, run_dir, resume=resume, force=force)
-                save_run_config(out, config)
-            except KdsearchError as e:
-                failure = e
-        failure = group.broadcast(failure)
-        if failure is not None:
-            if main:
-                raise failure
-            raise SystemExit(failure.exit_code)  # rank 0 prints the error, once
-        with capture_library_noise(out / "kdsearch.log"):
-            if assistant:
-                from kdsearch.distill.assistant import assistant_stage
-
-                metrics = assistant_stage(out, arch, assistant, t, dataset, config.distill, search_dir=run_dir,
-                                          space_spec=config.search.space, resume=resume, progress=progress)
-            else:
-                metrics = distill_stage(out, config, dataset, t, arch, resume=resume, progress=progress)
-        ok = True
+        metrics = distill_command(out, config, arch, run_dir=run_dir, assistant=assistant, resume=resume,
+                                  force=force, progress=progress)
     finally:
-        if group is not None:
-            group.close(wait=ok)
         close(progress)
-    if not main:
+    if metrics is None:  # not rank 0
         return
     if json_out:
-        print_json({k: v for k, v in metrics.items() if k != "history"})
+        print_json({k: v for k, v in metrics.to_dict().items() if k != "history"})
     else:
-        console.print(f"student val top-1 {metrics['val_acc']:.4f} (teacher {metrics.get('teacher_val_acc') or float('nan'):.4f}), "
-                      f"{metrics['params']:,} params → {out / 'distill'}")
-
-
-def _prepare_distill_dir(out: Path, run_dir: Optional[Path], *, resume: bool, force: bool) -> None:
-    """Make ``out`` ready for a distillation: a new run directory, or ``RUN_DIR/distill`` kept or cleared."""
-    from kdsearch.errors import UsageError
-    from kdsearch.pipeline import prepare_run_dir
-
-    if run_dir is None or out != run_dir:
-        prepare_run_dir(out, resume=resume, force=force)
-    elif (out / "distill").exists() and not (resume or force):
-        raise UsageError(f"{out / 'distill'} already exists; add --resume to continue it or --force to start over")
-    elif force and (out / "distill").exists() and not resume:
-        import shutil
-
-        shutil.rmtree(out / "distill")
+        console.print(f"student val top-1 {metrics.val_acc:.4f} (teacher {metrics.teacher_val_acc or float('nan'):.4f}), "
+                      f"{metrics.params:,} params → {out / 'distill'}")
 
 
 def export(
     run_dir: Annotated[Path, typer.Argument(help="Run directory with distill/student.json.")],
-    int8: Annotated[Optional[str], typer.Option("--int8", help="none, ptq (post-training static) or qat (from `kdsearch quantize`).", rich_help_panel=o.OUT)] = None,
+    int8: Annotated[Optional[str], typer.Option("--int8", help="none, ptq (post-training static), qat (from `kdsearch quantize`) or ptq,qat; int8 files of the same student made earlier are kept.", rich_help_panel=o.OUT)] = None,
     opset: Annotated[Optional[int], typer.Option("--opset", help="ONNX opset (18 or more).", rich_help_panel=o.OUT)] = None,
     provider: Annotated[Optional[str], typer.Option("--provider", help="ONNX Runtime provider: cpu, cuda or tensorrt (falls back to cpu with a warning).", rich_help_panel=o.OUT)] = None,
     calib_images: Annotated[Optional[int], typer.Option("--calib-images", help="Training images that calibrate PTQ.", rich_help_panel=o.OUT)] = None,
@@ -295,24 +235,21 @@ def export(
     Example: kdsearch export runs/quick --int8 ptq
     """
     from kdsearch.cli._common import run_config
-    from kdsearch.pipeline import export_stage, load_run_dataset, save_run_config
+    from kdsearch.pipeline import export_command
 
     config = run_config(run_dir, config_file, export={"int8": int8, "opset": opset, "provider": provider, "calib_images": calib_images,
                                       "latency_runs": latency_runs})
     progress = make_progress(quiet, json_out)
     try:
-        dataset = load_run_dataset(config)
-        with capture_library_noise(run_dir / "kdsearch.log"):
-            report = export_stage(run_dir, config, dataset, progress=progress)
-        save_run_config(run_dir, config)
+        record = export_command(run_dir, config, progress=progress)
     finally:
         close(progress)
     if json_out:
-        print_json(report)
+        print_json(record.to_dict())
     else:
         from kdsearch.report.tables import export_table
 
-        console.print(export_table(report))
+        console.print(export_table(record.to_dict()))
 
 
 def register(app: typer.Typer) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -12,6 +12,7 @@ from torch import nn
 
 from kdsearch.devices import resolve_device
 from kdsearch.errors import ExportError, UsageError
+from kdsearch.export.config import parse_int8
 from kdsearch.export.onnx_export import export_onnx, kdsearch_version
 from kdsearch.export.ptq import quantize_ptq
 from kdsearch.export.runtime import (
@@ -25,11 +26,11 @@ from kdsearch.export.runtime import (
     torch_latency_ms,
     torch_logits,
 )
-from kdsearch.files import write_json, write_text
+from kdsearch.files import write_text
+from kdsearch.rundir import INT8_MODES, ExportedFile, ExportRecord
 
-__all__ = ["INT8_MODES", "LATENCY_BATCHES", "PARITY_MIN_AGREEMENT", "export_model"]
+__all__ = ["LATENCY_BATCHES", "PARITY_MIN_AGREEMENT", "export_model"]
 
-INT8_MODES = ("none", "ptq", "qat")
 LATENCY_BATCHES = (1, 32)
 PARITY_MIN_AGREEMENT = 0.999  # fp32 gate on decisive top-1 agreement; max |diff| is gated by PARITY_RTOL
 
@@ -71,7 +72,7 @@ def export_model(
     out_dir: Path,
     calib_images: torch.Tensor | None = None,
     name: str = "student",
-    int8: str = "none",
+    int8: str | Sequence[str] = "none",
     qat_model: nn.Module | None = None,
     opset: int = 18,
     provider: str = "cpu",
@@ -81,12 +82,15 @@ def export_model(
     parity_images: int = 64,
     latency_runs: int = 100,
     metadata: Mapping[str, str] | None = None,
+    keep: Mapping[str, ExportedFile] | None = None,
+    student_digest: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Export ``model`` to ``out_dir/<name>.onnx`` (and an int8 twin), verify and measure them.
 
-    Writes ``<name>.onnx``, ``<name>.ptq.onnx`` or ``<name>.qat.onnx``, ``export.log`` (the
-    exporters' captured chatter) and ``export.json`` (atomic; file paths relative to ``out_dir``).
+    Writes ``<name>.onnx``, ``<name>.ptq.onnx`` and/or ``<name>.qat.onnx``, ``export.log`` (the
+    exporters' captured chatter) and ``export.json`` (an :class:`~kdsearch.rundir.ExportRecord`;
+    atomic; file paths relative to ``out_dir``).
     The fp32 file must match PyTorch: max |logit diff| <= :func:`parity_tolerance` and top-1
     agreement >= 0.999 (near-ties inside the tolerance excused) at batch 1 and ``parity_batch``.
 
@@ -95,8 +99,12 @@ def export_model(
         val_images: normalised ``(N, C, H, W)`` float validation images; ``val_labels`` ``(N,)``.
         calib_images: normalised images for PTQ calibration (training split); the first
             ``num_calib`` are used.
-        int8: ``none``, ``ptq`` (post-training static, needs ``calib_images``) or ``qat``
-            (exports ``qat_model``, a PT2E ``convert_pt2e`` GraphModule captured with a dynamic batch).
+        int8: the int8 twins to make: ``none``, ``ptq`` (post-training static, needs
+            ``calib_images``), ``qat`` (exports ``qat_model``, a PT2E ``convert_pt2e`` GraphModule
+            captured with a dynamic batch), ``ptq,qat`` or a sequence of those modes.
+        keep: int8 entries of an earlier export of the same student that this call does not
+            remake; their files are kept and listed again. Other int8 leftovers are removed.
+        student_digest: recorded in export.json, so a later export can tell whether ``keep`` applies.
         provider: ONNX Runtime provider ``cpu|cuda|tensorrt``; falls back to CPU with a warning.
         device: where PyTorch eager latency and accuracy run (``auto`` picks CUDA when present);
             parity always compares on CPU, where both sides compute exact float32.
@@ -107,11 +115,11 @@ def export_model(
         ExportError: the fp32 parity check failed; the file is renamed ``<name>.failed.onnx``.
     """
     say = progress or (lambda _msg: None)
-    if int8 not in INT8_MODES:
-        raise UsageError(f"unknown int8 mode {int8!r}; use one of {', '.join(INT8_MODES)}")
-    if int8 == "qat" and qat_model is None:
+    modes = parse_int8(int8) if isinstance(int8, str) else parse_int8(",".join(int8) or "none")
+    keep = {k: v for k, v in (keep or {}).items() if k not in modes}
+    if "qat" in modes and qat_model is None:
         raise UsageError("int8='qat' needs qat_model (the converted PT2E model from the qat stage); or use int8='ptq'")
-    if int8 == "ptq" and (calib_images is None or len(calib_images) == 0):
+    if "ptq" in modes and (calib_images is None or len(calib_images) == 0):
         raise UsageError("int8='ptq' needs calib_images (normalised training images); or use int8='none'")
     if val_images.ndim != 4 or len(val_images) != len(val_labels) or len(val_images) == 0:
         raise UsageError(
@@ -132,7 +140,7 @@ def export_model(
     meta = {"kdsearch_version": kdsearch_version(), "opset": str(opset), **(metadata or {})}
     # Parity runs on CPU on both sides: exact float32 kernels, no TF32, whatever provider is measured.
     fp32_model = copy.deepcopy(model).float().cpu().eval()
-    paths = {mode: out_dir / f"{name}.{mode}.onnx" for mode in ("ptq", "qat", "failed")}
+    paths = {mode: out_dir / f"{name}.{mode}.onnx" for mode in (*INT8_MODES, "failed")}
     fp32_path = out_dir / f"{name}.onnx"
     try:
         say(f"exporting {fp32_path.name}")
@@ -148,8 +156,8 @@ def export_model(
             raise
         os.replace(fp32_path, paths["failed"])
         raise ExportError(f"{e}; the file was kept as {paths['failed'].name} for inspection") from e
-    for mode, path in paths.items():  # leftovers of earlier runs that this run does not replace
-        if mode != int8:
+    for mode, path in paths.items():  # leftovers of earlier runs that this run neither remakes nor keeps
+        if mode not in modes and mode not in keep:
             path.unlink(missing_ok=True)
 
     session, used = (cpu_session, "cpu") if provider == "cpu" else ort_session(fp32_path, provider)
@@ -162,11 +170,12 @@ def export_model(
         }
     }
 
-    if int8 != "none":
-        int8_path = paths[int8]
-        if int8 == "ptq":
-            say(f"quantizing {int8_path.name} (post-training static, {min(num_calib, len(calib_images))} images)")
+    for mode in modes:
+        int8_path = paths[mode]
+        if mode == "ptq":
+            assert calib_images is not None
             calib = calib_images[:num_calib].float().cpu().numpy()  # (n, C, H, W)
+            say(f"quantizing {int8_path.name} (post-training static, {len(calib)} images)")
             quantize_ptq(fp32_path, int8_path, calib, on_log=keep_log("ptq"))
             reference = fp32_model  # PTQ is judged against the model it approximates
         else:
@@ -182,14 +191,16 @@ def export_model(
             agreement.pop(key)
         int8_session, int8_used = (int8_cpu, "cpu") if provider == "cpu" else ort_session(int8_path, provider)
         say(f"measuring {int8_path.name} on {int8_used}")
-        files[int8] = {
+        files[mode] = {
             **_file_entry(int8_path, out_dir, opset, int8_used),
             "parity": {
-                "reference": "pytorch_fp32" if int8 == "ptq" else "pytorch_qat",
+                "reference": "pytorch_fp32" if mode == "ptq" else "pytorch_qat",
                 f"batch_{parity_batch}": agreement,
             },
             **_measure(int8_session, input_chw, val_images, val_labels, latency_runs),
         }
+        if mode == "ptq":
+            files[mode]["calib_images"] = len(calib)
 
     say(f"timing PyTorch eager on {dev} for comparison")
     fp32_model.to(dev)
@@ -200,6 +211,7 @@ def export_model(
             f"batch_{b}": torch_latency_ms(fp32_model, (b, *input_chw), runs=latency_runs) for b in LATENCY_BATCHES
         },
     }
+    files.update({mode: entry.to_dict() for mode, entry in keep.items() if (out_dir / entry.path).is_file()})
     report = {
         "kdsearch_version": meta["kdsearch_version"],
         "opset": opset,
@@ -213,8 +225,9 @@ def export_model(
         "files": files,
         "pytorch_eager": pytorch,
         "log": "export.log",
+        "student_digest": student_digest,
     }
     write_text(out_dir / "export.log", "\n".join(logs) + "\n")
-    write_json(out_dir / "export.json", report)
+    ExportRecord.from_dict(report).save(out_dir / ExportRecord.FILE)
     say(f"wrote {out_dir / 'export.json'}")
     return report

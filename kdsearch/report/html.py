@@ -129,16 +129,17 @@ def _comparison(run: RunContents, figures: dict[str, Any]) -> str:
     rows = [
         ["val top-1", fmt_pct(t["val_acc"]), fmt_pct(s["val_acc"]),
          f"{100 * (s['val_acc'] - t['val_acc']):+.2f} pp" if s["val_acc"] is not None and t["val_acc"] is not None else "–"],
-        ["test top-1", fmt_pct((run.teacher or {}).get("test_acc")), fmt_pct(s["test_acc"]), ""],
+        ["test top-1", fmt_pct(run.teacher.test_acc if run.teacher else None), fmt_pct(s["test_acc"]), ""],
         ["params", fmt_int(t["params"]), fmt_int(s["params"]),
          f"{t['params'] / s['params']:.1f}× fewer" if t["params"] and s["params"] else "–"],
         ["FLOPs", fmt_int(t["flops"]), fmt_int(s["flops"]),
          f"{t['flops'] / s['flops']:.1f}× fewer" if t["flops"] and s["flops"] else "–"],
     ]
     if run.qat is not None:
-        rows.append(["val top-1 after QAT (int8)", "", fmt_pct(run.qat.get("val_acc")), ""])
+        rows.append(["val top-1 after QAT (int8, PyTorch)", "", fmt_pct(run.qat.int8_val_acc),
+                     f"fp32 {fmt_pct(run.qat.fp32_val_acc)} before QAT"])
     if run.export is not None:
-        eager = run.export.get("pytorch_eager", {})
+        eager = run.export.pytorch_eager
         lat = eager.get("latency_ms", {})
         rows.append([f"latency b=1, PyTorch eager ({eager.get('device', '?')})", "",
                      fmt_ms(lat.get("batch_1", {}).get("p50")), ""])
@@ -155,8 +156,8 @@ def _pareto_png(run: RunContents) -> bytes | None:
         return None
     from kdsearch.report.plots import plot_pareto
 
-    score = f"score_{run.winner.get('proxy', 'diswot')}"
-    winner_key = json.dumps(run.winner["arch"], sort_keys=True, separators=(",", ":"))
+    score = f"score_{run.winner.proxy}"
+    winner_key = json.dumps(run.winner.arch, sort_keys=True, separators=(",", ":"))
     winner_row = next((r for r in run.leaderboard if r["arch"] == winner_key), None)
     if winner_row is None or score not in winner_row:
         return None
@@ -171,24 +172,26 @@ def _search(run: RunContents) -> str:
     if run.winner is None and not run.leaderboard:
         return ""
     parts = []
-    winner = run.winner or {}
-    if winner:
-        parts.append(f'<p>Winner (rule <b>{_e(winner.get("rule"))}</b> on proxy <b>{_e(winner.get("proxy"))}</b>, '
-                     f'trial {_e(winner.get("trial"))}): <code>{_e(_genes(winner.get("arch")))}</code></p>')
+    winner = run.winner
+    if winner is not None:
+        why = f" {_e(winner.reason)}." if winner.reason else ""
+        parts.append(f'<p>Winner (rule <b>{_e(winner.rule)}</b>, proxy <b>{_e(winner.proxy)}</b>, '
+                     f'trial {_e(winner.trial)}): <code>{_e(_genes(winner.arch))}</code>.{why}</p>')
     png = _pareto_png(run)
     if png is not None:
         parts.append(f'<div class="figures">{_figure(png, "Proxy score against parameters; ★ the winner")}</div>')
     if run.leaderboard:
-        proxy = winner.get("proxy") or next((k[6:] for k in run.leaderboard[0] if k.startswith("score_")), None)
+        proxy = winner.proxy if winner else next((k[6:] for k in run.leaderboard[0] if k.startswith("score_")), None)
         key = f"score_{proxy}"
-        unique = sorted({r["arch"]: r for r in run.leaderboard}.values(), key=lambda r: -(r.get(key) or float("-inf")))
-        winner_key = json.dumps(winner.get("arch"), sort_keys=True, separators=(",", ":")) if winner else None
+        unique = list({r["arch"]: r for r in reversed(run.leaderboard)}.values())[::-1]  # the file's order: the rule's
+        winner_key = json.dumps(winner.arch, sort_keys=True, separators=(",", ":")) if winner else None
         top = unique[:_LEADERBOARD_TOP]
         rows = [[str(i + 1), ("★ " if r["arch"] == winner_key else "") + _genes(r["arch"]),
                  f"{r[key]:.5g}" if isinstance(r.get(key), float) else "–", fmt_int(r.get("params")),
                  fmt_int(r.get("flops")), "yes" if r.get("feasible") else "no"] for i, r in enumerate(top)]
         classes = ["winner" if r["arch"] == winner_key else "" for r in top]
-        parts.append(f"<h3>Leaderboard: top {len(top)} of {len(unique)} unique candidates by {_e(proxy)}</h3>")
+        order = f"in the order of rule {_e(winner.rule)}" if winner else f"by {_e(proxy)}"
+        parts.append(f"<h3>Leaderboard: top {len(top)} of {len(unique)} unique candidates, {order}</h3>")
         parts.append(_table(["#", "architecture", str(proxy), "params", "FLOPs", "within budget"], rows, classes,
                             genes_col=1))
     return _section("Search", "".join(parts), "search")
@@ -207,24 +210,23 @@ def _deployment(run: RunContents) -> str:
     if run.export is None:
         return ""
     rows, classes = [], []
-    rule = run.export.get("parity_rule", {})
+    rule = run.export.parity_rule
     need = rule.get("min_top1_agreement")
-    for kind, f in run.export.get("files", {}).items():
-        agreements = [p["top1_agreement"] for p in f.get("parity", {}).values() if "top1_agreement" in p]
-        diffs = [p["max_abs_diff"] for p in f.get("parity", {}).values() if "max_abs_diff" in p]
-        lat = f.get("latency_ms", {})
+    for kind, f in run.export.files.items():
+        diffs = [p["max_abs_diff"] for p in f.parity.values() if isinstance(p, dict) and "max_abs_diff" in p]
+        agreement = f.min_top1_agreement
         rows.append([
-            f"{kind}: {f.get('path', '')}",
-            fmt_pct(f.get("accuracy")),
-            fmt_pct(min(agreements)) if agreements else "–",
+            f"{kind}: {f.path}",
+            fmt_pct(f.accuracy),
+            fmt_pct(agreement) if agreement is not None else "–",
             f"{max(diffs):.2e}" if diffs else "–",
-            fmt_ms(lat.get("batch_1", {}).get("p50")),
-            fmt_ms(lat.get("batch_32", {}).get("p50")),
-            fmt_int(f.get("size_bytes")) + "B",
-            str(f.get("provider_used", "")),
+            fmt_ms(f.p50(1)),
+            fmt_ms(f.p50(32)),
+            fmt_int(f.size_bytes) + "B",
+            f.provider_used,
         ])
-        classes.append("" if not agreements or need is None or min(agreements) >= need else "warn")
-    eager = run.export.get("pytorch_eager")
+        classes.append("" if agreement is None or need is None or agreement >= need else "warn")
+    eager = run.export.pytorch_eager
     if eager:
         lat = eager.get("latency_ms", {})
         rows.append([f"PyTorch eager (reference, {eager.get('device', '')})", fmt_pct(eager.get("accuracy")), "", "",

@@ -13,6 +13,7 @@ from typing import Any
 
 from kdsearch.errors import ConfigError, UsageError
 from kdsearch.files import read_json
+from kdsearch.rundir import ExportRecord, QatMetrics, RunDir, TrainMetrics, WinnerRecord
 
 __all__ = ["RunContents", "read_run", "key_figures", "leaderboard_rows"]
 
@@ -27,13 +28,13 @@ class RunContents:
     run_dir: Path
     config_text: str  # run.yaml as written (the resolved configuration)
     config: dict[str, Any]
-    teacher: dict[str, Any] | None = None  # teacher/metrics.json
+    teacher: TrainMetrics | None = None  # teacher/metrics.json
     teacher_model: dict[str, Any] | None = None  # teacher/model.json
-    winner: dict[str, Any] | None = None  # search/winner.json
-    leaderboard: list[dict[str, Any]] = field(default_factory=list)  # search/leaderboard.csv
-    distill: dict[str, Any] | None = None  # distill/metrics.json
-    qat: dict[str, Any] | None = None  # qat/metrics.json
-    export: dict[str, Any] | None = None  # export/export.json
+    winner: WinnerRecord | None = None  # search/winner.json
+    leaderboard: list[dict[str, Any]] = field(default_factory=list)  # search/leaderboard.csv, in the winner rule's order
+    distill: TrainMetrics | None = None  # distill/metrics.json
+    qat: QatMetrics | None = None  # qat/metrics.json
+    export: ExportRecord | None = None  # export/export.json
     summary: dict[str, Any] | None = None  # summary.json (written by `kdsearch run`)
     images: dict[str, list[Path]] = field(default_factory=dict)  # section -> PNGs, in page order
 
@@ -105,15 +106,16 @@ def read_run(run_dir: Path) -> RunContents:
     except yaml.YAMLError as e:
         raise ConfigError(f"{config_path} is not valid YAML ({e}); fix it or re-run `kdsearch run`") from None
     contents = RunContents(run_dir=run_dir, config_text=config_text, config=config if isinstance(config, dict) else {})
-    contents.teacher = _optional_json(run_dir / "teacher" / "metrics.json")
-    contents.teacher_model = _optional_json(run_dir / "teacher" / "model.json")
-    contents.winner = _optional_json(run_dir / "search" / "winner.json")
-    if (run_dir / "search" / "leaderboard.csv").is_file():
-        contents.leaderboard = leaderboard_rows(run_dir / "search" / "leaderboard.csv")
-    contents.distill = _optional_json(run_dir / "distill" / "metrics.json")
-    contents.qat = _optional_json(run_dir / "qat" / "metrics.json")
-    contents.export = _optional_json(run_dir / "export" / "export.json")
-    contents.summary = _optional_json(run_dir / "summary.json")
+    run = RunDir(run_dir)
+    contents.teacher = TrainMetrics.load_optional(run.teacher_metrics)
+    contents.teacher_model = _optional_json(run.teacher / "model.json")
+    contents.winner = WinnerRecord.load_optional(run.winner)
+    if run.leaderboard.is_file():
+        contents.leaderboard = leaderboard_rows(run.leaderboard)
+    contents.distill = TrainMetrics.load_optional(run.distill_metrics)
+    contents.qat = QatMetrics.load_optional(run.qat_metrics)
+    contents.export = ExportRecord.load_optional(run.export_record)
+    contents.summary = _optional_json(run.summary)
     contents.images = {
         "search": _pngs(run_dir / "search", ("pareto.png",)),
         "teacher": _pngs(run_dir / "teacher", ("curves.png",)),
@@ -124,52 +126,49 @@ def read_run(run_dir: Path) -> RunContents:
     return contents
 
 
-def _min_agreement(entry: dict[str, Any]) -> float | None:
-    values = [p["top1_agreement"] for p in entry.get("parity", {}).values() if "top1_agreement" in p]
-    return min(values) if values else None
-
-
 def key_figures(run: RunContents) -> dict[str, Any]:
     """The numbers a person looks for first; None where the stage did not run."""
     s = run.summary or {}
     teacher = s.get("teacher", {})
     student = s.get("student", {})
-    winner = run.winner or {}
+    winner, distill = run.winner, run.distill
     teacher_acc = teacher.get("val_acc")
     if teacher_acc is None:
-        teacher_acc = (run.teacher or {}).get("val_acc", (run.distill or {}).get("teacher_val_acc"))
-    teacher_params = teacher.get("params", (run.teacher or {}).get("params"))
-    student_params = student.get("params", winner.get("params", (run.distill or {}).get("params")))
+        teacher_acc = run.teacher.val_acc if run.teacher else (distill.teacher_val_acc if distill else None)
+    teacher_params = teacher.get("params", run.teacher.params if run.teacher else None)
+    student_params = student.get("params") or (winner.params if winner else (distill.params if distill else None))
     figures: dict[str, Any] = {
         "stages": run.stages,
         "teacher": {"val_acc": teacher_acc, "params": teacher_params, "flops": teacher.get("flops")},
         "student": {
-            "arch": winner.get("arch", student.get("arch")),
-            "val_acc": (run.distill or {}).get("val_acc"),
-            "test_acc": (run.distill or {}).get("test_acc"),
+            "arch": winner.arch if winner else student.get("arch"),
+            "val_acc": distill.val_acc if distill else None,
+            "test_acc": distill.test_acc if distill else None,
             "params": student_params,
-            "flops": student.get("flops", winner.get("flops")),
+            "flops": student.get("flops", winner.flops if winner else None),
         },
         "search": None,
         "qat": None,
         "export": None,
     }
-    if run.winner is not None:
-        figures["search"] = {k: winner.get(k) for k in ("proxy", "score", "complete_trials", "unique_candidates",
-                                                        "feasible_candidates")}
+    if winner is not None:
+        figures["search"] = {"proxy": winner.proxy, "score": winner.score, "rule": winner.rule, "reason": winner.reason,
+                             "complete_trials": winner.complete_trials, "unique_candidates": winner.unique_candidates,
+                             "feasible_candidates": winner.feasible_candidates}
     if run.qat is not None:
-        figures["qat"] = {"val_acc": run.qat.get("val_acc")}
+        figures["qat"] = {"fp32_val_acc": run.qat.fp32_val_acc, "fake_quant_val_acc": run.qat.fake_quant_val_acc,
+                          "int8_val_acc": run.qat.int8_val_acc}
     if run.export is not None:
         figures["export"] = {
             kind: {
-                "path": f.get("path"),
-                "accuracy": f.get("accuracy"),
-                "top1_agreement": _min_agreement(f),
-                "latency_ms_b1": f.get("latency_ms", {}).get("batch_1", {}).get("p50"),
-                "latency_ms_b32": f.get("latency_ms", {}).get("batch_32", {}).get("p50"),
-                "size_bytes": f.get("size_bytes"),
-                "provider": f.get("provider_used"),
+                "path": f.path,
+                "accuracy": f.accuracy,
+                "top1_agreement": f.min_top1_agreement,
+                "latency_ms_b1": f.p50(1),
+                "latency_ms_b32": f.p50(32),
+                "size_bytes": f.size_bytes,
+                "provider": f.provider_used,
             }
-            for kind, f in run.export.get("files", {}).items()
+            for kind, f in run.export.files.items()
         }
     return json.loads(json.dumps(figures, default=str))  # plain JSON types only

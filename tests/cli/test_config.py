@@ -52,7 +52,7 @@ def test_quantize_and_correlate_sections_parse_nested_and_strict():
 def test_saved_config_round_trips():
     from dataclasses import asdict
 
-    from kdsearch.pipeline import _plain
+    from kdsearch.pipeline.config import _plain
 
     config = config_from_dict({"quantize": {"epochs": 3}, "correlate": {"train": {"lr": 0.3}}})
     again = config_from_dict(yaml.safe_load(yaml.safe_dump(_plain(asdict(config)))), RunConfig())

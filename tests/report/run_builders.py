@@ -1,4 +1,8 @@
-"""Hand-built run directories: every artifact a stage writes, with known values, in milliseconds."""
+"""Hand-built run directories: every artifact a stage writes, with known values, in milliseconds.
+
+The JSON files are written through the same records (:mod:`kdsearch.rundir`) the stages use,
+so a key a stage renames changes here too.
+"""
 from __future__ import annotations
 
 import csv
@@ -8,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from kdsearch.rundir import ExportRecord, QatMetrics, RunDir, TrainMetrics, WinnerRecord
 
 WINNER_ARCH = {"space": "resnet_cifar", "genes": {"block": "basic", "depths": [1, 1, 1], "widths": [8, 16, 32]}}
 
@@ -40,7 +46,7 @@ def build_run(root: Path, stages: tuple[str, ...] = ("teacher", "search", "disti
     (root / "run.yaml").write_text("data:\n  spec: npz:/x.npz  # <script>alert(1)</script>\nseed: 0\n")
     if "teacher" in stages:
         (root / "teacher").mkdir()
-        (root / "teacher" / "metrics.json").write_text(json.dumps({"val_acc": 0.9, "test_acc": 0.89, "params": 80_000}))
+        TrainMetrics(val_acc=0.9, test_acc=0.89, params=80_000, history=[]).save(RunDir(root).teacher_metrics)
         write_png(root / "teacher" / "curves.png", (60, 40), 1)
     if "search" in stages:
         (root / "search").mkdir()
@@ -50,31 +56,40 @@ def build_run(root: Path, stages: tuple[str, ...] = ("teacher", "search", "disti
         for trial, widths, score, params, flops, feasible in sorted(CANDIDATES, key=lambda c: -c[2]):
             w.writerow([trial, arch_key(widths), score, params, flops, "", feasible, False])
         (root / "search" / "leaderboard.csv").write_text(buf.getvalue())
-        (root / "search" / "winner.json").write_text(json.dumps({
-            "arch": WINNER_ARCH, "rule": "best", "proxy": "diswot", "score": -0.05, "params": 20_000,
-            "flops": 5_000_000, "trial": 1, "complete_trials": 5, "unique_candidates": 5, "feasible_candidates": 4}))
+        WinnerRecord(arch=WINNER_ARCH, rule="best", proxy="diswot", score=-0.05, params=20_000, flops=5_000_000,
+                     latency_ms=None, trial=1, complete_trials=5, unique_candidates=5, feasible_candidates=4,
+                     config={}, reason="best proxy score within the budgets").save(RunDir(root).winner)
         write_png(root / "search" / "pareto.png", (80, 50), 2)
     if "distill" in stages:
         (root / "distill").mkdir()
-        (root / "distill" / "metrics.json").write_text(json.dumps(
-            {"val_acc": 0.85, "test_acc": 0.84, "params": 20_000, "teacher_val_acc": 0.9}))
+        TrainMetrics(val_acc=0.85, test_acc=0.84, params=20_000, teacher_val_acc=0.9, history=[]).save(
+            RunDir(root).distill_metrics)
         write_png(root / "distill" / "curves.png", (60, 40), 3)
+    if "qat" in stages:
+        QatMetrics(fp32_val_acc=0.85, fake_quant_val_acc=0.845, int8_val_acc=0.8412, teacher_val_acc=0.9,
+                   val_images=100, loss="kd:1,ce:1", recipe="onnx", epochs=1, history=[]).save(RunDir(root).qat_metrics)
     if "export" in stages:
         (root / "export").mkdir()
         lat = {"batch_1": {"p50": 0.25}, "batch_32": {"p50": 3.5}}
         parity = {"batch_1": {"max_abs_diff": 1e-6, "top1_agreement": 1.0},
                   "batch_8": {"max_abs_diff": 2e-6, "top1_agreement": 1.0}}
-        (root / "export" / "export.json").write_text(json.dumps({
+        files = {
+            "fp32": {"path": "student.onnx", "size_bytes": 80_000, "opset": 18, "provider_used": "cpu",
+                     "accuracy": 0.85, "parity": parity, "latency_ms": lat},
+            "ptq": {"path": "student.ptq.onnx", "size_bytes": 25_000, "opset": 18, "provider_used": "cpu",
+                    "accuracy": 0.83, "parity": {"batch_1": {"max_abs_diff": 0.2, "top1_agreement": 0.97}},
+                    "latency_ms": {"batch_1": {"p50": 0.15}, "batch_32": {"p50": 2.0}}},
+        }
+        if "qat" in stages:
+            files["qat"] = {"path": "student.qat.onnx", "size_bytes": 27_000, "opset": 18, "provider_used": "cpu",
+                            "accuracy": 0.8411, "parity": {"batch_8": {"max_abs_diff": 0.01, "top1_agreement": 1.0}},
+                            "latency_ms": {"batch_1": {"p50": 0.12}, "batch_32": {"p50": 1.7}}}
+        ExportRecord.from_dict({
+            "kdsearch_version": "0", "opset": 18, "provider_requested": "cpu", "log": "export.log",
             "parity_rule": {"provider": "cpu", "min_top1_agreement": 0.999, "images": 64},
-            "files": {
-                "fp32": {"path": "student.onnx", "size_bytes": 80_000, "provider_used": "cpu", "accuracy": 0.85,
-                         "parity": parity, "latency_ms": lat},
-                "ptq": {"path": "student.ptq.onnx", "size_bytes": 25_000, "provider_used": "cpu", "accuracy": 0.83,
-                        "parity": {"batch_1": {"max_abs_diff": 0.2, "top1_agreement": 0.97}},
-                        "latency_ms": {"batch_1": {"p50": 0.15}, "batch_32": {"p50": 2.0}}},
-            },
+            "files": files,
             "pytorch_eager": {"device": "cpu", "accuracy": 0.85, "latency_ms": {"batch_1": {"p50": 1.5}}},
-        }))
+        }).save(RunDir(root).export_record)
     if "correlate" in stages:
         write_png(root / "correlate" / "scatter.png", (70, 30), 4)
         write_png(root / "correlate" / "size_controlled.png", (30, 70), 5)

@@ -1,0 +1,42 @@
+"""The export stage's configuration (torch-free: the CLI imports it)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kdsearch.errors import UsageError
+
+__all__ = ["ExportConfig", "INT8_CHOICES", "parse_int8"]
+
+INT8_CHOICES = ("none", "ptq", "qat", "ptq,qat")
+
+
+def parse_int8(value: str) -> tuple[str, ...]:
+    """``"ptq,qat"`` -> ``("ptq", "qat")``; ``"none"`` -> ``()``."""
+    modes = tuple(dict.fromkeys(m.strip() for m in value.split(",") if m.strip()))
+    if modes == ("none",):
+        return ()
+    if not modes or any(m not in ("ptq", "qat") for m in modes):
+        raise UsageError(f"unknown --int8 {value!r}; use none, ptq, qat or ptq,qat")
+    return modes
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    int8: str = "none"  # none | ptq | qat | ptq,qat: int8 files made beside the fp32 one
+    opset: int = 18
+    provider: str = "cpu"  # cpu | cuda | tensorrt
+    calib_images: int = 256  # training images that calibrate post-training quantization
+    latency_runs: int = 100
+
+    def __post_init__(self) -> None:
+        parse_int8(self.int8)
+        if self.opset < 18:
+            raise UsageError(f"--opset must be 18 or more (got {self.opset})")
+        if self.provider not in {"cpu", "cuda", "tensorrt"}:
+            raise UsageError(f"unknown --provider {self.provider!r}; use cpu, cuda or tensorrt")
+        if self.calib_images <= 0 or self.latency_runs <= 0:
+            raise UsageError("--calib-images and --latency-runs must be positive")
+
+    @property
+    def int8_modes(self) -> tuple[str, ...]:
+        return parse_int8(self.int8)

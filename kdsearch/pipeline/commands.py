@@ -1,0 +1,241 @@
+"""One library call per command: check the inputs, open the run directory, run the stage(s).
+
+The CLI parses flags into a :class:`~kdsearch.pipeline.config.RunConfig`, calls one function
+here and renders what it returns. Every input is checked before the run directory is touched,
+and a command that fails before any stage wrote a result leaves no directory behind.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Iterator
+
+from kdsearch.arch import Arch
+from kdsearch.errors import KdsearchError, UsageError
+from kdsearch.pipeline.config import RunConfig, save_run_config
+from kdsearch.pipeline.stages import (
+    check_inputs,
+    distill_stage,
+    export_stage,
+    load_run_dataset,
+    qat_stage,
+    resolve_teacher,
+    search_stage,
+    summary_for,
+    teach_stage,
+)
+from kdsearch.pipeline.workspace import opened_run_dir
+from kdsearch.progress import NULL_PROGRESS, Progress
+from kdsearch.rundir import ExportRecord, QatMetrics, RunDir, TrainMetrics, WinnerRecord
+
+__all__ = [
+    "SearchOutcome",
+    "teach_command",
+    "search_command",
+    "distill_command",
+    "quantize_command",
+    "export_command",
+    "run_pipeline",
+]
+
+
+@contextlib.contextmanager
+def _logged(run_dir: Path) -> Iterator[None]:
+    from kdsearch.logs import capture_library_noise
+
+    with capture_library_noise(RunDir(run_dir).log):  # library chatter goes to the log, not the terminal
+        yield
+
+
+def teach_command(out: Path, config: RunConfig, *, resume: bool = False, force: bool = False,
+                  progress: Progress = NULL_PROGRESS) -> TrainMetrics:
+    """``kdsearch teach``: train ``config.teacher_model`` into the model directory ``out``."""
+    dataset = load_run_dataset(config)
+    check_inputs(config, dataset, search=False, train=("teach",))
+    with opened_run_dir(out, resume=resume, force=force):
+        save_run_config(out, config)
+        with _logged(out):
+            return teach_stage(out, config, dataset, resume=resume, progress=progress)
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    """What ``kdsearch search`` shows: every scored row, the winner and where the study lives."""
+
+    winner: WinnerRecord
+    rows: list[dict[str, Any]]
+    winner_row: dict[str, Any]
+    feasible: int
+    storage_url: str
+    study_name: str
+
+
+def search_command(out: Path, config: RunConfig, *, seed_archs: list[Arch] | None = None, resume: bool = False,
+                   force: bool = False, progress: Progress = NULL_PROGRESS) -> SearchOutcome:
+    """``kdsearch search``: a training-free search into ``out/search``."""
+    from kdsearch.search.study import run_search, storage_url
+    from kdsearch.pipeline.stages import search_config_for
+
+    if not config.teacher:
+        raise UsageError("no teacher: give --teacher (a zoo name, model directory, .pt or .pt2) or `teacher:` in --config")
+    dataset = load_run_dataset(config)
+    check_inputs(config, dataset)
+    teacher = resolve_teacher(out, config, dataset)
+    run = RunDir(out)
+    with opened_run_dir(out, resume=resume, force=force):
+        save_run_config(out, config)
+        with _logged(out):
+            result = run_search(teacher, dataset, run.search, search_config_for(config, teacher), resume=resume,
+                                seed_archs=seed_archs or [], progress=progress)
+    return SearchOutcome(WinnerRecord.load(run.winner), result.rows, result.winner_row, result.feasible,
+                         storage_url(config.search, run.search), config.search.study_name)
+
+
+def _prepare_distill_dir(out: Path, run_dir: Path | None, *, resume: bool, force: bool) -> None:
+    """A new run directory, or ``RUN_DIR/distill`` kept (``resume``) or cleared (``force``)."""
+    from kdsearch.pipeline.workspace import prepare_run_dir
+
+    distill = RunDir(out).distill
+    if run_dir is None or out != run_dir:
+        prepare_run_dir(out, resume=resume, force=force)
+    elif distill.exists() and not (resume or force):
+        raise UsageError(f"{distill} already exists; add --resume to continue it or --force to start over")
+    elif force and distill.exists() and not resume:
+        shutil.rmtree(distill)
+
+
+def distill_command(out: Path, config: RunConfig, arch: Arch, *, run_dir: Path | None = None,
+                    assistant: str | None = None, resume: bool = False, force: bool = False,
+                    progress: Progress = NULL_PROGRESS) -> TrainMetrics | None:
+    """``kdsearch distill``: distil ``arch`` into ``out/distill``.
+
+    Under ``torchrun`` one process group spans the command: rank 0 alone checks and prepares
+    the directory (else the ranks race it), its refusal reaches every rank, and only rank 0
+    returns the metrics (the others return None).
+    """
+    from kdsearch.devices import resolve_device
+    from kdsearch.distill.distributed import DistributedContext, is_main_process
+
+    dataset = load_run_dataset(config)
+    check_inputs(config, dataset, search=False, student=arch, train=("distill",))
+    teacher = resolve_teacher(out, config, dataset)
+    main = is_main_process()
+    group = DistributedContext.from_env(resolve_device(config.distill.device))
+    ours = not out.exists()
+    ok = False
+    try:
+        failure = None
+        if main:
+            try:
+                _prepare_distill_dir(out, run_dir, resume=resume, force=force)
+                save_run_config(out, config)
+            except KdsearchError as e:
+                failure = e
+        failure = group.broadcast(failure)
+        if failure is not None:
+            if main:
+                raise failure
+            raise SystemExit(failure.exit_code)  # rank 0 prints the error, once
+        with _logged(out):
+            metrics = distill_stage(RunDir(out), config, dataset, teacher, arch, resume=resume, progress=progress,
+                                    assistant=assistant, search_dir=run_dir)
+        ok = True
+    except BaseException:
+        from kdsearch.pipeline.workspace import holds_results
+
+        if main and ours and out.is_dir() and not holds_results(out):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    finally:
+        group.close(wait=ok)
+    return metrics if main else None
+
+
+def quantize_command(run_dir: Path, config: RunConfig, *, resume: bool = False, force: bool = False,
+                     progress: Progress = NULL_PROGRESS) -> QatMetrics:
+    """``kdsearch quantize``: QAT-KD of ``run_dir``'s distilled student into ``run_dir/qat``."""
+    run = RunDir(run_dir)
+    if not run.student_json.exists():
+        raise UsageError(f"{run_dir} has no distilled student (distill/student.json); run `kdsearch distill` first")
+    dataset = load_run_dataset(config)
+    check_inputs(config, dataset, search=False, train=("quantize",))
+    if run.qat.exists() and any(run.qat.iterdir()):
+        if force and not resume:
+            shutil.rmtree(run.qat)
+        elif not resume:
+            raise UsageError(f"{run.qat} already exists; add --resume to continue it or --force to start over")
+    save_run_config(run_dir, config)
+    with _logged(run_dir):  # torchao logs kernel-load failures at import
+        return qat_stage(run, config, dataset, resume=resume, progress=progress)
+
+
+def export_command(run_dir: Path, config: RunConfig, *, progress: Progress = NULL_PROGRESS) -> ExportRecord:
+    """``kdsearch export``: ONNX files of ``run_dir``'s student, verified and measured."""
+    dataset = load_run_dataset(config)
+    with _logged(run_dir):
+        record = export_stage(RunDir(run_dir), config, dataset, progress=progress)
+    save_run_config(run_dir, config)
+    return record
+
+
+def run_pipeline(config: RunConfig, run_dir: Path, *, resume: bool = False, force: bool = False,
+                 progress: Progress = NULL_PROGRESS) -> dict[str, Any]:
+    """``kdsearch run``: every stage into ``run_dir``; returns the summary (also ``summary.json``).
+
+    Every input is checked before the run directory is touched, so a typo leaves nothing behind.
+    """
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    dataset = load_run_dataset(config)
+    timings["data"] = time.perf_counter() - t
+    train = ("distill", "quantize") if config.qat else ("distill",)
+    check_inputs(config, dataset, train=(("teach",) if config.teacher is None else ()) + train)
+    with opened_run_dir(run_dir, resume=resume, force=force):
+        save_run_config(run_dir, config)
+        with _logged(run_dir):
+            return _run_stages(config, RunDir(run_dir), dataset, timings, resume=resume, progress=progress)
+
+
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    t = time.perf_counter()
+    yield
+    timings[name] = time.perf_counter() - t
+
+
+def _run_stages(config: RunConfig, run: RunDir, dataset, timings: dict[str, float], *, resume: bool,
+                progress: Progress) -> dict[str, Any]:
+    from kdsearch.files import write_json
+
+    teacher_metrics = None
+    if config.teacher is None:
+        progress.note(f"stage teach: training {config.teacher_model} on {dataset.name}")
+        with _timed(timings, "teach"):
+            teacher_metrics = teach_stage(run.teacher, config, dataset, resume=resume, progress=progress)
+    teacher = resolve_teacher(run.root, config, dataset)
+    progress.note("stage search")
+    with _timed(timings, "search"):
+        _, winner = search_stage(run, config, dataset, teacher, resume=resume, progress=progress)
+    arch = Arch.from_dict(winner.arch)
+    progress.note(f"stage distill: {arch.space} {json.dumps(arch.genes, separators=(',', ':'))}")
+    with _timed(timings, "distill"):
+        student_metrics = distill_stage(run, config, dataset, teacher, arch, resume=resume, progress=progress)
+    if config.qat:
+        progress.note("stage quantize (QAT with KD)")
+        with _timed(timings, "qat"):
+            qat_stage(run, config, dataset, resume=resume, progress=progress)
+        config = replace(config, export=replace(config.export, int8="ptq,qat"))
+    progress.note("stage export")
+    with _timed(timings, "export"):
+        export = export_stage(run, config, dataset, progress=progress)
+    summary = summary_for(run, dataset, teacher, teacher_metrics, winner, student_metrics, export, timings)
+    summary["report"] = str(run.report)
+    write_json(run.summary, summary)
+    from kdsearch.report.html import write_report
+
+    write_report(run.root)  # after summary.json: the page reads it (teacher FLOPs, timings)
+    return summary

@@ -1,0 +1,298 @@
+"""The stages over a run directory: the one place that maps a :class:`RunDir` onto stage inputs.
+
+Each function reads what earlier stages left (through :mod:`kdsearch.rundir`), calls the
+stage with objects and an output folder, and returns the stage's record. Resuming a finished
+stage returns its record without running it again.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from kdsearch.arch import Arch
+from kdsearch.errors import UsageError
+from kdsearch.pipeline.config import RunConfig
+from kdsearch.progress import NULL_PROGRESS, Progress
+from kdsearch.rundir import ExportRecord, QatMetrics, RunDir, TrainMetrics, WinnerRecord
+from kdsearch.search.config import SearchConfig
+
+__all__ = [
+    "load_run_dataset",
+    "check_inputs",
+    "resolve_teacher",
+    "search_config_for",
+    "teach_stage",
+    "search_stage",
+    "distill_stage",
+    "qat_stage",
+    "export_stage",
+]
+
+
+def load_run_dataset(config: RunConfig):
+    """The dataset the configuration names (split and subset seeded by ``data.seed``)."""
+    from kdsearch.data import load_dataset
+
+    d = config.data
+    return load_dataset(d.spec, data_dir=Path(d.data_dir) if d.data_dir else None, subset=d.subset, seed=d.seed)
+
+
+def _check_batches(name: str, batch_size: int, dataset) -> None:
+    if len(dataset.train) < batch_size:
+        raise UsageError(
+            f"the training set has {len(dataset.train)} images, fewer than one {name} batch of {batch_size}; "
+            "lower --batch-size or use more data"
+        )
+
+
+def check_inputs(config: RunConfig, dataset, *, search: bool = True, student: Arch | None = None,
+                 train: tuple[str, ...] = ()):
+    """Fail on a bad teacher, zoo model, space, budget, storage, device, student arch or batch
+    size before anything is written.
+
+    ``train`` names the training sections that will run (``teach``, ``distill``, ``quantize``):
+    each must have at least one batch of data. Returns the loaded teacher (None when the run
+    trains its own).
+    """
+    import torch
+
+    from kdsearch.devices import resolve_device
+
+    for device in {config.device, config.teach.device, config.distill.device}:
+        resolve_device(device)
+    for name in train:
+        _check_batches(name, getattr(config, name).batch_size, dataset)
+    if student is not None:
+        from kdsearch.distill.stage import student_space
+
+        student_space(student, config.search.space).validate(student)
+
+    from kdsearch.models.zoo import MODELS, create_model
+    from kdsearch.search.study import feasible_samples
+    from kdsearch.spaces import load_space
+
+    space = load_space(config.search.space)
+    if search:
+        from kdsearch.proxies import PROXIES
+        from kdsearch.search.study import COST_OBJECTIVES
+
+        for name in config.search.objectives:
+            if name not in COST_OBJECTIVES:
+                PROXIES.get(name)
+    teacher = None
+    if config.teacher is not None:
+        from kdsearch.spaces.model_files import load_teacher
+
+        teacher = load_teacher(config.teacher, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
+                               image_size=dataset.image_size)
+        module = teacher.module
+    else:
+        MODELS.get(config.teacher_model)
+        with torch.device("meta"):
+            module = create_model(config.teacher_model, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
+    if search:
+        feasible_samples(space, dataset, search_config_for(config, module), wanted=0)
+    if search and config.search.storage:
+        from kdsearch.search.study import get_storage
+
+        get_storage(config.search.storage)
+    return teacher
+
+
+def resolve_teacher(run_dir: Path, config: RunConfig, dataset):
+    """The configured teacher, or the one ``kdsearch run`` trained into ``run_dir/teacher``."""
+    from kdsearch.spaces.model_files import load_teacher
+
+    spec = config.teacher or str(RunDir(run_dir).teacher)
+    return load_teacher(spec, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
+                        image_size=dataset.image_size)
+
+
+def search_config_for(config: RunConfig, teacher) -> SearchConfig:
+    """The search configuration with ``--max-params`` defaulting to a fraction of the teacher's size."""
+    s = config.search
+    if s.max_params is None and config.student_fraction:
+        module = getattr(teacher, "module", teacher)
+        teacher_params = sum(p.numel() for p in module.parameters())
+        s = replace(s, max_params=int(teacher_params * config.student_fraction))
+    return s
+
+
+def teach_stage(out: Path, config: RunConfig, dataset, *, resume: bool, progress: Progress) -> TrainMetrics:
+    """Train ``config.teacher_model`` with cross-entropy into the model directory ``out``."""
+    import torch
+
+    from kdsearch.distill.stage import train_teacher
+    from kdsearch.models.zoo import create_model, model_arch
+
+    if resume and (out / "model.safetensors").exists():
+        progress.note(f"teacher already trained in {out}")
+        return TrainMetrics.load(out / TrainMetrics.FILE)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.teach.seed)
+        model = create_model(config.teacher_model, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
+    train_teacher(model, dataset, out, config.teach, arch=model_arch(config.teacher_model),
+                  model_name=config.teacher_model, resume=resume, progress=progress)
+    return TrainMetrics.load(out / TrainMetrics.FILE)
+
+
+def search_stage(run: RunDir, config: RunConfig, dataset, teacher, *, resume: bool, progress: Progress,
+                 seed_archs: list[Arch] | None = None):
+    """Search into ``run.search``; returns the search result (None when resumed after it finished)
+    and the winner record."""
+    from kdsearch.search.study import run_search
+
+    if resume and run.winner.exists():
+        progress.note(f"search already finished in {run.search}")
+        return None, WinnerRecord.load(run.winner)
+    result = run_search(teacher, dataset, run.search, search_config_for(config, teacher), resume=resume,
+                        seed_archs=seed_archs or [], progress=progress)
+    return result, WinnerRecord.load(run.winner)
+
+
+def distill_stage(run: RunDir, config: RunConfig, dataset, teacher, arch: Arch, *, resume: bool,
+                  progress: Progress, assistant: str | None = None, search_dir: Path | None = None) -> TrainMetrics:
+    """Distil ``arch`` from ``teacher`` into ``run.distill`` (through an assistant when given)."""
+    if resume and run.student_weights.exists():
+        progress.note(f"student already distilled in {run.distill}")
+        return TrainMetrics.load(run.distill_metrics)
+    if teacher.trained is not True:
+        progress.note(f"warning: teacher {teacher.source} is not known to be trained; distilling from it may not help")
+    if assistant:
+        from kdsearch.distill.assistant import assistant_stage
+
+        assistant_stage(run.root, arch, assistant, teacher, dataset, config.distill, search_dir=search_dir,
+                        space_spec=config.search.space, resume=resume, progress=progress)
+    else:
+        from kdsearch.distill.stage import distill_student
+
+        distill_student(arch, teacher, dataset, run.distill, config.distill, resume=resume,
+                        space_spec=config.search.space, progress=progress)
+    return TrainMetrics.load(run.distill_metrics)
+
+
+def _require_student(run: RunDir) -> None:
+    if not run.student_json.exists():
+        raise UsageError(f"{run.root} has no distilled student (distill/student.json); run `kdsearch distill` first")
+
+
+def qat_stage(run: RunDir, config: RunConfig, dataset, *, resume: bool, progress: Progress) -> QatMetrics:
+    """Quantization-aware training with KD of ``run.distill``'s student into ``run.qat``."""
+    from kdsearch.distill.losses import CombinedLoss, parse_loss_spec
+    from kdsearch.spaces.model_files import load_model_dir
+    from kdsearch.quant.qat import quantize_student
+
+    _require_student(run)
+    if resume and run.qat_metrics.exists():
+        progress.note(f"student already quantized in {run.qat}")
+        return QatMetrics.load(run.qat_metrics)
+    q = config.quantize
+    uses_teacher = CombinedLoss(q.loss, {}).uses_teacher
+    student, student_meta = load_model_dir(run.distill, weights_name="student")
+    teacher = resolve_teacher(run.root, config, dataset).module if uses_teacher else None
+    quantize_student(student, student_meta, teacher, dataset, run.qat, q, resume=resume, progress=progress)
+    return QatMetrics.load(run.qat_metrics)
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def export_stage(run: RunDir, config: RunConfig, dataset, *, progress: Progress = NULL_PROGRESS) -> ExportRecord:
+    """Export ``run.distill``'s student to ``run.export`` and verify it.
+
+    int8 files of an earlier export of the same student (same weights digest) that this export
+    does not remake are kept and listed again, so PTQ and QAT stand side by side.
+    """
+    from kdsearch.data import normalize
+    from kdsearch.export.stage import export_model
+    from kdsearch.spaces.model_files import load_model_dir
+
+    _require_student(run)
+    model, meta = load_model_dir(run.distill, weights_name="student")
+    model.eval()
+    e = config.export
+    modes = e.int8_modes
+    qat_model = None
+    if "qat" in modes:
+        from kdsearch.quant import load_qat_model  # raises UsageError when `kdsearch quantize` has not run
+
+        progress.note(f"rebuilding the int8 QAT model from {run.qat}")
+        qat_model = load_qat_model(run.qat)
+    digest = _digest(run.student_weights)
+    keep = {}
+    previous = _previous_export(run)
+    if previous is not None and previous.student_digest == digest:
+        keep = {mode: entry for mode, entry in previous.files.items() if mode != "fp32" and mode not in modes}
+    calib = dataset.train.images[: e.calib_images]
+    metadata = {
+        "arch": json.dumps(meta.get("arch")),
+        "val_acc": str(meta.get("val_acc")),
+        "dataset": dataset.name,
+        "classes": json.dumps(list(dataset.classes)),
+        "normalization": json.dumps({"mean": list(dataset.mean), "std": list(dataset.std)}),
+    }
+    export_model(
+        model,
+        val_images=normalize(dataset.val.images, dataset.mean, dataset.std),
+        val_labels=dataset.val.labels,
+        calib_images=normalize(calib, dataset.mean, dataset.std),
+        num_calib=e.calib_images,
+        out_dir=run.export,
+        int8=modes,
+        qat_model=qat_model,
+        opset=e.opset,
+        provider=e.provider,
+        latency_runs=e.latency_runs,
+        metadata=metadata,
+        keep=keep,
+        student_digest=digest,
+        progress=progress.note,
+    )
+    return ExportRecord.load(run.export_record)
+
+
+def _previous_export(run: RunDir) -> ExportRecord | None:
+    from kdsearch.errors import ConfigError
+
+    try:
+        return ExportRecord.load_optional(run.export_record)
+    except ConfigError:  # an export.json of another version: its int8 files are remade on request
+        return None
+
+
+def summary_for(run: RunDir, dataset, teacher, teacher_metrics: TrainMetrics | None, winner: WinnerRecord,
+                student_metrics: TrainMetrics, export: ExportRecord, timings: dict[str, float]) -> dict[str, Any]:
+    """``summary.json``: the headline figures of a finished run."""
+    from kdsearch.proxies import count_flops
+
+    h, w = dataset.image_size
+    teacher_params = sum(p.numel() for p in teacher.module.parameters())
+    teacher_flops = count_flops(teacher.module, (dataset.in_channels, h, w))
+    teacher_acc = (teacher_metrics.val_acc if teacher_metrics else None) or student_metrics.teacher_val_acc
+    fp32 = export.fp32
+    return {
+        "run_dir": str(run.root),
+        "dataset": dataset.name,
+        "teacher": {"source": teacher.source, "val_acc": teacher_acc, "params": teacher_params, "flops": teacher_flops},
+        "student": {
+            "arch": winner.arch,
+            "val_acc": student_metrics.val_acc,
+            "test_acc": student_metrics.test_acc,
+            "params": winner.params,
+            "flops": winner.flops,
+            "agreement": student_metrics.agreement,
+        },
+        "reduction": {"params": teacher_params / max(1, winner.params), "flops": teacher_flops / max(1, winner.flops)},
+        "onnx": {
+            "path": str(run.export / fp32.path),
+            "val_acc": fp32.accuracy,
+            "top1_agreement": fp32.min_top1_agreement,
+            "latency_ms_b1": fp32.p50(1),
+            "pytorch_latency_ms_b1": export.pytorch_eager["latency_ms"]["batch_1"]["p50"],
+        },
+        "timings_s": timings,
+    }

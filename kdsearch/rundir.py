@@ -1,0 +1,281 @@
+"""The run-directory contract: where every stage's files live, and what its JSON files hold.
+
+The layout lives here and nowhere else. Stages write into a folder they are given; the
+pipeline maps a :class:`RunDir` onto those folders. Each JSON file a stage writes is a typed
+record below, and the writer and every reader use the same class, so a renamed key fails a
+test instead of silently blanking a report cell::
+
+    runs/<name>/
+      run.yaml  kdsearch.log  summary.json  report.html
+      teacher/  model.json model.safetensors metrics.json (TrainMetrics) curves.png
+      search/   study.db leaderboard.csv winner.json (WinnerRecord) pareto.png
+      race/     the short-distillation race of the finalists
+      distill/  student.json student.safetensors metrics.json (TrainMetrics) curves.png last.ckpt
+      qat/      qat.json qat.safetensors metrics.json (QatMetrics) curves.png last.ckpt
+      export/   student.onnx student.ptq.onnx student.qat.onnx export.json (ExportRecord) export.log
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Mapping, TypeVar
+
+from kdsearch.errors import ConfigError
+from kdsearch.files import read_json, write_json
+
+__all__ = [
+    "RunDir",
+    "Record",
+    "TrainMetrics",
+    "QatMetrics",
+    "WinnerRecord",
+    "ExportedFile",
+    "ExportRecord",
+    "INT8_MODES",
+]
+
+INT8_MODES = ("ptq", "qat")  # the int8 files an export can hold beside the fp32 one
+
+R = TypeVar("R", bound="Record")
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The paths of one run directory (nothing is created until a stage writes)."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    # top level
+    @property
+    def config(self) -> Path:
+        return self.root / "run.yaml"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "kdsearch.log"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
+
+    # one folder per stage
+    @property
+    def teacher(self) -> Path:
+        return self.root / "teacher"
+
+    @property
+    def search(self) -> Path:
+        return self.root / "search"
+
+    @property
+    def race(self) -> Path:
+        return self.root / "race"
+
+    @property
+    def distill(self) -> Path:
+        return self.root / "distill"
+
+    @property
+    def qat(self) -> Path:
+        return self.root / "qat"
+
+    @property
+    def export(self) -> Path:
+        return self.root / "export"
+
+    # the files other stages read
+    @property
+    def winner(self) -> Path:
+        return self.search / WinnerRecord.FILE
+
+    @property
+    def leaderboard(self) -> Path:
+        return self.search / "leaderboard.csv"
+
+    @property
+    def distill_metrics(self) -> Path:
+        return self.distill / TrainMetrics.FILE
+
+    @property
+    def teacher_metrics(self) -> Path:
+        return self.teacher / TrainMetrics.FILE
+
+    @property
+    def qat_metrics(self) -> Path:
+        return self.qat / QatMetrics.FILE
+
+    @property
+    def export_record(self) -> Path:
+        return self.export / ExportRecord.FILE
+
+    @property
+    def student_json(self) -> Path:
+        return self.distill / "student.json"
+
+    @property
+    def student_weights(self) -> Path:
+        return self.distill / "student.safetensors"
+
+
+class Record:
+    """A JSON file a stage writes: a frozen dataclass with strict loading.
+
+    ``load`` refuses unknown and missing keys with a :class:`ConfigError` naming the file, so a
+    writer and its readers cannot drift apart unnoticed.
+    """
+
+    FILE: ClassVar[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+
+    @classmethod
+    def from_dict(cls: type[R], data: Mapping[str, Any], where: str = "") -> R:
+        where = where or cls.FILE
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{where} does not hold a JSON object")
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"{where} has unknown key(s) {', '.join(unknown)}; it was written by another kdsearch version")
+        try:
+            return cls(**dict(data))  # type: ignore[call-arg]
+        except TypeError as e:
+            raise ConfigError(f"{where} is incomplete ({e}); re-run the stage that writes it") from None
+
+    def save(self, path: Path) -> None:
+        write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls: type[R], path: Path) -> R:
+        return cls.from_dict(read_json(path, what=str(path)), where=str(path))
+
+    @classmethod
+    def load_optional(cls: type[R], path: Path) -> R | None:
+        return cls.load(path) if Path(path).is_file() else None
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Record):
+        return value.to_dict()
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class TrainMetrics(Record):
+    """``metrics.json`` of a trained network (teacher or distilled student)."""
+
+    FILE: ClassVar[str] = "metrics.json"
+
+    val_acc: float | None
+    params: int
+    history: list[dict[str, Any]]  # one entry per epoch: train_loss (by term), train_acc, val_acc, lr, ...
+    val_top5: float | None = None
+    test_acc: float | None = None
+    teacher: str | None = None  # the teacher's source (distillation only)
+    teacher_val_acc: float | None = None
+    agreement: float | None = None  # student-teacher top-1 agreement on the validation split
+    loss: str | None = None  # e.g. "kd:1,ce:1"
+    assistant: dict[str, Any] | None = None  # teacher-assistant distillation: the assistant's arch and figures
+
+
+@dataclass(frozen=True)
+class QatMetrics(Record):
+    """``qat/metrics.json``: the student's accuracy before QAT, fake-quantized and as real int8."""
+
+    FILE: ClassVar[str] = "metrics.json"
+
+    fp32_val_acc: float
+    fake_quant_val_acc: float
+    int8_val_acc: float
+    teacher_val_acc: float | None
+    val_images: int
+    loss: str
+    recipe: str
+    epochs: int
+    history: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class WinnerRecord(Record):
+    """``search/winner.json``: the chosen architecture, the rule that chose it, and why."""
+
+    FILE: ClassVar[str] = "winner.json"
+
+    arch: dict[str, Any]  # an Arch as a dict
+    rule: str  # largest | best | knee
+    proxy: str
+    score: float
+    params: int
+    flops: int
+    latency_ms: float | None
+    trial: int
+    complete_trials: int
+    unique_candidates: int
+    feasible_candidates: int
+    config: dict[str, Any]  # the resolved SearchConfig
+    reason: str = ""  # one line: why this candidate won under ``rule``
+
+
+@dataclass(frozen=True)
+class ExportedFile(Record):
+    """One ONNX file of an export, verified and measured in ONNX Runtime."""
+
+    FILE: ClassVar[str] = ""
+
+    path: str  # relative to the export folder
+    size_bytes: int
+    opset: int
+    provider_used: str
+    parity: dict[str, Any]  # per batch: agreement with the PyTorch reference
+    accuracy: float
+    latency_ms: dict[str, dict[str, float]]  # "batch_1" -> {"p50": ..., "p90": ..., ...}
+    calib_images: int | None = None  # PTQ: the training images that calibrated it
+
+    def p50(self, batch: int) -> float | None:
+        return self.latency_ms.get(f"batch_{batch}", {}).get("p50")
+
+    @property
+    def min_top1_agreement(self) -> float | None:
+        values = [p["top1_agreement"] for p in self.parity.values() if isinstance(p, dict) and "top1_agreement" in p]
+        return min(values) if values else None
+
+
+@dataclass(frozen=True)
+class ExportRecord(Record):
+    """``export/export.json``: the fp32 file and any int8 twins, side by side."""
+
+    FILE: ClassVar[str] = "export.json"
+
+    kdsearch_version: str
+    opset: int
+    provider_requested: str
+    parity_rule: dict[str, Any]
+    files: dict[str, ExportedFile]  # "fp32", "ptq", "qat"
+    pytorch_eager: dict[str, Any]
+    log: str
+    student_digest: str | None = None  # SHA-256 of the exported student's weights: int8 files of another student are not kept
+
+    def __post_init__(self) -> None:
+        files = {k: v if isinstance(v, ExportedFile) else ExportedFile.from_dict(v, f"export.json files.{k}")
+                 for k, v in self.files.items()}
+        object.__setattr__(self, "files", files)
+
+    @property
+    def fp32(self) -> ExportedFile:
+        return self.files["fp32"]
+
