@@ -93,6 +93,33 @@ def test_leaderboard_is_sorted_by_proxy_and_marks_winner(tmp_path):
     assert [r[5] for r, _ in board] == ["yes" if c[5] else "no" for c in expected]
 
 
+def test_leaderboard_keeps_the_order_of_the_winner_rule_and_says_why_it_won(tmp_path):
+    """The search writes leaderboard.csv in its winner rule's order (largest: by params); the page keeps it."""
+    run = build_run(tmp_path / "run")
+    path = run / "search/leaderboard.csv"
+    header, *lines = path.read_text().splitlines()
+    by_params = sorted(lines, key=lambda line: -int(line.rsplit(",", 5)[1]))  # the params column
+    path.write_text("\n".join([header, *by_params]) + "\n")
+    write_report(run)
+    page = _parse(run / "report.html")
+    board = [r for r in page.rows if len(r) == 6 and r[0].isdigit()]
+    expected = sorted(CANDIDATES, key=lambda c: -c[3])
+    assert [json.dumps(c[1], separators=(",", ":")) in r[1] for r, c in zip(board, expected)] == [True] * len(expected)
+    text = (run / "report.html").read_text(encoding="utf-8")
+    assert "best proxy score within the budgets" in text  # winner.json's reason
+
+
+def test_report_shows_every_qat_accuracy_and_the_three_files(tmp_path):
+    run = build_run(tmp_path / "run", stages=("teacher", "search", "distill", "qat", "export"))
+    figures = write_report(run)
+    assert figures["qat"]["int8_val_acc"] == 0.8412
+    page = _parse(run / "report.html")
+    qat_row = next(r for r in page.rows if r and r[0].startswith("val top-1 after QAT"))
+    assert qat_row[2] == "84.12%"
+    files = [r[0] for r in page.rows if r and r[0].split(":")[0] in ("fp32", "ptq", "qat")]
+    assert files == ["fp32: student.onnx", "ptq: student.ptq.onnx", "qat: student.qat.onnx"]
+
+
 def test_deployment_table_lists_every_exported_file(tmp_path):
     run = build_run(tmp_path / "run")
     write_report(run)
@@ -168,7 +195,7 @@ def test_cli_report_json_and_errors(tmp_path, cli):
 
 
 def test_arch_key_matches_the_search_encoding():
-    from kdsearch.search.study import json_dumps
+    from kdsearch.search.summary import json_dumps
 
     arch = {"space": "resnet_cifar", "genes": {"block": "basic", "depths": [1, 1, 1], "widths": [8, 16, 32]}}
     assert arch_key([8, 16, 32]) == json_dumps(arch)
