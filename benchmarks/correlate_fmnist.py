@@ -33,8 +33,9 @@ def main() -> None:
     args = p.parse_args()
 
     from kdsearch.data import load_dataset
-    from kdsearch.models.teacher import load_teacher
-    from kdsearch.search.correlate import CorrelateConfig, run_correlate, with_train
+    from kdsearch.spaces.model_files import load_teacher
+    from kdsearch.search.config import CorrelateConfig
+    from kdsearch.search.correlate import run_correlate, with_train
 
     dataset = load_dataset("fashion-mnist", subset=args.subset, seed=0)
     teacher = load_teacher(args.teacher, num_classes=dataset.num_classes, in_channels=dataset.in_channels)

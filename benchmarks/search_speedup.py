@@ -60,9 +60,9 @@ def main() -> None:
     from kdsearch.arch import Arch
     from kdsearch.data import load_dataset
     from kdsearch.distill.stage import distill_student
-    from kdsearch.models.teacher import load_teacher
+    from kdsearch.spaces.model_files import load_teacher
     from kdsearch.search import SearchConfig
-    from kdsearch.search.correlate import CorrelateConfig
+    from kdsearch.search.config import CorrelateConfig
 
     measured = None
     if args.from_correlate is not None:

@@ -23,7 +23,7 @@ from pathlib import Path
 def _open(how: str, url: str, barrier, results) -> None:
     import optuna
 
-    from kdsearch.search.study import get_storage
+    from kdsearch.search.storage import get_storage
 
     barrier.wait()
     try:

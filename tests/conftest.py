@@ -58,7 +58,7 @@ def cli():
 
 
 def _open_storage_at_the_barrier(url: str, barrier, results) -> None:
-    from kdsearch.search.study import get_storage
+    from kdsearch.search.storage import get_storage
 
     barrier.wait()
     try:

@@ -25,7 +25,7 @@ def _save(fig, path: Path) -> None:
 
 def plot_pareto(rows: Sequence[dict[str, Any]], winner: dict[str, Any], score: str, path: Path) -> None:
     """Proxy score against parameters for every candidate; the Pareto front and winner marked."""
-    from kdsearch.search.winner import pareto_front
+    from kdsearch.pareto import pareto_front
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))

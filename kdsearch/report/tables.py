@@ -57,14 +57,23 @@ def summary_table(summary: dict[str, Any]) -> Table:
 
 
 def leaderboard_table(rows: Sequence[dict[str, Any]], proxy: str, winner: dict[str, Any], top: int = 10) -> Table:
-    """The best candidates by the ranking proxy."""
+    """The best candidates within budget, in the order of the rule that chose the winner.
+
+    ``rows`` come as the search ranked them (``search/leaderboard.csv``'s order: by the winner
+    rule, the winner first) when ``winner`` names its ``rule``; without one (an older run) they
+    are ordered by the proxy. The CLI prints the winner's ``reason`` under the table.
+    """
     key = f"score_{proxy}"
-    best = sorted({r["arch"]: r for r in rows}.values(), key=lambda r: -r[key])
-    feasible = [r for r in best if r["feasible"]][:top]
-    table = Table(title=f"top candidates by {proxy} ({len(best)} unique, {sum(r['feasible'] for r in best)} within budget)")
+    rule = winner.get("rule")
+    unique = list({r["arch"]: r for r in rows}.values())  # first appearance keeps its place
+    if rule is None:
+        unique.sort(key=lambda r: -r[key])
+    shown = [r for r in unique if r["feasible"]][:top]
+    by = f"--pick {rule}" if rule else proxy
+    table = Table(title=f"top candidates by {by} ({len(unique)} unique, {sum(r['feasible'] for r in unique)} within budget)")
     for col in ("", "arch genes", proxy, "params", "FLOPs"):
         table.add_column(col, justify="left" if col == "arch genes" else "right")
-    for r in feasible:
+    for r in shown:
         genes = json.dumps(json.loads(r["arch"])["genes"], separators=(",", ":"))
         table.add_row("★" if r["arch"] == winner["arch"] else "", genes, f"{r[key]:.5g}", fmt_int(r["params"]), fmt_int(r["flops"]))
     return table

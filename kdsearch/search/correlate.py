@@ -38,14 +38,13 @@ import torch
 
 from kdsearch.arch import Arch
 from kdsearch.data import Dataset, fixed_batch
-from kdsearch.distill.trainer import TrainConfig
 from kdsearch.errors import UsageError
 from kdsearch.files import write_json, write_text
 from kdsearch.models.teacher import Teacher
 from kdsearch.progress import NULL_PROGRESS, Progress
+from kdsearch.search.config import CorrelateConfig
 
 __all__ = [
-    "CorrelateConfig",
     "CorrelateResult",
     "run_correlate",
     "stratified_archs",
@@ -61,40 +60,6 @@ __all__ = [
 BASELINES = ("params", "flops")  # always reported: a proxy must beat these to be worth its cost
 # w_rel / w_sem ratios tried for the combined DisWOT score, from its two separately scored terms
 DISWOT_WEIGHTS = (0.01, 0.1, 1.0, 10.0, 100.0)
-
-
-@dataclass(frozen=True)
-class CorrelateConfig:
-    """What one correlation study asks for; saved in ``correlate.json``."""
-
-    space: str = "resnet_cifar"
-    archs: int = 30
-    proxies: tuple[str, ...] | None = None  # None: every registered proxy
-    proxy_batch: int = 64  # the main variant's batch; the one the search uses by default
-    extra_batches: tuple[int, ...] = (16, 256)  # teacher-aware proxies are also scored at these
-    teacher_inits: tuple[str, ...] = ("random", "pretrained")  # the first is the main variant: the search's default
-    max_params: int | None = None  # sample only archs this small
-    pool: int = 600  # archs sampled before stratifying
-    budgets: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)  # params-quantiles of the sample used as budgets
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        epochs=2, batch_size=64, augment=False, cache_teacher=True,  # no augmentation in 1-2 epochs: cache the teacher
-        schedule="onecycle", lr=0.1))
-    seed: int = 0
-    repeats: int = 1  # training seeds per arch: train.seed, train.seed + 1, ...
-
-    def __post_init__(self) -> None:
-        if self.repeats < 1:
-            raise UsageError(f"--repeats must be at least 1 (got {self.repeats})")
-        if self.archs < 5:
-            raise UsageError(f"--archs must be at least 5 for rank statistics to mean anything (got {self.archs})")
-        if self.proxy_batch < 2 or any(b < 2 for b in self.extra_batches):
-            raise UsageError("proxy batch sizes must be at least 2")
-        if not self.teacher_inits or any(t not in {"pretrained", "random"} for t in self.teacher_inits):
-            raise UsageError(f"--teacher-init values are pretrained and random (got {','.join(self.teacher_inits)})")
-        if any(not 0 < b <= 1 for b in self.budgets):
-            raise UsageError("budgets are params-quantiles in (0, 1]")
-        if self.max_params is not None and self.max_params <= 0:
-            raise UsageError(f"--max-params must be positive (got {self.max_params})")
 
 
 @dataclass

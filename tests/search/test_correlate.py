@@ -12,9 +12,9 @@ from scipy import stats
 
 from kdsearch.data import load_dataset
 from kdsearch.errors import UsageError
-from kdsearch.models.teacher import load_teacher
+from kdsearch.spaces.model_files import load_teacher
+from kdsearch.search.config import CorrelateConfig
 from kdsearch.search.correlate import (
-    CorrelateConfig,
     proxy_metrics,
     regret_under_budget,
     run_correlate,

@@ -12,9 +12,10 @@ import torch
 
 from kdsearch.data import load_dataset
 from kdsearch.errors import BudgetError, UsageError
-from kdsearch.models.teacher import load_teacher
+from kdsearch.spaces.model_files import load_teacher
 from kdsearch.search import SearchConfig, run_search
-from kdsearch.search.study import _Objective, candidate_latency_ms, get_storage
+from kdsearch.search.objective import TrialObjective, candidate_latency_ms
+from kdsearch.search.storage import get_storage
 
 COMPLETE = optuna.trial.TrialState.COMPLETE
 
@@ -22,7 +23,7 @@ COMPLETE = optuna.trial.TrialState.COMPLETE
 def _threaded_study(trials: int, admit: bool, seed: int) -> list[optuna.trial.FrozenTrial]:
     """4 threads on one study, each trial slow and of random length: the setting that overshoots."""
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-    gate = _Objective(None, None, SearchConfig(trials=trials), None, None, None, study)
+    gate = TrialObjective(None, None, SearchConfig(trials=trials), None, None, None, study)
     gate.poll_s = 0.01
     rng = random.Random(seed)
     lock = threading.Lock()

@@ -1,0 +1,111 @@
+"""What a search and a correlation study ask for: frozen configs and the names they accept.
+
+Torch-free and Optuna-free, so the CLI can read and validate ``run.yaml`` without importing
+either; the modules that run a search import those where they use them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kdsearch.distill.config import TrainConfig
+from kdsearch.errors import UsageError
+
+__all__ = ["SearchConfig", "CorrelateConfig", "COST_OBJECTIVES", "SAMPLERS", "PICK_RULES"]
+
+COST_OBJECTIVES = ("params", "flops", "latency")  # minimised (see objective_directions); every other objective is a proxy, maximised
+SAMPLERS = ("evolution", "nsga3", "tpe", "random")
+
+PICK_RULES = {  # name -> what it takes, as the search prints it
+    "largest": "the most parameters within the budgets; the proxy breaks ties",
+    "best": "the highest proxy score",
+    "knee": "the knee of the proxy-vs-params Pareto front",
+}
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """What one search asks for; saved as ``run.yaml``'s ``search`` section."""
+
+    space: str = "resnet_cifar"
+    proxy: str = "diswot"  # the proxy that picks the winner
+    objectives: tuple[str, ...] = ("diswot", "params")  # a proxy, then optional costs: a Pareto search
+    trials: int = 60
+    sampler: str = "evolution"
+    population: int = 16  # NSGA-II/III population size
+    mutation_prob: float | None = None  # None: Optuna's default, 1/number of genes
+    crossover_prob: float = 0.9
+    max_params: int | None = None
+    max_flops: int | None = None
+    max_latency_ms: float | None = None
+    proxy_batch: int = 64  # images scored per candidate: one fixed, seeded batch of real data
+    teacher_init: str = "random"  # random (DisWOT's reference procedure; won both correlate studies) | pretrained
+    teacher_feature: str | None = None  # module path of the teacher's last 4-D map (None: found automatically)
+    teacher_classifier: str | None = None  # module path of its final nn.Linear (None: found automatically)
+    pick: str = "largest"  # largest (most params within budget, proxy breaks ties) | best (highest proxy) | knee
+    seed: int = 0
+    storage: str | None = None  # None: SQLite in the run directory
+    study_name: str = "kdsearch"
+    workers: int = 1  # processes on this machine sharing the storage (other machines: same --storage with --resume)
+    heartbeat_s: int = 10  # RDB storages: a trial whose worker is silent for 3x this is failed and retried
+
+    def __post_init__(self) -> None:
+        if self.trials <= 0:
+            raise UsageError(f"--trials must be positive (got {self.trials})")
+        if self.proxy_batch < 2:
+            raise UsageError(f"--proxy-batch must be at least 2 (got {self.proxy_batch})")
+        if self.population < 2:
+            raise UsageError(f"--population must be at least 2 (got {self.population})")
+        if self.workers <= 0:
+            raise UsageError(f"--workers must be positive (got {self.workers})")
+        if self.heartbeat_s <= 0:
+            raise UsageError(f"heartbeat_s must be a positive number of seconds (got {self.heartbeat_s})")
+        for name, value in (("--max-params", self.max_params), ("--max-flops", self.max_flops),
+                            ("--max-latency-ms", self.max_latency_ms)):
+            if value is not None and value <= 0:
+                raise UsageError(f"{name} must be positive (got {value})")
+        if self.sampler not in SAMPLERS:
+            raise UsageError(f"unknown sampler {self.sampler!r}; use one of {', '.join(SAMPLERS)}")
+        if self.pick not in PICK_RULES:
+            raise UsageError(f"unknown --pick {self.pick!r}; use {', '.join(PICK_RULES)}")
+        if self.teacher_init not in {"pretrained", "random"}:
+            raise UsageError(f"unknown --teacher-init {self.teacher_init!r}; use pretrained or random")
+        if not self.objectives or self.objectives[0] in COST_OBJECTIVES:
+            raise UsageError("--objectives must start with a proxy, e.g. diswot or diswot,params")
+        if any(o in COST_OBJECTIVES for o in self.objectives[:1]) or len(set(self.objectives)) != len(self.objectives):
+            raise UsageError("--objectives lists each objective once, a proxy first")
+        if self.proxy != self.objectives[0]:
+            raise UsageError(f"--proxy {self.proxy} must be the first objective (got {','.join(self.objectives)})")
+
+
+@dataclass(frozen=True)
+class CorrelateConfig:
+    """What one correlation study asks for; saved in ``correlate.json``."""
+
+    space: str = "resnet_cifar"
+    archs: int = 30
+    proxies: tuple[str, ...] | None = None  # None: every registered proxy
+    proxy_batch: int = 64  # the main variant's batch; the one the search uses by default
+    extra_batches: tuple[int, ...] = (16, 256)  # teacher-aware proxies are also scored at these
+    teacher_inits: tuple[str, ...] = ("random", "pretrained")  # the first is the main variant: the search's default
+    max_params: int | None = None  # sample only archs this small
+    pool: int = 600  # archs sampled before stratifying
+    budgets: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)  # params-quantiles of the sample used as budgets
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        epochs=2, batch_size=64, augment=False, cache_teacher=True,  # no augmentation in 1-2 epochs: cache the teacher
+        schedule="onecycle", lr=0.1))
+    seed: int = 0
+    repeats: int = 1  # training seeds per arch: train.seed, train.seed + 1, ...
+
+    def __post_init__(self) -> None:
+        if self.repeats < 1:
+            raise UsageError(f"--repeats must be at least 1 (got {self.repeats})")
+        if self.archs < 5:
+            raise UsageError(f"--archs must be at least 5 for rank statistics to mean anything (got {self.archs})")
+        if self.proxy_batch < 2 or any(b < 2 for b in self.extra_batches):
+            raise UsageError("proxy batch sizes must be at least 2")
+        if not self.teacher_inits or any(t not in {"pretrained", "random"} for t in self.teacher_inits):
+            raise UsageError(f"--teacher-init values are pretrained and random (got {','.join(self.teacher_inits)})")
+        if any(not 0 < b <= 1 for b in self.budgets):
+            raise UsageError("budgets are params-quantiles in (0, 1]")
+        if self.max_params is not None and self.max_params <= 0:
+            raise UsageError(f"--max-params must be positive (got {self.max_params})")

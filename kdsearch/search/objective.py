@@ -1,0 +1,209 @@
+"""Scoring a trial: build the candidate, measure its costs, score it with the proxies, and tell
+Optuna its objective values and budget constraints."""
+from __future__ import annotations
+
+import io
+import math
+import random
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from kdsearch.arch import Arch
+from kdsearch.data import Dataset
+from kdsearch.errors import BudgetError
+from kdsearch.search.config import COST_OBJECTIVES, SearchConfig
+from kdsearch.search.storage import fail_stale_trials
+
+__all__ = ["TrialObjective", "CandidateShape", "objective_directions", "feasible_samples", "candidate_latency_ms"]
+
+
+@dataclass(frozen=True)
+class CandidateShape:
+    """What candidates are built for: all a worker process needs of the dataset."""
+
+    num_classes: int
+    in_channels: int
+    image_size: tuple[int, int]
+
+
+def objective_directions(config: SearchConfig) -> list[str]:
+    """Proxies are maximised, costs minimised; except params under ``--pick largest``, which is
+    maximised (within the budget): that rule takes the largest feasible candidate, so evolution
+    should press towards the budget's edge, not away from it."""
+    return ["maximize" if o not in COST_OBJECTIVES or (o == "params" and config.pick == "largest") else "minimize"
+            for o in config.objectives]
+
+
+def _cost_of(space, arch: Arch, dataset: Dataset | CandidateShape) -> dict[str, float]:
+    """Params and FLOPs of a candidate."""
+    from kdsearch.proxies import count_flops, count_params
+
+    model = space.build(arch, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
+    h, w = dataset.image_size
+    return {"params": count_params(model), "flops": count_flops(model, (dataset.in_channels, h, w))}
+
+
+def _violations(config: SearchConfig, costs: dict[str, float]) -> dict[str, float]:
+    """Constraint values, feasible when <= 0 (relative, so budgets of any scale weigh alike)."""
+    out = {}
+    if config.max_params is not None:
+        out["params"] = costs["params"] / config.max_params - 1.0
+    if config.max_flops is not None:
+        out["flops"] = costs["flops"] / config.max_flops - 1.0
+    if config.max_latency_ms is not None and "latency" in costs:
+        out["latency"] = costs["latency"] / config.max_latency_ms - 1.0
+    return out
+
+
+def feasible_samples(space, dataset: Dataset, config: SearchConfig, wanted: int, samples: int = 400) -> tuple[list[Arch], float]:
+    """Sample the space before searching: up to ``wanted`` distinct archs within the params and
+    FLOPs budgets, and the fraction of samples that met them.
+
+    Fails at once (a :class:`BudgetError`, before any scoring) when no sample meets the budgets.
+    """
+    rng = random.Random(config.seed)
+    smallest: dict[str, float] = {}
+    found: list[Arch] = []
+    seen: set[str] = set()
+    ok = 0
+    for _ in range(samples):
+        arch = space.sample(rng)
+        if arch.key in seen:
+            continue
+        seen.add(arch.key)
+        with torch.device("meta"):  # parameter count without allocating or initialising
+            model = space.build(arch, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
+        costs = {"params": sum(p.numel() for p in model.parameters())}
+        if config.max_flops is not None:
+            costs = _cost_of(space, arch, dataset)
+        for k, v in costs.items():
+            smallest[k] = min(smallest.get(k, math.inf), v)
+        if all(v <= 0 for v in _violations(config, costs).values()):
+            ok += 1
+            if len(found) < wanted:
+                found.append(arch)
+        elif config.max_params is None and config.max_flops is None:
+            break
+    if ok == 0:
+        parts = []
+        if config.max_params is not None:
+            parts.append(f"--max-params {config.max_params:,} (smallest sampled: {int(smallest['params']):,})")
+        if config.max_flops is not None and "flops" in smallest:
+            parts.append(f"--max-flops {config.max_flops:,} (smallest sampled: {int(smallest['flops']):,})")
+        raise BudgetError(
+            f"no candidate of space {space.name} meets {' and '.join(parts)} in {len(seen)} samples; "
+            "raise the budget or use a space with smaller members"
+        )
+    return found, ok / max(1, len(seen))
+
+
+class TrialObjective:
+    """Builds, measures and scores one trial's candidate; reuses scores of archs seen before.
+
+    Before any work a trial must be *admitted*: the COMPLETE trials plus the RUNNING trials
+    numbered before it must be fewer than ``config.trials``. Trial numbers order trials across
+    every worker, so the admitted trials never exceed the request: with N workers the study ends
+    with exactly ``trials`` COMPLETE trials (a surplus trial is PRUNED, not scored).
+    """
+
+    poll_s = 0.5  # how often a trial waiting on earlier running trials looks again
+
+    def __init__(self, space, dataset: Dataset | CandidateShape, config: SearchConfig, proxies, stats, batch, study) -> None:
+        self.space, self.dataset, self.config = space, dataset, config
+        self.proxies, self.stats, self.batch, self.study = proxies, stats, batch, study
+        self.seen: dict[str, dict[str, Any]] = {}
+
+    def _admit(self, trial) -> None:
+        """Return when ``trial`` may run; raise TrialPruned when the study already has enough."""
+        import optuna
+
+        complete_state, running = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING
+        while True:
+            trials = self.study.get_trials(deepcopy=False, states=(complete_state, running))
+            complete = sum(t.state == complete_state for t in trials)
+            ahead = complete + sum(t.state == running and t.number < trial.number for t in trials)
+            if ahead < self.config.trials:
+                return
+            if complete >= self.config.trials:
+                raise optuna.TrialPruned(f"the study already has {complete} complete trials")
+            # Earlier trials are still running; one of them may yet fail (a killed worker's is
+            # failed once its heartbeat is stale), and then this trial is needed.
+            fail_stale_trials(self.study)
+            time.sleep(self.poll_s)
+
+    def _refresh_seen(self) -> None:
+        import optuna
+
+        for t in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            key = t.user_attrs.get("arch_key")
+            if key and key not in self.seen:
+                self.seen[key] = t.user_attrs
+
+    def __call__(self, trial) -> tuple[float, ...]:
+        from kdsearch.proxies import score_candidate
+        from kdsearch.spaces.candidates import build_candidate
+
+        self._admit(trial)
+        # Optuna asks the sampler for relative params lazily, and an enqueued trial (a seeded or
+        # in-budget first-generation candidate: every param fixed) never asks, so NSGA-II/III
+        # would give it no generation and it would never breed. Asking puts it in the population.
+        trial.relative_params  # noqa: B018
+        arch = self.space.suggest(trial)
+        key = arch.key
+        if key not in self.seen:
+            self._refresh_seen()
+        attrs = self.seen.get(key)
+        if attrs is None:
+            costs = _cost_of(self.space, arch, self.dataset)
+            if self.config.max_latency_ms is not None or "latency" in self.config.objectives:
+                costs["latency"] = candidate_latency_ms(self.space, arch, self.dataset)
+            student = build_candidate(self.space, arch, self.dataset.num_classes, self.dataset.in_channels, self.config.seed)
+            scores = score_candidate(student, self.batch, self.proxies, self.stats, seed=self.config.seed)
+            attrs = {"arch": arch.to_dict(), "arch_key": key, "scores": scores, **costs, "reused": False}
+            self.seen[key] = attrs
+        else:
+            attrs = {**attrs, "reused": True}
+        for name, value in attrs.items():
+            trial.set_user_attr(name, value)
+        violations = _violations(self.config, attrs)
+        for name, value in violations.items():
+            trial.set_constraint(name, value)
+        values = []
+        for objective in self.config.objectives:
+            values.append(float(attrs[objective]) if objective in COST_OBJECTIVES else float(attrs["scores"][objective]))
+        return tuple(values) if len(values) > 1 else values[0]
+
+
+_LATENCY_CACHE: dict[tuple[str, int, int, tuple[int, int]], float] = {}  # per process: (arch key, K, C, HW) -> ms
+
+
+def candidate_latency_ms(space, arch: Arch, dataset: Dataset | CandidateShape, *, runs: int = 30, warmup: int = 5) -> float:
+    """Median ONNX Runtime (CPU) latency of ``arch`` at batch 1 on this machine, in ms; cached per arch.
+
+    A throwaway probe: the TorchScript exporter (``dynamo=False``) into memory takes a fraction of
+    a second where the dynamo exporter of :func:`kdsearch.export.export_onnx` takes several.
+    """
+    from kdsearch.export import latency_ms
+
+    h, w = dataset.image_size
+    cache_key = (arch.key, dataset.num_classes, dataset.in_channels, (h, w))
+    if cache_key in _LATENCY_CACHE:
+        return _LATENCY_CACHE[cache_key]
+    import onnxruntime as ort
+
+    model = space.build(arch, num_classes=dataset.num_classes, in_channels=dataset.in_channels).eval()
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated; fine for a probe
+        torch.onnx.export(model, (torch.zeros(1, dataset.in_channels, h, w),), buffer, dynamo=False,
+                          input_names=["images"], output_names=["logits"])
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+    value = float(latency_ms(session, (1, dataset.in_channels, h, w), runs=runs, warmup=warmup)["p50"])
+    _LATENCY_CACHE[cache_key] = value
+    return value

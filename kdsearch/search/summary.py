@@ -1,0 +1,111 @@
+"""What a finished search leaves: the leaderboard (ranked by the winner rule), winner.json (with
+the rule and the reason the winner won), the Pareto plot, and the :class:`SearchResult`."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kdsearch.arch import Arch
+from kdsearch.errors import BudgetError, SearchError
+from kdsearch.files import write_json, write_text
+from kdsearch.search.config import SearchConfig
+from kdsearch.search.winner import explain_winner, pick_winner, rank_by_rule
+
+__all__ = ["SearchResult", "summarise_study", "leaderboard_rows", "rank_leaderboard", "json_dumps"]
+
+
+@dataclass
+class SearchResult:
+    winner: Arch
+    winner_row: dict[str, Any]  # the winner's leaderboard row, plus ``rule`` and ``reason``
+    rows: list[dict[str, Any]] = field(default_factory=list)  # every complete trial, in leaderboard order
+    feasible: int = 0
+    storage: str = ""
+    study_name: str = ""
+
+
+def json_dumps(obj: Any) -> str:
+    """Canonical JSON (sorted keys, no spaces): how the leaderboard writes an arch."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def leaderboard_rows(study) -> list[dict[str, Any]]:
+    """One row per COMPLETE trial, in trial order."""
+    import optuna
+
+    rows = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        rows.append({
+            "trial": t.number,
+            "arch": json_dumps(t.user_attrs["arch"]),
+            **{f"score_{k}": v for k, v in t.user_attrs["scores"].items()},
+            "params": t.user_attrs["params"],
+            "flops": t.user_attrs["flops"],
+            "latency_ms": t.user_attrs.get("latency"),
+            "feasible": all(v <= 0 for v in t.constraints.values()) if t.constraints else True,
+            "reused": t.user_attrs.get("reused", False),
+        })
+    return rows
+
+
+def rank_leaderboard(rows: list[dict[str, Any]], winner: dict[str, Any], score: str, rule: str) -> list[dict[str, Any]]:
+    """The rows as the leaderboard lists them: within budget first, ordered by ``rule`` with the
+    winner's trials on top; then the over-budget rows (which cannot win) by ``score``."""
+    feasible = rank_by_rule([r for r in rows if r["feasible"]], score, rule)
+    feasible.sort(key=lambda r: r["arch"] != winner["arch"])  # stable: the rest keep the rule's order
+    over = sorted((r for r in rows if not r["feasible"]), key=lambda r: -r[score])
+    return feasible + over
+
+
+def summarise_study(study, config: SearchConfig, out_dir: Path) -> SearchResult:
+    """Write leaderboard.csv, winner.json and pareto.png from the study's complete trials."""
+    from kdsearch.report.plots import plot_pareto
+
+    rows = leaderboard_rows(study)
+    if not rows:
+        raise SearchError("the search finished with no complete trial; see the run log")
+    score = f"score_{config.proxy}"
+    unique = {r["arch"]: r for r in rows}
+    feasible = [r for r in unique.values() if r["feasible"]]
+    if not feasible:
+        raise BudgetError("no searched candidate met the budget; raise the budget or search longer (--trials)")
+    picked = pick_winner(feasible, score, config.pick, cost="params")
+    reason = explain_winner(picked, feasible, score, config.pick, cost="params", budgets={
+        "params": config.max_params, "flops": config.max_flops, "latency": config.max_latency_ms})
+    winner = Arch.from_json(picked["arch"])
+    ranked = rank_leaderboard(rows, picked, score, config.pick)
+    write_text(out_dir / "leaderboard.csv", _to_csv(ranked))
+    write_json(
+        out_dir / "winner.json",
+        {
+            "arch": winner.to_dict(),
+            "rule": config.pick,
+            "reason": reason,
+            "proxy": config.proxy,
+            "score": picked[score],
+            "params": picked["params"],
+            "flops": picked["flops"],
+            "latency_ms": picked["latency_ms"],
+            "trial": picked["trial"],
+            "complete_trials": len(rows),
+            "unique_candidates": len(unique),
+            "feasible_candidates": len(feasible),
+            "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
+        },
+    )
+    plot_pareto(list(unique.values()), picked, score, out_dir / "pareto.png")
+    winner_row = {**picked, "rule": config.pick, "reason": reason}
+    return SearchResult(winner, winner_row, ranked, len(feasible), str(study._storage), study.study_name)
+
+
+def _to_csv(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
