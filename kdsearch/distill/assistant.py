@@ -9,39 +9,65 @@ from __future__ import annotations
 
 import csv
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from torch import nn
 
 from kdsearch.arch import Arch
 from kdsearch.data import Dataset
-from kdsearch.distill.trainer import TrainConfig
+from kdsearch.distill.config import TrainConfig
 from kdsearch.errors import UsageError
 from kdsearch.models.teacher import Teacher
+from kdsearch.pareto import pareto_front
 from kdsearch.progress import NULL_PROGRESS, Progress
 
-__all__ = ["assistant_from_leaderboard", "resolve_assistant", "distill_with_assistant", "assistant_stage"]
+__all__ = ["Candidate", "choose_assistant", "resolve_assistant", "distill_with_assistant", "assistant_stage"]
 
 
 def _count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def assistant_from_leaderboard(leaderboard: Path, teacher_params: int, student_params: int,
-                               proxy: str | None = None) -> tuple[Arch, dict[str, Any]]:
-    """The Pareto-front arch whose size is closest (in log params) to √(teacher · student).
+@dataclass(frozen=True)
+class Candidate:
+    """A searched architecture as the assistant choice sees it: its size and its proxy score."""
 
-    Every row of ``leaderboard.csv`` counts, infeasible ones too: the assistant may exceed
-    the student's budget. The front maximises ``score_<proxy>`` (default: the first score
-    column) and minimises params; only archs strictly between student and teacher size
-    qualify.
+    arch: Arch
+    params: int
+    score: float  # higher is better
+
+
+def choose_assistant(candidates: Sequence[Candidate], teacher_params: int, student_params: int) -> Candidate:
+    """The Pareto-front candidate whose size is closest (in log params) to √(teacher · student).
+
+    The front maximises score and minimises params over every candidate given, over-budget ones
+    too: the assistant may exceed the student's budget. Only candidates strictly between student
+    and teacher size qualify.
 
     Raises:
-        UsageError: no leaderboard, or no front arch of intermediate size.
+        UsageError: no front candidate of intermediate size.
     """
-    from kdsearch.search.winner import pareto_front
+    rows = [{"params": c.params, "score": c.score, "candidate": c} for c in candidates]
+    between = [r["candidate"] for r in pareto_front(rows, "score", "params")
+               if student_params < r["params"] < teacher_params]
+    if not between:
+        raise UsageError(
+            f"the search front has no arch between the student ({student_params:,} params) and the "
+            f"teacher ({teacher_params:,}); give --assistant ARCH.json"
+        )
+    target = math.log(math.sqrt(teacher_params * student_params))
+    return min(between, key=lambda c: abs(math.log(c.params) - target))
 
+
+def _searched_candidates(leaderboard: Path, proxy: str | None = None) -> list[Candidate]:
+    """Every scored row of a search's ``leaderboard.csv`` as a :class:`Candidate`, scored by
+    ``score_<proxy>`` (default: the first score column).
+
+    Only the columns ``arch``, ``params`` and ``score_*`` are read: the file is the search's
+    output contract, and nothing here imports the search.
+    """
     if not leaderboard.exists():
         raise UsageError(f"--assistant auto needs the search's {leaderboard}; run `kdsearch search` first or give ARCH.json")
     with leaderboard.open(newline="") as f:
@@ -50,21 +76,12 @@ def assistant_from_leaderboard(leaderboard: Path, teacher_params: int, student_p
     score = f"score_{proxy}" if proxy and f"score_{proxy}" in score_cols else (score_cols[0] if score_cols else None)
     if score is None:
         raise UsageError(f"{leaderboard} has no scored candidates; rerun the search or give --assistant ARCH.json")
-    parsed = [{"arch": r["arch"], "params": int(float(r["params"])), score: float(r[score])}
-              for r in rows if r.get(score) not in (None, "", "nan")]
-    target = math.sqrt(teacher_params * student_params)
-    between = [r for r in pareto_front(parsed, score, "params") if student_params < r["params"] < teacher_params]
-    if not between:
-        raise UsageError(
-            f"the search front in {leaderboard} has no arch between the student ({student_params:,} params) and the "
-            f"teacher ({teacher_params:,}); give --assistant ARCH.json"
-        )
-    best = min(between, key=lambda r: abs(math.log(r["params"]) - math.log(target)))
-    return Arch.from_json(best["arch"]), {"params": best["params"], "score": best[score], "target_params": target}
+    return [Candidate(Arch.from_json(r["arch"]), int(float(r["params"])), float(r[score]))
+            for r in rows if r.get(score) not in (None, "", "nan")]
 
 
 def resolve_assistant(spec: str, run_dir: Path | None, teacher: Teacher, student_params: int) -> Arch:
-    """``--assistant ARCH.json`` or ``auto`` (from ``run_dir/search/leaderboard.csv``)."""
+    """``--assistant ARCH.json`` or ``auto`` (from ``run_dir/search``'s candidates)."""
     if spec != "auto":
         path = Path(spec)
         if not path.is_file():
@@ -78,8 +95,8 @@ def resolve_assistant(spec: str, run_dir: Path | None, teacher: Teacher, student
         from kdsearch.files import read_json
 
         proxy = read_json(winner).get("proxy")
-    arch, _ = assistant_from_leaderboard(run_dir / "search" / "leaderboard.csv", _count(teacher.module), student_params, proxy)
-    return arch
+    candidates = _searched_candidates(run_dir / "search" / "leaderboard.csv", proxy)
+    return choose_assistant(candidates, _count(teacher.module), student_params).arch
 
 
 def distill_with_assistant(
@@ -100,7 +117,7 @@ def distill_with_assistant(
     """
     from kdsearch.distill.stage import distill_student, student_space
     from kdsearch.files import read_json
-    from kdsearch.models.teacher import load_model_dir
+    from kdsearch.spaces.model_files import load_model_dir
 
     progress.note(f"teacher assistant: {assistant.space} {assistant.key}")
     ta_dir = out_dir / "assistant"
@@ -137,7 +154,7 @@ def assistant_stage(
 ) -> dict[str, Any]:
     """``kdsearch distill --assistant SPEC``: resolve the assistant, distil through it into ``run_dir/distill``.
 
-    ``search_dir`` is the run whose ``search/leaderboard.csv`` ``auto`` reads (default ``run_dir``).
+    ``search_dir`` is the run whose searched candidates ``auto`` chooses from (default ``run_dir``).
     """
     from kdsearch.distill.stage import build_student
     from kdsearch.files import read_json

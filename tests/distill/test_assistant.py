@@ -4,11 +4,13 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from torch import nn
 
 from kdsearch.arch import Arch
-from kdsearch.distill.assistant import assistant_from_leaderboard
+from kdsearch.distill.assistant import Candidate, choose_assistant, resolve_assistant
 from kdsearch.errors import UsageError
 
 
@@ -26,29 +28,36 @@ def _leaderboard(path: Path, rows: list[tuple[Arch, int, float, bool]]) -> Path:
     return path
 
 
-def test_picks_the_front_arch_nearest_the_geometric_mean(tmp_path):
+def test_picks_the_front_arch_nearest_the_geometric_mean():
     # teacher 10,000 and student 100 params: √(10⁴·10²) = 1,000
     dominated = _arch([8, 8, 8])  # 900 params is nearest 1,000 but scores below a cheaper arch: off the front
     chosen = _arch([16, 16, 16])  # 1,500, infeasible for the student budget, still a valid assistant
-    rows = [
-        (_arch([4, 4, 4]), 50, 1.0, True),
-        (_arch([8, 8, 4]), 300, 2.0, True),
-        (dominated, 900, 1.5, True),
-        (chosen, 1500, 3.0, False),
-        (_arch([32, 32, 32]), 5000, 4.0, False),
-        (_arch([64, 64, 64]), 20000, 5.0, False),
+    candidates = [
+        Candidate(_arch([4, 4, 4]), 50, 1.0),
+        Candidate(_arch([8, 8, 4]), 300, 2.0),
+        Candidate(dominated, 900, 1.5),
+        Candidate(chosen, 1500, 3.0),
+        Candidate(_arch([32, 32, 32]), 5000, 4.0),
+        Candidate(_arch([64, 64, 64]), 20000, 5.0),
     ]
-    arch, info = assistant_from_leaderboard(_leaderboard(tmp_path / "lb.csv", rows), 10_000, 100)
-    assert arch == chosen
-    assert info["params"] == 1500 and info["target_params"] == pytest.approx(1000.0)
+    assert choose_assistant(candidates, 10_000, 100) == candidates[3]
 
 
-def test_no_intermediate_arch_is_a_usage_error(tmp_path):
-    rows = [(_arch([4, 4, 4]), 50, 1.0, True), (_arch([64, 64, 64]), 20000, 5.0, False)]
+def test_no_intermediate_arch_is_a_usage_error():
+    candidates = [Candidate(_arch([4, 4, 4]), 50, 1.0), Candidate(_arch([64, 64, 64]), 20000, 5.0)]
     with pytest.raises(UsageError, match="ARCH.json"):
-        assistant_from_leaderboard(_leaderboard(tmp_path / "lb.csv", rows), 10_000, 100)
+        choose_assistant(candidates, 10_000, 100)
+
+
+def test_auto_reads_the_searched_candidates_of_the_run(tmp_path):
+    teacher = SimpleNamespace(module=nn.Linear(99, 100))  # 10,000 params
     with pytest.raises(UsageError, match="run `kdsearch search`"):
-        assistant_from_leaderboard(tmp_path / "missing.csv", 10_000, 100)
+        resolve_assistant("auto", tmp_path, teacher, 100)
+    (tmp_path / "search").mkdir()
+    chosen = _arch([16, 16, 16])
+    _leaderboard(tmp_path / "search" / "leaderboard.csv", [
+        (_arch([4, 4, 4]), 50, 1.0, True), (_arch([8, 8, 8]), 900, 0.5, True), (chosen, 1500, 3.0, False)])
+    assert resolve_assistant("auto", tmp_path, teacher, 100) == chosen
 
 
 @pytest.mark.slow
