@@ -10,7 +10,7 @@ import torch
 
 from kdsearch.data import load_dataset
 from kdsearch.errors import BudgetError, UsageError
-from kdsearch.models.teacher import load_teacher
+from kdsearch.spaces.model_files import load_teacher
 from kdsearch.search import SearchConfig, pareto_front, pick_winner, run_search
 
 
@@ -41,10 +41,17 @@ def test_search_writes_artifacts_and_respects_budget(data, teacher, tmp_path):
     assert result.winner_row["params"] <= 40_000
     winner = json.loads((tmp_path / "winner.json").read_text())
     assert winner["rule"] == "largest" and winner["arch"] == result.winner.to_dict()
+    # why it won, in words and numbers
+    assert winner["reason"].startswith(f"largest within the budget: {winner['params']:,} of 40,000 params; diswot b")
     rows = list(csv.DictReader((tmp_path / "leaderboard.csv").open()))
     assert len(rows) == 6
     feasible = [r for r in rows if r["feasible"] == "True"]
     assert max(int(r["params"]) for r in feasible) == winner["params"]  # the default: the most the budget allows
+    # the leaderboard ranks by the rule that chose the winner: within budget, largest first, the winner on top
+    assert json.loads(rows[0]["arch"]) == winner["arch"]
+    assert [int(r["params"]) for r in feasible] == sorted((int(r["params"]) for r in feasible), reverse=True)
+    assert rows[: len(feasible)] == feasible  # over-budget rows, which cannot win, come last
+    assert [r["arch"] for r in result.rows] == [r["arch"] for r in rows]
     assert any(int(r["params"]) > 40_000 for r in rows)  # so the budget, not the space, is what bounded it
     assert (tmp_path / "pareto.png").stat().st_size > 1000
 
@@ -105,7 +112,7 @@ def test_in_budget_first_generation_is_the_population_that_breeds(data, teacher,
 
 
 def test_params_is_pressed_towards_the_budget_only_when_the_largest_candidate_wins(data, teacher, tmp_path):
-    from kdsearch.search.study import objective_directions
+    from kdsearch.search.objective import objective_directions
 
     assert objective_directions(_config(pick="largest")) == ["maximize", "maximize"]
     assert objective_directions(_config(pick="best")) == ["maximize", "minimize"]
