@@ -38,7 +38,7 @@ def run_student(run_dir: Path, provider: str, runs: int) -> dict:
     """The run's student through the export stage: fp32 + PTQ, then fp32 + QAT when quantized."""
     from kdsearch.data import normalize
     from kdsearch.export import export_model
-    from kdsearch.models.teacher import load_model_dir
+    from kdsearch.spaces.model_files import load_model_dir
     from kdsearch.pipeline import load_run_config, load_run_dataset
 
     config = load_run_config(run_dir)

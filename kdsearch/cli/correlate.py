@@ -48,7 +48,7 @@ def correlate(
     Example: kdsearch correlate --teacher runs/quick/teacher --data fashion-mnist --subset 5000 --archs 30 --epochs 1 --out runs/corr
     """
     from kdsearch.cli._common import base_config, data_flags, override, require_teacher
-    from kdsearch.models.teacher import load_teacher
+    from kdsearch.spaces.model_files import load_teacher
     from kdsearch.pipeline import load_run_dataset, save_run_config
     from kdsearch.search.correlate import run_correlate, with_train
 

@@ -40,7 +40,7 @@ def score(
     from kdsearch.arch import Arch
     from kdsearch.cli._common import base_config, data_flags, override, require_teacher
     from kdsearch.errors import UsageError
-    from kdsearch.models.teacher import load_teacher
+    from kdsearch.spaces.model_files import load_teacher
     from kdsearch.pipeline import load_run_dataset
     from kdsearch.proxies.scoring import sample_archs, score_archs
     from kdsearch.spaces import load_space

@@ -1,14 +1,17 @@
-"""Find search spaces: built-in YAMLs by name, user YAMLs by path, the space of an arch."""
+"""Find search spaces: built-in YAMLs by name, user YAMLs by path, the space of an arch; build a described network."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+from torch import nn
 
 from kdsearch.arch import Arch
-from kdsearch.errors import SpaceError
+from kdsearch.errors import ConfigError, SpaceError
 from kdsearch.spaces.base import SearchSpace, space_from_config
 
-__all__ = ["builtin_space_dir", "builtin_space_names", "load_space", "space_for_arch"]
+__all__ = ["builtin_space_dir", "builtin_space_names", "load_space", "space_for_arch", "family_space",
+           "build_from_description"]
 
 _HERE = Path(__file__).resolve().parent
 # An installed wheel ships them as package data (kdsearch/search_spaces); a checkout keeps
@@ -84,3 +87,31 @@ def space_for_arch(arch: Arch, spec: str | Path | None = None) -> SearchSpace:
             return space
     raise SpaceError(f"arch space {arch.space!r} is not a built-in space ({', '.join(names)}); "
                      "pass the YAML file of the space it came from")
+
+
+def family_space(arch: Arch, family: str | None = None) -> SearchSpace:
+    """A built-in space able to build ``arch``: its own, or one of the same family.
+
+    Building checks only the family's rules, so an arch from a user's YAML (recorded with
+    its ``family``) rebuilds without that YAML.
+    """
+    try:
+        return space_for_arch(arch)
+    except SpaceError:
+        for name in builtin_space_names():
+            space = load_space(name)
+            if family is not None and space.family == family:
+                return space
+        raise
+
+
+def build_from_description(desc: dict[str, Any], num_classes: int, in_channels: int) -> nn.Module:
+    """Build a network from ``{"arch": {...}, "family": ...}`` or ``{"model": "resnet20"}`` (model.json's keys)."""
+    if desc.get("arch"):
+        arch = Arch.from_dict(desc["arch"])
+        return family_space(arch, desc.get("family")).build(arch, num_classes=num_classes, in_channels=in_channels)
+    if desc.get("model"):
+        from kdsearch.models.zoo import create_model
+
+        return create_model(desc["model"], num_classes=num_classes, in_channels=in_channels)
+    raise ConfigError("model.json needs an 'arch' or a 'model' entry")

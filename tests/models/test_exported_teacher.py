@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from kdsearch.models.features import locate_parts
-from kdsearch.models.teacher import load_teacher
+from kdsearch.spaces.model_files import load_teacher
 
 
 class UserNet(nn.Module):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from kdsearch.data import load_dataset
-from kdsearch.models.teacher import load_teacher
+from kdsearch.spaces.model_files import load_teacher
 from kdsearch.search import SearchConfig, run_search
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -64,7 +64,7 @@ WORKER = """\
 import sys, torch
 from pathlib import Path
 from kdsearch.data import load_dataset
-from kdsearch.models.teacher import load_teacher
+from kdsearch.spaces.model_files import load_teacher
 from kdsearch.search import SearchConfig, run_search
 data = load_dataset("npz:" + sys.argv[1], subset=128, seed=0)
 torch.manual_seed(0)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from kdsearch.models.resnet_cifar import ResNetCifar
-from kdsearch.models.teacher import save_model_dir
+from kdsearch.spaces.model_files import save_model_dir
 
 
 @pytest.fixture(scope="module")
