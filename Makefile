@@ -1,7 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run    creates .venv, installs kdsearch (torch pinned to 2.13.0 unless TORCH=... is given),
 #               gets Fashion-MNIST and runs the quick preset end to end into runs/quick
-#   make test   the same set-up, then the test suite (what CI runs)
+#   make test   the same set-up, then the import-layer contracts (lint-imports) and the test suite (what CI runs)
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
@@ -32,6 +32,7 @@ run: setup data
 	$(BIN)/kdsearch run --data fashion-mnist --preset quick --out $(RUN_DIR) --resume
 
 test: setup data
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 clean:
