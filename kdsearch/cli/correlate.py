@@ -86,7 +86,7 @@ def correlate(
     console.print(table)
     r = result.reliability
     if r:
-        console.print(f"ceiling — one training seed ranking another ({r['seeds']} seeds): Kendall τ {r['kendall_tau']:.3f}, "
+        console.print(f"training noise — one training seed ranking another ({r['seeds']} seeds): Kendall τ {r['kendall_tau']:.3f}, "
                       f"size-ctrl τ {r['size_controlled_tau']:.3f}, regret {r['mean_regret']:.3f}; accuracy sd "
                       f"{r['acc_sd_within_arch']:.4f} between seeds, {r['acc_sd_between_archs']:.4f} between archs")
     console.print(f"all variants → {result.out_dir / 'correlate.csv'}; plots → {result.out_dir / 'scatter.png'}")
