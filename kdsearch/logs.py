@@ -4,7 +4,10 @@ Libraries kdsearch drives talk a lot: the ONNX exporter logs progress and "torch
 installed", torchao logs "Failed to load ... _C_mxfp8" at import when a kernel does not match the
 machine, Optuna raises ``ExperimentalWarning``, torch logs pytree deprecations. None of it is the
 user's business. :func:`capture_library_noise` sends all of it to ``RUN_DIR/kdsearch.log``; a
-:class:`~kdsearch.errors.KdsearchWarning` (a problem the user can fix) is still shown on stderr.
+:class:`~kdsearch.errors.KdsearchWarning` (a problem the user can fix) is still shown on stderr,
+once, as one ``warning: ...`` line. :func:`warnings_as_lines` does the same for a command without
+a run directory: its library warnings go to the ``kdsearch.library_warnings`` logger (nowhere,
+unless the application gives it a handler).
 """
 from __future__ import annotations
 
@@ -17,13 +20,22 @@ from typing import Any, Iterator, TextIO
 
 from kdsearch.errors import KdsearchWarning
 
-__all__ = ["LIBRARY_LOGGERS", "capture_library_noise"]
+__all__ = ["LIBRARY_LOGGERS", "capture_library_noise", "warnings_as_lines"]
 
 # Top-level loggers of the libraries kdsearch drives; their children propagate to them unless
 # the library gave a child its own console handler (torch does: see _route_loggers).
 LIBRARY_LOGGERS: tuple[str, ...] = ("torch", "torchao", "optuna", "onnxscript", "onnx_ir", "onnx", "onnxruntime")
 
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+# Python warnings that are not KdsearchWarnings are logged here. A NullHandler keeps them off the
+# terminal when nothing else handles them (logging's last resort would print them to stderr).
+_WARNINGS_LOGGER = "kdsearch.library_warnings"
+logging.getLogger(_WARNINGS_LOGGER).addHandler(logging.NullHandler())
+
+# The KdsearchWarning messages shown by the active warnings_as_lines blocks, innermost last; nested
+# blocks share the outermost set, so a warning raised before and again inside a run shows once.
+_shown: list[set[str]] = []
 
 
 def _is_console(handler: logging.Handler) -> bool:
@@ -60,13 +72,48 @@ def _route_loggers(handler: logging.Handler) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def warnings_as_lines(terminal: TextIO | None = None) -> Iterator[None]:
+    """Show each :class:`KdsearchWarning` once as one ``warning: ...`` line; log other warnings.
+
+    Args:
+        terminal: where the lines go; ``sys.stderr`` at the time a warning is raised when None.
+
+    Other warnings (torch's, Optuna's...) go to the ``kdsearch.library_warnings`` logger, whose
+    records :func:`capture_library_noise` writes to the run's log. Not thread-safe: it swaps
+    ``warnings.showwarning``.
+    """
+    shown = _shown[0] if _shown else set()
+    library = logging.getLogger(_WARNINGS_LOGGER)
+
+    def show(message: Any, category: type[Warning], filename: str, lineno: int,
+             file: TextIO | None = None, line: str | None = None) -> None:
+        if not issubclass(category, KdsearchWarning):
+            library.warning(warnings.formatwarning(message, category, filename, lineno, line).rstrip())
+            return
+        text = " ".join(str(message).split())  # one line, whatever the message holds
+        if text in shown:
+            return
+        shown.add(text)
+        out = terminal if terminal is not None else sys.stderr
+        out.write(f"warning: {text}\n")
+        out.flush()
+
+    _shown.append(shown)
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = show
+            yield
+    finally:
+        _shown.pop()
+
+
+@contextlib.contextmanager
 def capture_library_noise(log_path: Path, *, terminal: TextIO | None = None) -> Iterator[Path]:
     """Send third-party warnings and library logging to ``log_path`` for the ``with`` block.
 
     Args:
         log_path: the log file (appended to; its folder is created), usually ``RUN_DIR/kdsearch.log``.
-        terminal: where a :class:`KdsearchWarning` is written; ``sys.stderr`` at the time it is raised
-            when None.
+        terminal: where a :class:`KdsearchWarning` is written (see :func:`warnings_as_lines`).
 
     Yields:
         ``log_path``. Import noisy libraries (torchao) only inside the block: some log at import.
@@ -79,23 +126,11 @@ def capture_library_noise(log_path: Path, *, terminal: TextIO | None = None) -> 
     log_path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(log_path, encoding="utf-8")
     handler.setFormatter(logging.Formatter(_FORMAT))
-    warn_log = logging.getLogger("kdsearch.library_warnings")
-
-    def show(message: Any, category: type[Warning], filename: str, lineno: int,
-             file: TextIO | None = None, line: str | None = None) -> None:
-        text = warnings.formatwarning(message, category, filename, lineno, line)
-        if issubclass(category, KdsearchWarning):
-            out = terminal if terminal is not None else sys.stderr
-            out.write(f"warning: {message}\n")
-            out.flush()
-        else:
-            warn_log.warning(text.rstrip())
-
+    warn_log = logging.getLogger(_WARNINGS_LOGGER)
     saved_warn = warn_log.handlers[:], warn_log.propagate
     warn_log.handlers, warn_log.propagate = [handler], False
     try:
-        with warnings.catch_warnings(), _route_loggers(handler):
-            warnings.showwarning = show
+        with warnings_as_lines(terminal), _route_loggers(handler):
             yield log_path
     finally:
         warn_log.handlers, warn_log.propagate = saved_warn

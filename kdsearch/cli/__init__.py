@@ -89,10 +89,12 @@ report.register(app)
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user mistakes become one red line on stderr and a non-zero exit, never a traceback."""
     from kdsearch.errors import KdsearchError
+    from kdsearch.logs import warnings_as_lines
 
     command = typer.main.get_command(app)
     try:
-        code = command.main(args=argv if argv is not None else sys.argv[1:], prog_name="kdsearch", standalone_mode=False)
+        with warnings_as_lines():  # a KdsearchWarning: one "warning: ..." line, once; library warnings: not here
+            code = command.main(args=argv if argv is not None else sys.argv[1:], prog_name="kdsearch", standalone_mode=False)
         if isinstance(code, int):  # without standalone mode, click returns typer.Exit's code instead of exiting
             return code
     except KdsearchError as e:
