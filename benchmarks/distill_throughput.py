@@ -34,7 +34,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kdsearch.data import load_dataset, normalize  # noqa: E402
-from kdsearch.distill.trainer import TrainConfig, train  # noqa: E402
+from kdsearch.distill.config import TrainConfig  # noqa: E402
+from kdsearch.distill.trainer import train  # noqa: E402
 from kdsearch.models.resnet_cifar import ResNetCifar  # noqa: E402
 from kdsearch.models.zoo import create_model  # noqa: E402
 

@@ -1,4 +1,8 @@
-"""Distillation: the loss registry (:mod:`kdsearch.distill.losses`), the trainer and the stages."""
+"""Distillation: the loss registry (:mod:`kdsearch.distill.losses`), the training engine and the stages.
+
+Names are resolved on first use, so ``import kdsearch.distill.config`` (and the CLI reading a
+:class:`TrainConfig`) does not import torch.
+"""
 from __future__ import annotations
 
 import importlib
@@ -7,7 +11,7 @@ from typing import Any
 __all__ = ["TrainConfig", "train", "distill_student", "train_teacher", "build_student", "distill_with_assistant"]
 
 _WHERE = {
-    "TrainConfig": "kdsearch.distill.trainer",
+    "TrainConfig": "kdsearch.distill.config",
     "train": "kdsearch.distill.trainer",
     "distill_student": "kdsearch.distill.stage",
     "train_teacher": "kdsearch.distill.stage",
@@ -16,7 +20,7 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:  # lazy, so `kdsearch.distill.losses` imports nothing heavy
+def __getattr__(name: str) -> Any:  # lazy, so `kdsearch.distill.losses` and `.config` import nothing heavy
     if name in _WHERE:
         return getattr(importlib.import_module(_WHERE[name]), name)
-    raise AttributeError(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,10 +9,13 @@ from torch import nn
 
 from kdsearch.arch import Arch
 from kdsearch.data import Dataset
+from kdsearch.distill.config import TrainConfig
+from kdsearch.distill.curves import plot_curves
 from kdsearch.distill.evaluate import predict_logits, topk_accuracy
-from kdsearch.distill.trainer import TrainConfig, train
+from kdsearch.distill.trainer import train
 from kdsearch.files import write_json
-from kdsearch.models.teacher import Teacher, save_model_dir
+from kdsearch.models.teacher import Teacher
+from kdsearch.spaces.model_files import save_model_dir
 from kdsearch.progress import NULL_PROGRESS, Progress
 
 __all__ = ["distill_student", "train_teacher", "build_student"]
@@ -20,7 +23,7 @@ __all__ = ["distill_student", "train_teacher", "build_student"]
 
 def student_space(arch: Arch, space_spec: str | None = None):
     """The space ``arch`` belongs to; ``space_spec`` (name or YAML) is needed for a user's space."""
-    from kdsearch.models.teacher import family_space
+    from kdsearch.spaces.catalog import family_space
     from kdsearch.spaces import load_space
 
     if space_spec:
@@ -86,7 +89,7 @@ def _finish(
         weights_name=weights_name,
     )
     write_json(out_dir / "metrics.json", metrics)
-    _plot_curves(metrics["history"], out_dir / "curves.png")
+    plot_curves(metrics["history"], out_dir / "curves.png")
     return metrics
 
 
@@ -140,31 +143,3 @@ def train_teacher(
     """Train a teacher with cross-entropy; writes model.json + model.safetensors + metrics.json."""
     result = train(model, dataset, out_dir, config, teacher=None, resume=resume, progress=progress)
     return _finish(model, dataset, out_dir, result, weights_name="model", arch=arch, model_name=model_name, extra={})
-
-
-def _plot_curves(history: list[dict[str, Any]], path: Path) -> None:
-    if not history:
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from kdsearch.files import atomic_path
-
-    epochs = [h["epoch"] for h in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
-    for term in history[0]["train_loss"]:
-        ax_loss.plot(epochs, [h["train_loss"].get(term, float("nan")) for h in history], marker="o", label=term)
-    ax_loss.set(xlabel="epoch", ylabel="train loss", title="loss by term")
-    ax_loss.legend()
-    ax_acc.plot(epochs, [h["train_acc"] for h in history], marker="o", label="train top-1")
-    ax_acc.plot(epochs, [h["val_acc"] for h in history], marker="o", label="val top-1")
-    if "agreement" in history[0]:
-        ax_acc.plot(epochs, [h["agreement"] for h in history], marker="o", label="teacher agreement")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
-    ax_acc.legend()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)

@@ -7,15 +7,12 @@ training adjusts weights and ranges, :func:`convert` produces the int8 (Q/DQ) mo
 """
 from __future__ import annotations
 
-from collections import OrderedDict
-from typing import Mapping
-
 import torch
 from torch import nn
 
 from kdsearch.errors import ModelError
 
-__all__ = ["MAX_BATCH", "prepare_for_qat", "set_phase", "freeze_batchnorm", "convert", "count_fake_quantizers", "load_prepared_state"]
+__all__ = ["MAX_BATCH", "prepare_for_qat", "set_phase", "freeze_batchnorm", "convert", "count_fake_quantizers"]
 
 MAX_BATCH = 65536  # torch.export needs a finite bound on the symbolic batch; ONNX keeps it symbolic
 _BATCH_NORMS = ("aten.batch_norm.default", "aten._native_batch_norm_legit.default", "aten.cudnn_batch_norm.default")
@@ -102,16 +99,3 @@ def count_fake_quantizers(model: nn.Module) -> int:
     from torchao.quantization.pt2e import FakeQuantizeBase
 
     return sum(isinstance(m, FakeQuantizeBase) for m in model.modules())
-
-
-
-def load_prepared_state(model: torch.fx.GraphModule, state: Mapping[str, torch.Tensor]) -> None:
-    """``load_state_dict`` for a plain mapping (a checkpoint, a safetensors file) into a prepared graph.
-
-    A plain dict has lost the per-module versions of ``state_dict()``; torchao observers read a
-    missing version as version 1 and reset ``eps`` to float32 eps (the X86 recipe uses 2**-12),
-    so the versions of the freshly prepared graph are put back first.
-    """
-    full = OrderedDict(state)
-    full._metadata = getattr(model.state_dict(), "_metadata", None)  # type: ignore[attr-defined]
-    model.load_state_dict(full, strict=True)

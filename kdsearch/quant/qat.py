@@ -1,68 +1,42 @@
 """QAT-KD: quantization-aware training of the distilled student, guided by the teacher.
 
-``quantize_student(run_dir, QatConfig())`` reads ``run_dir/distill``'s student, prepares it
-with PT2E fake-quantizers (:mod:`kdsearch.quant.pt2e`), fine-tunes it with the distillation
-loss registry (``kd:1,ce:1`` by default) at a small learning rate, freezing BatchNorm and the
-quantization ranges after a set number of epochs, converts it to int8 and writes ``run_dir/qat``:
+``quantize_student(student, meta, teacher, dataset, out_dir, QatConfig())`` prepares the
+student with PT2E fake-quantizers (:mod:`kdsearch.quant.pt2e`) and fine-tunes it through the
+one training engine (:func:`kdsearch.distill.engine.fit`) with the distillation loss registry
+(``kd:1,ce:1`` by default) at a small learning rate; :class:`QatPhases` freezes BatchNorm and
+the quantization ranges after a set number of epochs. It then converts to int8 and writes
+``out_dir``:
 
-- ``last.ckpt``: resumable state (model, optimizer, scheduler, RNG, epoch), written every epoch;
+- ``last.ckpt``: the engine's resumable state (model, optimizer, scheduler, RNG, epoch), every epoch;
 - ``student.qat.safetensors`` + ``qat.json``: the trained fake-quant state and the student's
   description; :func:`load_qat_model` rebuilds the converted int8 model from them (no pickle);
 - ``metrics.json`` (val top-1 of fp32, fake-quant and int8 models) and ``curves.png``.
+
+Which run directory holds the student and teacher is the pipeline's business, not this module's.
 """
 from __future__ import annotations
 
-import math
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from kdsearch.errors import Interrupted, TrainingError, UsageError
+from kdsearch.data import Dataset
+from kdsearch.distill.config import TrainConfig
+from kdsearch.distill.curves import plot_curves
+from kdsearch.distill.engine import Phases, build_criterion, fit
+from kdsearch.distill.evaluate import predict_logits, topk_accuracy
+from kdsearch.errors import UsageError
 from kdsearch.progress import NULL_PROGRESS, Progress
+from kdsearch.quant.config import QatConfig
 
-__all__ = ["QatConfig", "quantize_student", "load_qat_model", "QAT_WEIGHTS", "QAT_META"]
+__all__ = ["QatConfig", "QatPhases", "quantize_student", "load_qat_model", "QAT_WEIGHTS", "QAT_META"]
 
 QAT_WEIGHTS = "student.qat.safetensors"
 QAT_META = "qat.json"
 _MISSING = "run `kdsearch quantize RUN_DIR` first"
-
-
-@dataclass(frozen=True)
-class QatConfig:
-    """Everything that decides a QAT run; saved in every checkpoint."""
-
-    epochs: int = 2
-    lr: float = 5e-3  # ~1/20 of distillation's peak: QAT fine-tunes; large steps undo the fp32 solution
-    batch_size: int = 128
-    loss: str = "kd:1,ce:1"  # the distillation loss registry; logit losses only (the graph has no module hooks)
-    temperature: float = 4.0
-    freeze_bn_after: int = 1  # epochs on batch statistics; then running ones, as the folded int8 model computes
-    freeze_observers_after: int = 1  # epochs the quantization ranges follow the data; then they are fixed
-    momentum: float = 0.9
-    weight_decay: float = 1e-4  # never applied to norms and biases
-    grad_clip: float | None = 5.0
-    augment: bool = True
-    recipe: str = "onnx"  # see kdsearch.quant.recipes.QUANTIZERS; "onnx": every conv runs as QLinearConv in ONNX Runtime
-    eval_batch_size: int = 512
-    seed: int = 0
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.epochs <= 0:
-            raise UsageError(f"--epochs must be positive (got {self.epochs})")
-        if self.batch_size <= 0:
-            raise UsageError(f"--batch-size must be positive (got {self.batch_size})")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise UsageError(f"--lr must be a positive number (got {self.lr})")
-        if self.temperature <= 0:
-            raise UsageError(f"--temperature must be positive (got {self.temperature})")
-        for name in ("freeze_bn_after", "freeze_observers_after"):
-            if getattr(self, name) < 0:
-                raise UsageError(f"--{name.replace('_', '-')} must be 0 or more epochs (got {getattr(self, name)})")
 
 
 def _capture_sample(meta: dict[str, Any], image_size: tuple[int, int]) -> torch.Tensor:
@@ -87,10 +61,11 @@ def load_qat_model(qat_dir: Path) -> torch.fx.GraphModule:
     """
     from safetensors.torch import load_file
 
+    from kdsearch.distill.checkpoint import load_module_state
     from kdsearch.errors import ModelError
     from kdsearch.files import read_json
-    from kdsearch.models.teacher import build_from_description
-    from kdsearch.quant.pt2e import convert, load_prepared_state
+    from kdsearch.quant.pt2e import convert
+    from kdsearch.spaces.catalog import build_from_description
 
     qat_dir = Path(qat_dir)
     if not (qat_dir / QAT_META).exists() or not (qat_dir / QAT_WEIGHTS).exists():
@@ -100,7 +75,7 @@ def load_qat_model(qat_dir: Path) -> torch.fx.GraphModule:
     model = build_from_description(student_meta, student_meta["num_classes"], student_meta["in_channels"])
     prepared = _prepare(model, student_meta, tuple(info["image_size"]), info["recipe"])
     try:
-        load_prepared_state(prepared, load_file(str(qat_dir / QAT_WEIGHTS)))
+        load_module_state(prepared, load_file(str(qat_dir / QAT_WEIGHTS)))
     except RuntimeError as e:
         raise ModelError(
             f"{qat_dir / QAT_WEIGHTS} does not match the student in {QAT_META} ({str(e).splitlines()[0]}); "
@@ -109,199 +84,124 @@ def load_qat_model(qat_dir: Path) -> torch.fx.GraphModule:
     return convert(prepared)
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    other = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]  # norms, biases, learned scales
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0.0}]
+class QatPhases(Phases):
+    """QAT's hooks on the training engine: BatchNorm and observer freezing per epoch, evaluation with observers off."""
+
+    label = "QAT "
+
+    def __init__(self, config: QatConfig) -> None:
+        self.config = config
+
+    def start_epoch(self, model: nn.Module, epoch: int) -> dict[str, Any]:
+        from kdsearch.quant.pt2e import set_phase
+
+        freeze_bn = epoch >= self.config.freeze_bn_after
+        observe = epoch < self.config.freeze_observers_after
+        set_phase(model, training=True, freeze_bn=freeze_bn, observe=observe)  # type: ignore[arg-type]
+        return {"bn_frozen": freeze_bn, "observers_on": observe}
+
+    def before_eval(self, model: nn.Module) -> None:
+        from kdsearch.quant.pt2e import set_phase
+
+        # validation must not move the quantization ranges
+        set_phase(model, training=False, freeze_bn=True, observe=False)  # type: ignore[arg-type]
+
+
+def engine_config(config: QatConfig) -> TrainConfig:
+    """The training engine's settings for a QAT run: Nesterov SGD, cosine decay without warm-up, fp32."""
+    return TrainConfig(
+        epochs=config.epochs, batch_size=config.batch_size, optimizer="sgd", lr=config.lr, momentum=config.momentum,
+        weight_decay=config.weight_decay, schedule="cosine", warmup_epochs=0.0, grad_clip=config.grad_clip,
+        loss=config.loss, temperature=config.temperature, augment=config.augment,
+        amp=False, channels_last=False, compile=False,  # fake-quantizers train in fp32, on an exported graph
+        eval_batch_size=config.eval_batch_size, seed=config.seed, device=config.device,
+    )
 
 
 def quantize_student(
-    run_dir: Path,
-    config: QatConfig = QatConfig(),
+    student: nn.Module,
+    student_meta: dict[str, Any],
+    teacher: nn.Module | None,
+    dataset: Dataset,
+    out_dir: Path,
+    config: QatConfig,
     *,
     resume: bool = False,
     progress: Progress = NULL_PROGRESS,
 ) -> dict[str, Any]:
-    """QAT-KD of ``run_dir/distill``'s student into ``run_dir/qat``; returns ``metrics.json``'s content.
+    """QAT-KD of the distilled ``student`` (fp32) into ``out_dir``; returns ``metrics.json``'s content.
+
+    Args:
+        student: the distilled student; it is captured and prepared, not trained in place.
+        student_meta: its description (``load_model_dir``'s second value), written to ``qat.json``.
+        teacher: the teacher, read when ``config.loss`` uses one (``kd``, ``dkd``, ...).
+        dataset: the run's dataset.
+        out_dir: where ``last.ckpt``, ``student.qat.safetensors``, ``qat.json``, ``metrics.json`` and
+            ``curves.png`` go (a run directory's ``qat/``).
 
     Epoch ``e`` (0-based) trains with BatchNorm frozen when ``e >= freeze_bn_after`` and the
-    observers off when ``e >= freeze_observers_after``. ``last.ckpt`` is written atomically after
-    every epoch; with ``resume`` the run continues from it and, on the CPU, ends with the same
-    weights as an uninterrupted run.
+    observers off when ``e >= freeze_observers_after``. The training engine writes
+    ``last.ckpt`` atomically after every epoch; with ``resume`` the run continues from it and,
+    on the CPU, ends with the same weights as an uninterrupted run.
 
     Raises:
-        UsageError: no distilled student, a feature loss, a checkpoint written with other settings.
+        UsageError: a feature loss, a loss needing the missing teacher, a recipe that quantizes
+            nothing, a checkpoint written with other settings.
         TrainingError: the loss stopped being finite.
         Interrupted: Ctrl-C; the last finished epoch is in ``last.ckpt``.
     """
     from safetensors.torch import save_file
 
-    from kdsearch.data import iterate_batches
     from kdsearch.devices import resolve_device
-    from kdsearch.distill.checkpoint import load_checkpoint, save_checkpoint
-    from kdsearch.distill.evaluate import predict_logits, topk_accuracy
-    from kdsearch.distill.losses import CombinedLoss, LossInputs, parse_loss_spec
     from kdsearch.files import atomic_path, write_json
-    from kdsearch.models.teacher import load_model_dir
-    from kdsearch.pipeline import load_run_config, load_run_dataset, resolve_teacher
-    from kdsearch.quant.pt2e import convert, count_fake_quantizers, load_prepared_state, set_phase
+    from kdsearch.quant.pt2e import convert, count_fake_quantizers, set_phase
 
-    run_dir = Path(run_dir)
-    src, out = run_dir / "distill", run_dir / "qat"
-    if not (src / "student.json").exists():
-        raise UsageError(f"{run_dir} has no distilled student (distill/student.json); run `kdsearch distill` first")
-    terms = parse_loss_spec(config.loss)
-    criterion = CombinedLoss(terms, {n: {"temperature": config.temperature} for n, _ in terms if n in ("kd", "dkd")})
+    train_config = engine_config(config)
+    criterion = build_criterion(train_config)
     if criterion.uses_features:
         raise UsageError(
             f"--loss {config.loss} has a feature loss; QAT trains an exported graph without module hooks: "
             "use logit losses only, e.g. --loss kd:1,ce:1"
         )
-    run_config = load_run_config(run_dir)
-    dataset = load_run_dataset(run_config)
-    student, student_meta = load_model_dir(src, weights_name="student")
-    teacher = resolve_teacher(run_dir, run_config, dataset).module if criterion.uses_teacher else None
+    if not criterion.uses_teacher:
+        teacher = None
     device = resolve_device(config.device)
-    mean, std, val = dataset.mean, dataset.std, dataset.val
-
-    def logits_of(model: nn.Module) -> torch.Tensor:  # (N, K)
-        return predict_logits(model, val.images, mean, std, device=device, batch_size=config.eval_batch_size)
-
-    student.to(device)
-    fp32_acc = topk_accuracy(logits_of(student), val.labels)
+    val = dataset.val
+    fp32_acc = topk_accuracy(predict_logits(student.to(device), val.images, dataset.mean, dataset.std, device=device,
+                                            batch_size=config.eval_batch_size), val.labels)
     student.to("cpu")
-    teacher_acc = None
-    if teacher is not None:
-        teacher.to(device).eval()
-        teacher_acc = topk_accuracy(logits_of(teacher), val.labels)
 
     progress.note("preparing the student for quantization-aware training (torch.export + PT2E)")
     prepared = _prepare(student, student_meta, dataset.image_size, config.recipe)
     if count_fake_quantizers(prepared) == 0:
         raise UsageError(f"recipe {config.recipe!r} quantizes nothing in this student; QAT would not change it")
-    prepared.to(device)
-    criterion.to(device)
-    steps_per_epoch = len(dataset.train) // config.batch_size
-    if steps_per_epoch == 0:
-        raise UsageError(
-            f"the training set has {len(dataset.train)} images, fewer than one batch of {config.batch_size}; "
-            "lower --batch-size"
-        )
-    optimizer = torch.optim.SGD(_param_groups(prepared, config.weight_decay), lr=config.lr,
-                                momentum=config.momentum, nesterov=True)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps_per_epoch * config.epochs)
-    generator = torch.Generator().manual_seed(config.seed)
-    augment = dataset.augment if config.augment else None
-
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out / "last.ckpt"
-    start_epoch, history = 0, []
-    if resume and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path)
-        if state.get("config") != asdict(config):
-            raise UsageError(
-                f"{ckpt_path} was written with different settings; resume with the same options or drop --resume"
-            )
-        load_prepared_state(prepared, state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        start_epoch, history = state["epoch"], list(state["history"])
-        progress.note(f"resumed from {ckpt_path} after epoch {start_epoch}")
-
-    progress.start("epochs", "QAT epochs", config.epochs)
-    progress.advance("epochs", start_epoch)
-    try:
-        for epoch in range(start_epoch, config.epochs):
-            freeze_bn = epoch >= config.freeze_bn_after
-            observe = epoch < config.freeze_observers_after
-            set_phase(prepared, training=True, freeze_bn=freeze_bn, observe=observe)
-            progress.start("batches", f"QAT epoch {epoch + 1}/{config.epochs}", steps_per_epoch)
-            sums: dict[str, float] = {}
-            seen, correct, t0 = 0, 0, time.perf_counter()
-            batches = iterate_batches(dataset.train, config.batch_size, mean=mean, std=std, shuffle=True,
-                                      augment=augment, generator=generator, device=device, drop_last=True)
-            for step, (x, y) in enumerate(batches):  # x (B, C, H, W), y (B,)
-                t_logits = None
-                if teacher is not None:
-                    with torch.inference_mode():
-                        t_logits = teacher(x).float().clone()  # (B, K); clone: usable in autograd
-                logits = prepared(x)  # (B, K)
-                loss, parts = criterion(LossInputs(logits, t_logits, y, temperature=config.temperature))
-                if not torch.isfinite(loss):
-                    raise TrainingError(
-                        f"the QAT loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; lower --lr "
-                        f"(now {config.lr:g}). The last good checkpoint is kept at {ckpt_path}"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.grad_clip:
-                    nn.utils.clip_grad_norm_(prepared.parameters(), config.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                for name, value in parts.items():
-                    sums[name] = sums.get(name, 0.0) + value * len(y)
-                seen += len(y)
-                correct += (logits.detach().argmax(1) == y).sum().item()
-                progress.advance("batches", loss=sum(parts.values()), acc=correct / seen)
-            progress.finish("batches")
-            set_phase(prepared, training=False, freeze_bn=True, observe=False)  # validation must not move ranges
-            val_logits = logits_of(prepared)
-            history.append({
-                "epoch": epoch + 1,
-                "train_loss": {k: v / max(seen, 1) for k, v in sums.items()},
-                "train_acc": correct / max(seen, 1),
-                "val_acc": topk_accuracy(val_logits, val.labels),
-                "lr": scheduler.get_last_lr()[0],
-                "bn_frozen": freeze_bn,
-                "observers_on": observe,
-                "seconds": time.perf_counter() - t0,
-            })
-            save_checkpoint(ckpt_path, {
-                "model": {k: v.detach().cpu() for k, v in prepared.state_dict().items()},
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "generator": generator.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "epoch": epoch + 1,
-                "history": history,
-                "config": asdict(config),
-            })
-            progress.advance("epochs", val_acc=history[-1]["val_acc"])
-            progress.note(f"QAT epoch {epoch + 1}/{config.epochs}: fake-quant val top-1 {history[-1]['val_acc']:.4f}")
-    except KeyboardInterrupt:
-        raise Interrupted(
-            f"stopped by Ctrl-C; the last finished epoch is saved in {ckpt_path}: run the same command with --resume"
-        ) from None
-    finally:
-        progress.finish("epochs")
+    result = fit(prepared, criterion, dataset, out_dir, train_config, teacher=teacher, phases=QatPhases(config),
+                 settings=asdict(config), resume=resume, progress=progress, device=device)
+    history = result["history"]
 
     set_phase(prepared, training=False, freeze_bn=True, observe=False)
     prepared.to("cpu")
     # clone: observers shared by several graph nodes appear under several names, one storage
     state = {k: v.detach().cpu().clone().contiguous() for k, v in prepared.state_dict().items()}
-    with atomic_path(out / QAT_WEIGHTS) as tmp:
+    with atomic_path(out_dir / QAT_WEIGHTS) as tmp:
         save_file(state, str(tmp))
     keep = ("arch", "family", "model", "num_classes", "in_channels", "normalization")
-    write_json(out / QAT_META, {"student": {k: student_meta.get(k) for k in keep}, "recipe": config.recipe,
-                                "image_size": list(dataset.image_size), "config": asdict(config)})
-    fake_quant_acc = topk_accuracy(predict_logits(prepared, val.images, mean, std), val.labels)
+    write_json(out_dir / QAT_META, {"student": {k: student_meta.get(k) for k in keep}, "recipe": config.recipe,
+                                    "image_size": list(dataset.image_size), "config": asdict(config)})
+    fake_quant_acc = topk_accuracy(predict_logits(prepared, val.images, dataset.mean, dataset.std), val.labels)
     progress.note("converting to int8 (convert_pt2e)")
-    int8_acc = topk_accuracy(predict_logits(convert(prepared), val.images, mean, std), val.labels)
+    int8_acc = topk_accuracy(predict_logits(convert(prepared), val.images, dataset.mean, dataset.std), val.labels)
     metrics = {
         "fp32_val_acc": fp32_acc,
         "fake_quant_val_acc": fake_quant_acc,
         "int8_val_acc": int8_acc,
-        "teacher_val_acc": teacher_acc,
+        "teacher_val_acc": result.get("teacher_val_acc"),
         "val_images": len(val),
         "loss": config.loss,
         "recipe": config.recipe,
         "epochs": config.epochs,
         "history": history,
     }
-    write_json(out / "metrics.json", metrics)
-    from kdsearch.distill.stage import _plot_curves  # the distill stage's figure: same history shape
-
-    _plot_curves(history, out / "curves.png")
+    write_json(out_dir / "metrics.json", metrics)
+    plot_curves(history, out_dir / "curves.png")
     return metrics

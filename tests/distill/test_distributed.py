@@ -83,7 +83,7 @@ def test_torchrun_two_processes_distill(fashion_npz, tmp_path):
 
 def test_epoch_batches_per_rank_match_the_global_permutation():
     """What each rank trains on is exactly its half of the one permutation every rank draws."""
-    from kdsearch.distill.trainer import _epoch_batches
+    from kdsearch.distill.engine import epoch_batches as _epoch_batches
 
     n, batch = 64, 8
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(3))

@@ -10,7 +10,8 @@ from kdsearch.arch import Arch
 from kdsearch.data import load_dataset
 from kdsearch.distill.losses import LOSSES
 from kdsearch.distill.stage import build_student
-from kdsearch.distill.trainer import TrainConfig, train
+from kdsearch.distill.config import TrainConfig
+from kdsearch.distill.trainer import train
 
 ARCHS = {
     "resnet_cifar": Arch("resnet_cifar", {"block": "basic", "depths": [1, 1, 1], "widths": [8, 8, 16]}),

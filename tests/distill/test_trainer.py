@@ -8,7 +8,8 @@ import torch
 
 from kdsearch.data import load_dataset
 from kdsearch.distill.checkpoint import load_checkpoint
-from kdsearch.distill.trainer import TrainConfig, train
+from kdsearch.distill.config import TrainConfig
+from kdsearch.distill.trainer import train
 from kdsearch.errors import TrainingError, UsageError
 from kdsearch.models.resnet_cifar import ResNetCifar
 
@@ -67,8 +68,9 @@ def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(data, tmp_path):
     model = _net()
     train(model, data, tmp_path, TrainConfig(epochs=1, batch_size=64, loss="ce", lr=0.01))
     before = (tmp_path / "last.ckpt").read_bytes()
+    # the diverging run writes to the same directory: its checkpoint must not replace the good one
     with pytest.raises(TrainingError, match="lower --lr"):
-        train(_net(), data, tmp_path / "nan", TrainConfig(epochs=1, batch_size=64, loss="ce", lr=1e30, grad_clip=None))
+        train(_net(), data, tmp_path, TrainConfig(epochs=1, batch_size=64, loss="ce", lr=1e30, grad_clip=None))
     assert (tmp_path / "last.ckpt").read_bytes() == before
 
 

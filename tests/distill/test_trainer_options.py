@@ -9,15 +9,9 @@ from torch import nn
 
 from kdsearch.data import load_dataset
 from kdsearch.distill.losses import CombinedLoss
-from kdsearch.distill.trainer import (
-    TrainConfig,
-    _epoch_batches,
-    _param_groups,
-    dts_temperature,
-    loss_options_for,
-    parse_loss_options,
-    train,
-)
+from kdsearch.distill.config import TrainConfig, loss_options_for, parse_loss_options
+from kdsearch.distill.engine import dts_temperature, epoch_batches, param_groups
+from kdsearch.distill.trainer import train
 from kdsearch.errors import UsageError
 from kdsearch.models.resnet_cifar import ResNetCifar
 
@@ -94,7 +88,7 @@ def test_label_smoothing_changes_the_ce_term(data, tmp_path):
 
 def test_weight_decay_skips_norms_and_biases():
     model = _net()
-    groups = _param_groups([model], 0.1)
+    groups = param_groups([model], 0.1)
     decayed = {id(p) for p in groups[0]["params"]}
     free = {id(p) for p in groups[1]["params"]}
     assert groups[0]["weight_decay"] == 0.1 and groups[1]["weight_decay"] == 0.0
@@ -198,7 +192,7 @@ def test_epoch_metrics_are_complete_and_right(data, tmp_path):
 
 def test_epoch_shards_are_disjoint_and_cover_equal_halves():
     g = [torch.Generator().manual_seed(5) for _ in range(2)]
-    shards = [torch.cat(list(_epoch_batches(103, 10, g[r], r, 2))) for r in range(2)]
+    shards = [torch.cat(list(epoch_batches(103, 10, g[r], r, 2))) for r in range(2)]
     assert len(shards[0]) == len(shards[1]) == 50  # 51 per rank, full batches only
     assert not set(shards[0].tolist()) & set(shards[1].tolist())
     assert g[0].get_state().equal(g[1].get_state())  # ranks stay in lockstep

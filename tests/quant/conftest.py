@@ -16,7 +16,8 @@ TEACHER_GENES = {"block": "basic", "depths": [1, 1, 1], "widths": [8, 16, 16]}
 def make_run_dir(root: Path, npz: Path) -> Path:
     """run.yaml + teacher/ + distill/ as `kdsearch run` leaves them, in seconds instead of minutes."""
     from kdsearch.arch import Arch
-    from kdsearch.models.teacher import family_space, save_model_dir
+    from kdsearch.spaces.catalog import family_space
+    from kdsearch.spaces.model_files import save_model_dir
     from kdsearch.pipeline import RunConfig, config_from_dict, load_run_dataset, save_run_config
 
     run = root / "run"
@@ -24,7 +25,8 @@ def make_run_dir(root: Path, npz: Path) -> Path:
                               RunConfig())
     save_run_config(run, config)
     dataset = load_run_dataset(config)
-    from kdsearch.distill.trainer import TrainConfig, train
+    from kdsearch.distill.config import TrainConfig
+    from kdsearch.distill.trainer import train
 
     teacher = None
     for genes, name, where in ((TEACHER_GENES, "model", "teacher"), (STUDENT_GENES, "student", "distill")):
@@ -73,10 +75,33 @@ def quantize_command() -> None:
         register(app)
 
 
+def _quantize(run: Path, config, **kwargs) -> dict:
+    """``quantize_student`` on ``run``'s distilled student, teacher and dataset, into ``run/qat``.
+
+    The objects are loaded here, not by the pipeline's qat stage, so these tests exercise
+    ``quantize_student`` itself.
+    """
+    from kdsearch.pipeline import load_run_config, load_run_dataset, resolve_teacher
+    from kdsearch.quant import quantize_student
+    from kdsearch.spaces.model_files import load_model_dir
+
+    run_config = load_run_config(run)
+    dataset = load_run_dataset(run_config)
+    student, student_meta = load_model_dir(run / "distill", weights_name="student")
+    teacher = resolve_teacher(run, run_config, dataset).module
+    return quantize_student(student, student_meta, teacher, dataset, run / "qat", config, **kwargs)
+
+
 @pytest.fixture(scope="session")
 def qat_run(base_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    from kdsearch.quant import QatConfig, quantize_student
+    from kdsearch.quant import QatConfig
 
     run = tmp_path_factory.mktemp("qatdone") / "run"
     shutil.copytree(base_run, run)
-    return run, quantize_student(run, QatConfig(**QAT_CONFIG))
+    return run, _quantize(run, QatConfig(**QAT_CONFIG))
+
+
+@pytest.fixture(scope="session")
+def quantize():
+    """``quantize(run, config, **kwargs)``: QAT-KD of a run directory's student (see :func:`_quantize`)."""
+    return _quantize

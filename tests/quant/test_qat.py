@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -30,20 +31,17 @@ def test_config_rejects_bad_values(bad: dict) -> None:
         QatConfig(**bad)
 
 
-def test_no_distilled_student(tmp_path: Path, cli) -> None:
-    from kdsearch.quant import QatConfig, quantize_student
-
-    with pytest.raises(UsageError, match="kdsearch distill"):
-        quantize_student(tmp_path, QatConfig())
-    code, _, err = cli("quantize", tmp_path, "--quiet")
+def test_no_distilled_student(fresh_run: Path, cli) -> None:
+    shutil.rmtree(fresh_run / "distill")
+    code, _, err = cli("quantize", fresh_run, "--quiet")
     assert code == 2 and "distill/student.json" in err and "Traceback" not in err
 
 
-def test_feature_losses_are_refused(fresh_run: Path) -> None:
-    from kdsearch.quant import QatConfig, quantize_student
+def test_feature_losses_are_refused(fresh_run: Path, quantize) -> None:
+    from kdsearch.quant import QatConfig
 
     with pytest.raises(UsageError, match="logit losses"):
-        quantize_student(fresh_run, QatConfig(loss="kd:1,fitnet:1", device="cpu"))
+        quantize(fresh_run, QatConfig(loss="kd:1,fitnet:1", device="cpu"))
 
 
 def test_export_qat_without_quantize(fresh_run: Path, cli) -> None:
@@ -51,11 +49,11 @@ def test_export_qat_without_quantize(fresh_run: Path, cli) -> None:
     assert code == 2 and "kdsearch quantize RUN_DIR" in err and "Traceback" not in err
 
 
-def test_unknown_recipe(fresh_run: Path) -> None:
-    from kdsearch.quant import QatConfig, quantize_student
+def test_unknown_recipe(fresh_run: Path, quantize) -> None:
+    from kdsearch.quant import QatConfig
 
     with pytest.raises(UsageError, match="x86"):
-        quantize_student(fresh_run, QatConfig(recipe="arm", device="cpu"))
+        quantize(fresh_run, QatConfig(recipe="arm", device="cpu"))
 
 
 # ---- PT2E pieces ----------------------------------------------------------------------------
@@ -147,10 +145,10 @@ def test_export_int8_qat_is_qdq_and_agrees(qat_run, cli) -> None:
 
 
 @pytest.mark.slow
-def test_interrupted_then_resumed_equals_uninterrupted(qat_run, fresh_run: Path, qat_config: dict) -> None:
+def test_interrupted_then_resumed_equals_uninterrupted(qat_run, fresh_run: Path, qat_config: dict, quantize) -> None:
     from safetensors.torch import load_file
 
-    from kdsearch.quant import QatConfig, quantize_student
+    from kdsearch.quant import QatConfig
 
     class StopAfterFirstEpoch(Progress):
         def note(self, message: str) -> None:
@@ -159,11 +157,11 @@ def test_interrupted_then_resumed_equals_uninterrupted(qat_run, fresh_run: Path,
 
     config = QatConfig(**qat_config)
     with pytest.raises(Interrupted, match="--resume"):
-        quantize_student(fresh_run, config, progress=StopAfterFirstEpoch())
+        quantize(fresh_run, config, progress=StopAfterFirstEpoch())
     assert not (fresh_run / "qat" / "student.qat.safetensors").exists()
     with pytest.raises(UsageError, match="different settings"):
-        quantize_student(fresh_run, QatConfig(**{**qat_config, "lr": 0.02}), resume=True)
-    quantize_student(fresh_run, config, resume=True)
+        quantize(fresh_run, QatConfig(**{**qat_config, "lr": 0.02}), resume=True)
+    quantize(fresh_run, config, resume=True)
     done, resumed = load_file(str(qat_run[0] / "qat" / "student.qat.safetensors")), load_file(
         str(fresh_run / "qat" / "student.qat.safetensors"))
     assert done.keys() == resumed.keys()
