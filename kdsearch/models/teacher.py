@@ -2,7 +2,8 @@
 
 Nothing is ever unpickled: TorchScript archives hold no Python code, and ``.pt2`` files are read
 with ``torch.export.load``. Teachers given as a zoo name or a model directory are built through
-their search space: see :func:`kdsearch.spaces.model_files.load_teacher`, which resolves every spec.
+their search space, so ``load_teacher``, which resolves every spec, lives with the spaces
+(``spaces/model_files.py``): models never import spaces.
 """
 from __future__ import annotations
 

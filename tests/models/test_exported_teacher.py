@@ -49,34 +49,13 @@ def test_pt2_teacher_is_loaded_hooked_and_scored(tmp_path):
     assert math.isfinite(score) and score <= 0
 
 
-class PlainNet(nn.Module):
-    """No BatchNorm: the TorchScript graph and the module compute the same thing in any mode."""
-
-    def __init__(self, tail: float = 1.0) -> None:
-        super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2, padding=1),
-                                      nn.ReLU())
-        self.fc = nn.Linear(16, 10)
-        self.tail = tail
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1))
-        return logits if self.tail == 1.0 else logits * self.tail
-
-
-def _save_torchscript(net: nn.Module, path) -> str:
-    torch.jit.save(torch.jit.trace(net.eval(), torch.randn(2, 1, 28, 28)), str(path))
-    return str(path)
-
-
-def test_torchscript_teacher_is_cut_into_hookable_parts_and_scores_like_the_module(tmp_path):
+def test_torchscript_teacher_is_cut_into_hookable_parts_and_scores_like_the_module(torchscript_teacher):
     from kdsearch.models.graph_teacher import GraphTeacher
     from kdsearch.models.resnet_cifar import ResNetCifar
     from kdsearch.proxies import create_proxy, teacher_stats
 
-    torch.manual_seed(0)
-    net = PlainNet()
-    teacher = load_teacher(_save_torchscript(net, tmp_path / "t.pt"), num_classes=10, in_channels=1, image_size=(28, 28))
+    net, path = torchscript_teacher()
+    teacher = load_teacher(path, num_classes=10, in_channels=1, image_size=(28, 28))
     assert isinstance(teacher.module, GraphTeacher) and teacher.trained is None
     x = torch.randn(16, 1, 28, 28)
     with torch.no_grad():
@@ -95,13 +74,13 @@ def test_torchscript_teacher_is_cut_into_hookable_parts_and_scores_like_the_modu
     assert math.isfinite(scores[0]) and math.isclose(scores[0], scores[1], rel_tol=1e-4)
 
 
-def test_torchscript_that_does_not_end_in_logits_warns_and_search_says_why(tmp_path, cli, fashion_npz):
+def test_torchscript_that_does_not_end_in_logits_warns_and_search_says_why(tmp_path, torchscript_teacher, scale, cli,
+                                                                           fashion_npz):
     import pytest
 
     from kdsearch.errors import KdsearchWarning
 
-    torch.manual_seed(0)
-    path = _save_torchscript(PlainNet(tail=2.0), tmp_path / "scaled.pt")
+    _, path = torchscript_teacher(scale(2.0))
     with pytest.warns(KdsearchWarning, match="cannot read its features"):
         teacher = load_teacher(path, num_classes=10, in_channels=1, image_size=(28, 28))
     assert isinstance(teacher.module, torch.jit.ScriptModule)  # still usable for its logits
@@ -110,11 +89,10 @@ def test_torchscript_that_does_not_end_in_logits_warns_and_search_says_why(tmp_p
     assert code != 0 and "TorchScript" in err and "Traceback" not in err
 
 
-def test_search_runs_against_a_torchscript_teacher(tmp_path, cli, fashion_npz):
+def test_search_runs_against_a_torchscript_teacher(tmp_path, torchscript_teacher, cli, fashion_npz):
     import json
 
-    torch.manual_seed(0)
-    path = _save_torchscript(PlainNet(), tmp_path / "t.pt")
+    _, path = torchscript_teacher()
     code, out, err = cli("search", "--teacher", path, "--data", f"npz:{fashion_npz}", "--subset", "64", "--trials", "3",
                          "--population", "2", "--proxy-batch", "8", "--max-params", "200000", "--out", tmp_path / "s",
                          "--quiet", "--json")
@@ -122,12 +100,12 @@ def test_search_runs_against_a_torchscript_teacher(tmp_path, cli, fashion_npz):
     assert json.loads(out)["trials"] == 3
 
 
-def test_opaque_teachers_can_be_reinitialised(tmp_path):
+def test_opaque_teachers_can_be_reinitialised(tmp_path, torchscript_teacher):
     torch.manual_seed(0)
     net = UserNet().eval()
     program = torch.export.export(net, (torch.randn(2, 1, 28, 28),), dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
     torch.export.save(program, str(tmp_path / "t.pt2"))
-    for spec in (str(tmp_path / "t.pt2"), _save_torchscript(PlainNet(), tmp_path / "t.pt")):
+    for spec in (str(tmp_path / "t.pt2"), torchscript_teacher()[1]):
         teacher = load_teacher(spec, num_classes=10, in_channels=1, image_size=(28, 28))
         a, b, c = teacher.fresh_copy(1), teacher.fresh_copy(1), teacher.fresh_copy(2)
         before = dict(teacher.module.state_dict())

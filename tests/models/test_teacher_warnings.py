@@ -9,25 +9,9 @@ import warnings
 
 import pytest
 import torch
-from torch import nn
 
 from kdsearch.errors import KdsearchWarning
 from kdsearch.logs import capture_library_noise, warnings_as_lines
-
-
-class ScaledNet(nn.Module):
-    """Logits times a constant: a graph the TorchScript cut cannot handle (the loader warns)."""
-
-    def __init__(self, scale: float = 1.0) -> None:
-        super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2, padding=1),
-                                      nn.ReLU())
-        self.fc = nn.Linear(16, 10)
-        self.scale = scale
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, 28, 28) -> (B, 10)
-        logits = self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1))
-        return logits if self.scale == 1.0 else logits * self.scale
 
 
 def _score(teacher: str, npz, *extra: str) -> subprocess.CompletedProcess:
@@ -37,11 +21,10 @@ def _score(teacher: str, npz, *extra: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("init", ["random", "pretrained"])
-def test_a_torchscript_teacher_warning_reaches_the_terminal_once_as_one_line(tmp_path, fashion_npz, init):
-    torch.manual_seed(0)
-    path = tmp_path / "scaled.pt"
-    torch.jit.save(torch.jit.trace(ScaledNet(2.0).eval(), torch.randn(2, 1, 28, 28)), str(path))
-    done = _score(str(path), fashion_npz, "--teacher-init", init)
+def test_a_torchscript_teacher_warning_reaches_the_terminal_once_as_one_line(torchscript_teacher, scale, fashion_npz,
+                                                                             init):
+    _, path = torchscript_teacher(scale(2.0))  # a graph the cut refuses: the loader warns
+    done = _score(path, fashion_npz, "--teacher-init", init)
     lines = done.stderr.splitlines()
     about = [line for line in lines if "cannot read its features" in line]
     assert len(about) == 1, done.stderr
@@ -51,9 +34,8 @@ def test_a_torchscript_teacher_warning_reaches_the_terminal_once_as_one_line(tmp
     assert done.returncode != 0 and any(line.startswith("error:") for line in lines)  # the search needs features
 
 
-def test_a_pt2_teacher_prints_no_library_warning(tmp_path, fashion_npz):
-    torch.manual_seed(0)
-    net = ScaledNet().eval()
+def test_a_pt2_teacher_prints_no_library_warning(tmp_path, torchscript_teacher, fashion_npz):
+    net, _ = torchscript_teacher()
     program = torch.export.export(net, (torch.randn(2, 1, 28, 28),), dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
     torch.export.save(program, str(tmp_path / "t.pt2"))
     done = _score(str(tmp_path / "t.pt2"), fashion_npz)

@@ -18,37 +18,16 @@ from kdsearch.spaces.model_files import load_teacher
 ACTIVATIONS = {"linear": nn.Identity, "relu": nn.ReLU, "softmax": lambda: nn.Softmax(dim=1)}
 
 
-class ActivatedNet(nn.Module):
-    """conv → conv → pool → linear → ``activation``."""
-
-    def __init__(self, activation: nn.Module) -> None:
-        super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2, padding=1),
-                                      nn.ReLU())
-        self.fc = nn.Linear(16, 10)
-        self.activation = activation
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, 28, 28) -> (B, 10)
-        return self.activation(self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1)))
-
-
-def _torchscript(net: nn.Module, path, *, freeze: bool = False) -> str:
-    script = torch.jit.trace(net.eval(), torch.randn(2, 1, 28, 28))
-    torch.jit.save(torch.jit.freeze(script) if freeze else script, str(path))
-    return str(path)
-
-
 def _load(path: str):
     return load_teacher(path, num_classes=10, in_channels=1, image_size=(28, 28))
 
 
 @pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
-def test_activated_torchscript_is_cut_at_its_final_linear_layer(tmp_path, activation):
-    torch.manual_seed(0)
-    net = ActivatedNet(ACTIVATIONS[activation]())
+def test_activated_torchscript_is_cut_at_its_final_linear_layer(torchscript_teacher, activation):
+    net, path = torchscript_teacher(ACTIVATIONS[activation]())
     with warnings.catch_warnings():
         warnings.simplefilter("error", KdsearchWarning)  # cut, not a logits-only fallback
-        teacher = _load(_torchscript(net, tmp_path / "t.pt"))
+        teacher = _load(path)
     assert isinstance(teacher.module, GraphTeacher)
     x = torch.randn(8, 1, 28, 28)
     parts = locate_parts(teacher.module, x)
@@ -60,9 +39,8 @@ def test_activated_torchscript_is_cut_at_its_final_linear_layer(tmp_path, activa
 
 
 @pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
-def test_random_init_gives_a_torchscript_teacher_fresh_weights(tmp_path, activation):
-    torch.manual_seed(0)
-    teacher = _load(_torchscript(ActivatedNet(ACTIVATIONS[activation]()), tmp_path / "t.pt"))
+def test_random_init_gives_a_torchscript_teacher_fresh_weights(torchscript_teacher, activation):
+    teacher = _load(torchscript_teacher(ACTIVATIONS[activation]())[1])
     before = {k: v.clone() for k, v in teacher.module.state_dict().items()}
     with warnings.catch_warnings():
         warnings.simplefilter("error", KdsearchWarning)
@@ -90,10 +68,9 @@ def _diswot(teacher: nn.Module) -> float:
     return proxy.score(ResNetCifar([1, 1, 1], [8, 8, 16], num_classes=10, in_channels=1), batch, stats["diswot"])
 
 
-def test_frozen_torchscript_keeps_its_weights_with_one_warning(tmp_path):
-    torch.manual_seed(0)
-    net = ActivatedNet(nn.ReLU())
-    teacher = _load(_torchscript(net, tmp_path / "frozen.pt", freeze=True))
+def test_frozen_torchscript_keeps_its_weights_with_one_warning(torchscript_teacher):
+    net, path = torchscript_teacher(nn.ReLU(), freeze=True)
+    teacher = _load(path)
     assert isinstance(teacher.module, GraphTeacher)
     with pytest.warns(KdsearchWarning, match="frozen into the graph") as record:
         fresh = teacher.fresh_copy(3)
@@ -105,9 +82,9 @@ def test_frozen_torchscript_keeps_its_weights_with_one_warning(tmp_path):
 
 @pytest.mark.parametrize("init", ["random", "pretrained"])
 @pytest.mark.parametrize("activation", ["relu", "softmax"])
-def test_score_command_runs_against_an_activated_torchscript_teacher(tmp_path, cli, fashion_npz, activation, init):
-    torch.manual_seed(0)
-    path = _torchscript(ActivatedNet(ACTIVATIONS[activation]()), tmp_path / "t.pt")
+def test_score_command_runs_against_an_activated_torchscript_teacher(torchscript_teacher, cli, fashion_npz, activation,
+                                                                    init):
+    _, path = torchscript_teacher(ACTIVATIONS[activation]())
     code, out, err = cli("score", "--teacher", path, "--data", f"npz:{fashion_npz}", "--subset", "64", "--space",
                          "resnet_cifar", "--sample", "2", "--proxy", "diswot", "--proxy-batch", "16",
                          "--teacher-init", init, "--quiet", "--json")

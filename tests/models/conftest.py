@@ -1,0 +1,56 @@
+"""Small teachers saved as a user would: TorchScript files whose logits may go through an activation."""
+from __future__ import annotations
+
+from typing import Callable
+
+import pytest
+import torch
+from torch import nn
+
+
+class Scale(nn.Module):
+    """Logits times a constant: not an activation, so the TorchScript cut refuses it."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+
+class SmallNet(nn.Module):
+    """conv → conv → pool → linear → ``out``. No BatchNorm: the TorchScript graph and the module
+    compute the same thing in any mode."""
+
+    def __init__(self, out: nn.Module | None = None) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2, padding=1),
+                                      nn.ReLU())
+        self.fc = nn.Linear(16, 10)
+        self.out = out if out is not None else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, 28, 28) -> (B, 10)
+        return self.out(self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1)))
+
+
+@pytest.fixture()
+def torchscript_teacher(tmp_path) -> Callable[..., tuple[SmallNet, str]]:
+    """``make(out=None, *, freeze=False, name="t.pt") -> (net, path)``: a seeded :class:`SmallNet`
+    traced to TorchScript (frozen with ``torch.jit.freeze`` when asked) and saved under ``tmp_path``."""
+
+    def make(out: nn.Module | None = None, *, freeze: bool = False, name: str = "t.pt") -> tuple[SmallNet, str]:
+        torch.manual_seed(0)
+        net = SmallNet(out).eval()
+        script = torch.jit.trace(net, torch.randn(2, 1, 28, 28))
+        path = tmp_path / name
+        torch.jit.save(torch.jit.freeze(script) if freeze else script, str(path))
+        return net, str(path)
+
+    return make
+
+
+@pytest.fixture()
+def scale() -> type[Scale]:
+    """The :class:`Scale` module (logits times a constant), for a TorchScript graph that cannot be cut."""
+    return Scale
