@@ -246,6 +246,12 @@ class ExportedFile(Record):
     latency_ms: dict[str, dict[str, float]]  # "batch_1" -> {"p50": ..., "p90": ..., ...}
     calib_images: int | None = None  # PTQ: the training images that calibrated it
 
+    def to_dict(self) -> dict[str, Any]:
+        data = super().to_dict()
+        if data["calib_images"] is None:  # only PTQ files have one
+            del data["calib_images"]
+        return data
+
     def p50(self, batch: int) -> float | None:
         return self.latency_ms.get(f"batch_{batch}", {}).get("p50")
 
@@ -269,6 +275,8 @@ class ExportRecord(Record):
     pytorch_eager: dict[str, Any]
     log: str
     student_digest: str | None = None  # SHA-256 of the exported student's weights: int8 files of another student are not kept
+    input_size: list[int] | None = None  # (C, H, W) the student expects (also in each file's ONNX metadata)
+    teacher: dict[str, Any] | None = None  # the teacher in ONNX Runtime: path, size_bytes, latency_ms; or {"error": why}
 
     def __post_init__(self) -> None:
         files = {k: v if isinstance(v, ExportedFile) else ExportedFile.from_dict(v, f"export.json files.{k}")
@@ -278,4 +286,8 @@ class ExportRecord(Record):
     @property
     def fp32(self) -> ExportedFile:
         return self.files["fp32"]
+
+    def teacher_p50(self, batch: int) -> float | None:
+        """The teacher's ONNX Runtime p50 latency at ``batch``; None when it was not measured."""
+        return ((self.teacher or {}).get("latency_ms") or {}).get(f"batch_{batch}", {}).get("p50")
 

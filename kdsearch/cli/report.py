@@ -26,6 +26,11 @@ def _report_tables(figures: dict[str, Any]) -> list[Table]:
     main.add_row("FLOPs", fmt_int(t["flops"]), fmt_int(s["flops"]))
     if figures["qat"]:
         main.add_row("val top-1 after QAT (int8)", "", fmt_pct(figures["qat"]["int8_val_acc"]))
+    fp32 = (figures["export"] or {}).get("fp32")
+    if fp32:
+        for batch in (1, 32):
+            main.add_row(f"ONNX Runtime p50 b={batch} (fp32)", fmt_ms(t.get(f"onnx_latency_ms_b{batch}")),
+                         fmt_ms(fp32[f"latency_ms_b{batch}"]))
     tables = [main]
     if figures["export"]:
         deploy = Table(title="deployment (ONNX Runtime)")

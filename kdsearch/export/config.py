@@ -27,6 +27,7 @@ class ExportConfig:
     provider: str = "cpu"  # cpu | cuda | tensorrt
     calib_images: int = 256  # training images that calibrate post-training quantization
     latency_runs: int = 100
+    teacher_latency: bool = True  # also export the teacher (export/teacher.onnx) and time it the same way
 
     def __post_init__(self) -> None:
         parse_int8(self.int8)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -29,7 +30,7 @@ from kdsearch.export.runtime import (
 from kdsearch.files import write_text
 from kdsearch.rundir import INT8_MODES, ExportedFile, ExportRecord
 
-__all__ = ["LATENCY_BATCHES", "PARITY_MIN_AGREEMENT", "export_model"]
+__all__ = ["LATENCY_BATCHES", "PARITY_MIN_AGREEMENT", "export_model", "measure_teacher"]
 
 LATENCY_BATCHES = (1, 32)
 PARITY_MIN_AGREEMENT = 0.999  # fp32 gate on decisive top-1 agreement; max |diff| is gated by PARITY_RTOL
@@ -84,6 +85,7 @@ def export_model(
     metadata: Mapping[str, str] | None = None,
     keep: Mapping[str, ExportedFile] | None = None,
     student_digest: str | None = None,
+    teacher: Mapping[str, Any] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Export ``model`` to ``out_dir/<name>.onnx`` (and an int8 twin), verify and measure them.
@@ -105,6 +107,7 @@ def export_model(
         keep: int8 entries of an earlier export of the same student that this call does not
             remake; their files are kept and listed again. Other int8 leftovers are removed.
         student_digest: recorded in export.json, so a later export can tell whether ``keep`` applies.
+        teacher: the teacher's ONNX Runtime figures (:func:`measure_teacher`), recorded beside the student's.
         provider: ONNX Runtime provider ``cpu|cuda|tensorrt``; falls back to CPU with a warning.
         device: where PyTorch eager latency and accuracy run (``auto`` picks CUDA when present);
             parity always compares on CPU, where both sides compute exact float32.
@@ -137,7 +140,8 @@ def export_model(
     def keep_log(stage: str) -> Callable[[str], None]:
         return lambda text: logs.append(f"== {stage} ==\n{text}")
 
-    meta = {"kdsearch_version": kdsearch_version(), "opset": str(opset), **(metadata or {})}
+    meta = {"kdsearch_version": kdsearch_version(), "opset": str(opset),
+            "input_size": json.dumps(list(val_images.shape[1:])), **(metadata or {})}  # (C, H, W) the model expects
     # Parity runs on CPU on both sides: exact float32 kernels, no TF32, whatever provider is measured.
     fp32_model = copy.deepcopy(model).float().cpu().eval()
     paths = {mode: out_dir / f"{name}.{mode}.onnx" for mode in (*INT8_MODES, "failed")}
@@ -226,8 +230,50 @@ def export_model(
         "pytorch_eager": pytorch,
         "log": "export.log",
         "student_digest": student_digest,
+        "input_size": list(input_chw),
+        "teacher": teacher,
     }
     write_text(out_dir / "export.log", "\n".join(logs) + "\n")
-    ExportRecord.from_dict(report).save(out_dir / ExportRecord.FILE)
+    record = ExportRecord.from_dict(report)
+    record.save(out_dir / ExportRecord.FILE)
     say(f"wrote {out_dir / 'export.json'}")
-    return report
+    return record.to_dict()
+
+
+def measure_teacher(
+    teacher: nn.Module,
+    input_chw: tuple[int, ...],
+    out_dir: Path,
+    *,
+    opset: int = 18,
+    provider: str = "cpu",
+    latency_runs: int = 100,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """The teacher's ONNX Runtime latency at the student's batch sizes, for the comparison an
+    edge user asks for first. Writes ``out_dir/teacher.onnx``.
+
+    Returns ``{"path", "size_bytes", "provider_used", "latency_ms"}``, or ``{"error": why}`` when
+    the teacher cannot be exported (a teacher the ONNX exporter does not support is not an error
+    of the student's export).
+    """
+    say = progress or (lambda _msg: None)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    path = Path(out_dir) / "teacher.onnx"
+    model = copy.deepcopy(teacher).float().cpu().eval()
+    sample = torch.randn(2, *input_chw, generator=torch.Generator().manual_seed(0))  # (2, C, H, W)
+    say(f"exporting {path.name} to time the teacher in ONNX Runtime")
+    try:
+        export_onnx(model, sample, path, opset=opset)
+    except Exception as e:  # noqa: BLE001 - any exporter failure: reported, the student's export goes on
+        path.unlink(missing_ok=True)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return {"error": f"the teacher could not be exported to ONNX ({first[:200]})"}
+    session, used = ort_session(path, provider)
+    say(f"measuring {path.name} on {used}")
+    return {
+        "path": path.name,
+        "size_bytes": path.stat().st_size,
+        "provider_used": used,
+        "latency_ms": {f"batch_{b}": latency_ms(session, (b, *input_chw), runs=latency_runs) for b in LATENCY_BATCHES},
+    }

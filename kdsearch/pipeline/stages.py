@@ -227,6 +227,14 @@ def export_stage(run: RunDir, config: RunConfig, dataset, *, progress: Progress 
     previous = _previous_export(run)
     if previous is not None and previous.student_digest == digest:
         keep = {mode: entry for mode, entry in previous.files.items() if mode != "fp32" and mode not in modes}
+    teacher_figures = None
+    if e.teacher_latency:
+        from kdsearch.export.stage import measure_teacher
+
+        teacher = resolve_teacher(run.root, config, dataset)
+        teacher_figures = measure_teacher(teacher.module, (dataset.in_channels, *dataset.image_size), run.export,
+                                          opset=e.opset, provider=e.provider, latency_runs=e.latency_runs,
+                                          progress=progress.note)
     calib = dataset.train.images[: e.calib_images]
     metadata = {
         "arch": json.dumps(meta.get("arch")),
@@ -250,6 +258,7 @@ def export_stage(run: RunDir, config: RunConfig, dataset, *, progress: Progress 
         metadata=metadata,
         keep=keep,
         student_digest=digest,
+        teacher=teacher_figures,
         progress=progress.note,
     )
     return ExportRecord.load(run.export_record)
@@ -277,7 +286,8 @@ def summary_for(run: RunDir, dataset, teacher, teacher_metrics: TrainMetrics | N
     return {
         "run_dir": str(run.root),
         "dataset": dataset.name,
-        "teacher": {"source": teacher.source, "val_acc": teacher_acc, "params": teacher_params, "flops": teacher_flops},
+        "teacher": {"source": teacher.source, "val_acc": teacher_acc, "params": teacher_params, "flops": teacher_flops,
+                    "onnx_latency_ms_b1": export.teacher_p50(1), "onnx_latency_ms_b32": export.teacher_p50(32)},
         "student": {
             "arch": winner.arch,
             "val_acc": student_metrics.val_acc,
@@ -292,6 +302,8 @@ def summary_for(run: RunDir, dataset, teacher, teacher_metrics: TrainMetrics | N
             "val_acc": fp32.accuracy,
             "top1_agreement": fp32.min_top1_agreement,
             "latency_ms_b1": fp32.p50(1),
+            "latency_ms_b32": fp32.p50(32),
+            "input_size": export.input_size,
             "pytorch_latency_ms_b1": export.pytorch_eager["latency_ms"]["batch_1"]["p50"],
         },
         "timings_s": timings,

@@ -139,12 +139,23 @@ def _comparison(run: RunContents, figures: dict[str, Any]) -> str:
         rows.append(["val top-1 after QAT (int8, PyTorch)", "", fmt_pct(run.qat.int8_val_acc),
                      f"fp32 {fmt_pct(run.qat.fp32_val_acc)} before QAT"])
     if run.export is not None:
-        eager = run.export.pytorch_eager
+        export = run.export
+        if export.input_size:
+            size = "×".join(str(n) for n in export.input_size)
+            rows.append(["input (C×H×W)", size, size, ""])
+        eager = export.pytorch_eager
         lat = eager.get("latency_ms", {})
         rows.append([f"latency b=1, PyTorch eager ({eager.get('device', '?')})", "",
                      fmt_ms(lat.get("batch_1", {}).get("p50")), ""])
-        for kind, f in (figures["export"] or {}).items():
-            rows.append([f"latency b=1, ONNX {kind} ({f['provider']})", "", fmt_ms(f["latency_ms_b1"]), ""])
+        for batch in (1, 32):
+            teacher_ms = export.teacher_p50(batch)
+            for kind, f in export.files.items():
+                student_ms = f.p50(batch)
+                speedup = f"{teacher_ms / student_ms:.1f}× faster" if teacher_ms and student_ms and kind == "fp32" else ""
+                rows.append([f"latency b={batch}, ONNX Runtime {kind} ({f.provider_used})",
+                             fmt_ms(teacher_ms) if kind == "fp32" else "", fmt_ms(student_ms), speedup])
+        if export.teacher and "error" in export.teacher:
+            rows.append(["teacher latency", export.teacher["error"], "", ""])
     return _table(["", "teacher", "student", "student vs teacher"], rows)
 
 

@@ -171,4 +171,7 @@ def key_figures(run: RunContents) -> dict[str, Any]:
             }
             for kind, f in run.export.files.items()
         }
+        figures["teacher"]["onnx_latency_ms_b1"] = run.export.teacher_p50(1)
+        figures["teacher"]["onnx_latency_ms_b32"] = run.export.teacher_p50(32)
+        figures["student"]["input_size"] = run.export.input_size
     return json.loads(json.dumps(figures, default=str))  # plain JSON types only

@@ -51,6 +51,11 @@ def summary_table(summary: dict[str, Any]) -> Table:
     table.add_row("ONNX val top-1", "", _pct(onnx["val_acc"]), f"agreement {_pct(onnx['top1_agreement'])}")
     table.add_row("latency b=1 (PyTorch → ORT)", "", f"{_ms(onnx['pytorch_latency_ms_b1'])} → {_ms(onnx['latency_ms_b1'])}",
                   f"{onnx['pytorch_latency_ms_b1'] / max(onnx['latency_ms_b1'], 1e-9):.1f}× faster")
+    for batch in (1, 32):
+        teacher_ms, student_ms = t.get(f"onnx_latency_ms_b{batch}"), onnx.get(f"latency_ms_b{batch}")
+        if teacher_ms is not None and student_ms:
+            table.add_row(f"ONNX Runtime p50 b={batch}", _ms(teacher_ms), _ms(student_ms),
+                          f"{teacher_ms / student_ms:.1f}× faster")
     timings = ", ".join(f"{k} {v:.0f}s" for k, v in summary["timings_s"].items())
     table.caption = f"wall time: {timings}"
     return table

@@ -53,7 +53,7 @@ def test_export_json_is_complete(exported, model: nn.Module, images: torch.Tenso
     with torch.no_grad():
         torch_acc = float((model(images).argmax(1) == labels).float().mean())
     for kind, entry in data["files"].items():
-        assert set(entry) == FILE_KEYS, kind
+        assert set(entry) == FILE_KEYS | ({"calib_images"} if kind == "ptq" else set()), kind
         assert entry["size_bytes"] == (out_dir / entry["path"]).stat().st_size
         assert entry["opset"] == 18 and entry["provider_used"] == expected_used
         assert set(entry["latency_ms"]) == {"batch_1", "batch_32"}
@@ -65,6 +65,7 @@ def test_export_json_is_complete(exported, model: nn.Module, images: torch.Tenso
     assert data["pytorch_eager"]["accuracy"] == pytest.approx(torch_acc)
     for b in ("batch_1", "batch_8"):
         assert fp32["parity"][b]["top1_agreement"] == 1.0 and fp32["parity"][b]["max_abs_diff"] < 1e-4
+    assert data["files"]["ptq"]["calib_images"] == 10 and data["input_size"] == [3, 32, 32]
     ptq = data["files"]["ptq"]["parity"]
     assert ptq["reference"] == "pytorch_fp32" and ptq["batch_8"]["cosine"] > 0.98
     assert set(data["pytorch_eager"]["latency_ms"]) == {"batch_1", "batch_32"}
@@ -76,6 +77,27 @@ def test_metadata_in_both_files(exported) -> None:
         meta = read_metadata(out_dir / name)
         assert json.loads(meta["normalization"]) == NORMALIZATION
         assert meta["val_acc"] == "0.5" and meta["opset"] == "18"
+        assert json.loads(meta["input_size"]) == [3, 32, 32]  # what a deployment must feed it
+
+
+def test_teacher_is_timed_at_the_same_batches(tmp_path: Path) -> None:
+    teacher = tiny_resnet(seed=3)
+    figures = stage.measure_teacher(teacher, (3, 32, 32), tmp_path, latency_runs=3)
+    assert figures["path"] == "teacher.onnx" and (tmp_path / "teacher.onnx").stat().st_size == figures["size_bytes"]
+    assert set(figures["latency_ms"]) == {"batch_1", "batch_32"}
+    assert all(lat["runs"] == 3 and lat["p50"] > 0 for lat in figures["latency_ms"].values())
+
+
+def test_a_teacher_the_exporter_refuses_is_reported_not_fatal(tmp_path: Path) -> None:
+    class Branchy(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.sum() > 0:  # data-dependent control flow: the exporter cannot capture it
+                return x.flatten(1)[:, :10]
+            return -x.flatten(1)[:, :10]
+
+    figures = stage.measure_teacher(Branchy(), (3, 32, 32), tmp_path, latency_runs=3)
+    assert set(figures) == {"error"} and "could not be exported" in figures["error"]
+    assert not (tmp_path / "teacher.onnx").exists()
 
 
 def test_parity_failure_renames_file(monkeypatch, tmp_path: Path, images: torch.Tensor, labels: torch.Tensor) -> None:

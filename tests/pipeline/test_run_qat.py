@@ -51,6 +51,17 @@ def test_export_holds_fp32_ptq_and_qat_side_by_side(qat_run):
         assert cells[1] == f"{100 * record.files[kind].accuracy:.2f}%"
 
 
+def test_teacher_and_student_latency_side_by_side(qat_run):
+    """The edge user's first question: how much faster than the teacher, at batch 1 and 32."""
+    record = ExportRecord.load(qat_run.export_record)
+    html = qat_run.report.read_text(encoding="utf-8")
+    for batch in (1, 32):
+        assert record.teacher_p50(batch) > 0
+        cells = _cells(html, f"latency b={batch}, ONNX Runtime fp32")
+        assert cells[1] == f"{record.teacher_p50(batch):.3f} ms" and cells[2] == f"{record.fp32.p50(batch):.3f} ms"
+    assert record.input_size == [1, 28, 28]
+
+
 def test_a_later_ptq_export_keeps_the_qat_file_and_honours_the_calibration_count(qat_run, cli):
     qat_file = qat_run.export / "student.qat.onnx"
     before = qat_file.read_bytes()
