@@ -77,7 +77,8 @@ class SearchOutcome:
 def search_command(out: Path, config: RunConfig, *, seed_archs: list[Arch] | None = None, resume: bool = False,
                    force: bool = False, progress: Progress = NULL_PROGRESS) -> SearchOutcome:
     """``kdsearch search``: a training-free search into ``out/search``."""
-    from kdsearch.search.study import run_search, storage_url
+    from kdsearch.search.storage import storage_url
+    from kdsearch.search.study import run_search
     from kdsearch.pipeline.stages import search_config_for
 
     if not config.teacher:

@@ -71,13 +71,13 @@ def check_inputs(config: RunConfig, dataset, *, search: bool = True, student: Ar
         student_space(student, config.search.space).validate(student)
 
     from kdsearch.models.zoo import MODELS, create_model
-    from kdsearch.search.study import feasible_samples
+    from kdsearch.search.objective import feasible_samples
     from kdsearch.spaces import load_space
 
     space = load_space(config.search.space)
     if search:
         from kdsearch.proxies import PROXIES
-        from kdsearch.search.study import COST_OBJECTIVES
+        from kdsearch.search.config import COST_OBJECTIVES
 
         for name in config.search.objectives:
             if name not in COST_OBJECTIVES:
@@ -96,7 +96,7 @@ def check_inputs(config: RunConfig, dataset, *, search: bool = True, student: Ar
     if search:
         feasible_samples(space, dataset, search_config_for(config, module), wanted=0)
     if search and config.search.storage:
-        from kdsearch.search.study import get_storage
+        from kdsearch.search.storage import get_storage
 
         get_storage(config.search.storage)
     return teacher
