@@ -7,6 +7,7 @@ from typing import Iterator, Sequence
 import torch
 
 from kdsearch.data.dataset import Augment, Dataset, ImageSet, balanced_order
+from kdsearch.data.transforms import random_resized_crop
 from kdsearch.errors import UsageError
 
 __all__ = ["normalize", "augment_batch", "iterate_batches", "num_batches", "fixed_batch"]
@@ -38,10 +39,11 @@ def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float])
 
 
 def augment_batch(images_uint8: torch.Tensor, augment: Augment, generator: torch.Generator) -> torch.Tensor:
-    """Random pad-and-crop and horizontal flip of a whole batch at once.
+    """Random pad-and-crop (or RandomResizedCrop) and horizontal flip of a whole batch at once.
 
-    Each image gets its own crop offset in ``[0, 2 * pad]`` on both axes and its own coin
-    for the flip; all random numbers come from ``generator`` (on the CPU), so a generator
+    With ``augment.resized_crop`` the batch goes through
+    :func:`~kdsearch.data.transforms.random_resized_crop`; otherwise each image gets its own
+    crop offset in ``[0, 2 * pad]`` on both axes and its own coin for the flip. All random numbers come from ``generator`` (on the CPU), so a generator
     in the same state gives the same batch on any device.
 
     Args:
@@ -54,6 +56,8 @@ def augment_batch(images_uint8: torch.Tensor, augment: Augment, generator: torch
     """
     if not augment.enabled or len(images_uint8) == 0:
         return images_uint8
+    if augment.resized_crop:
+        return random_resized_crop(images_uint8, generator, scale=augment.crop_scale, flip=augment.flip)
     b, c, h, w = images_uint8.shape
     device = images_uint8.device
     p = augment.pad

@@ -220,7 +220,12 @@ def _locate(
 
 @DATASETS.register("cifar10")
 def load_cifar10(
-    path: str | None, *, data_dir: Path | None, download: bool, progress: ProgressFn | None
+    path: str | None,
+    *,
+    data_dir: Path | None,
+    download: bool,
+    progress: ProgressFn | None,
+    image_size: int | None = None,  # native size only: load_dataset resizes
 ) -> RawDataset:
     """CIFAR-10: 50k/10k 32x32 colour images, 10 classes (Krizhevsky, 2009)."""
     source = CIFAR_SOURCES["cifar10"]
@@ -229,7 +234,12 @@ def load_cifar10(
 
 @DATASETS.register("cifar100")
 def load_cifar100(
-    path: str | None, *, data_dir: Path | None, download: bool, progress: ProgressFn | None
+    path: str | None,
+    *,
+    data_dir: Path | None,
+    download: bool,
+    progress: ProgressFn | None,
+    image_size: int | None = None,  # native size only: load_dataset resizes
 ) -> RawDataset:
     """CIFAR-100: 50k/10k 32x32 colour images, 100 fine classes (Krizhevsky, 2009)."""
     source = CIFAR_SOURCES["cifar100"]

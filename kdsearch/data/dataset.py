@@ -6,12 +6,13 @@ validation split, applies ``subset`` and fills in statistics the source did not 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Protocol
 
 import torch
 
+from kdsearch.data.transforms import PHOTO_MIN_SIDE, check_image_size, resize_images
 from kdsearch.errors import DataError, UsageError
 from kdsearch.registry import Registry
 
@@ -72,22 +73,35 @@ class ImageSet:
 class Augment:
     """Standard training augmentation, applied per batch on uint8 tensors.
 
+    Small images (CIFAR, Fashion-MNIST) get a padded random crop; photos (64 px and more)
+    get RandomResizedCrop instead, as in ImageNet training.
+
     Attributes:
         pad: random crop back to the original size after this much zero padding (0: none).
         flip: random horizontal flip with probability 1/2.
+        resized_crop: RandomResizedCrop back to the original size (excludes ``pad``).
+        crop_scale: with ``resized_crop``, the range of the crop's area as a fraction of the
+            image's; (0.08, 1) is the ImageNet recipe.
     """
 
     pad: int = 0
     flip: bool = False
+    resized_crop: bool = False
+    crop_scale: tuple[float, float] = (0.08, 1.0)
 
     def __post_init__(self) -> None:
         if self.pad < 0:
             raise UsageError(f"augmentation pad must be >= 0, got {self.pad}; use 0 for no crop")
+        if self.resized_crop and self.pad:
+            raise UsageError("augmentation takes either a padded crop (pad) or resized_crop, not both; set pad=0")
+        low, high = self.crop_scale
+        if not 0.0 < low <= high <= 1.0:
+            raise UsageError(f"crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}; (0.08, 1) is usual")
 
     @property
     def enabled(self) -> bool:
         """Whether this augmentation changes anything."""
-        return self.pad > 0 or self.flip
+        return self.pad > 0 or self.flip or self.resized_crop
 
 
 @dataclass(frozen=True, eq=False)
@@ -166,7 +180,11 @@ class DatasetLoader(Protocol):
         data_dir: Path | None,
         download: bool,
         progress: ProgressFn | None,
-    ) -> RawDataset: ...
+        image_size: int | None = None,
+    ) -> RawDataset:
+        """Read the source; ``image_size`` (a square side, None: native) may be honoured while
+        decoding (``imagefolder`` does); :func:`load_dataset` resizes whatever comes back at
+        another size."""
 
 
 DATASETS: Registry[DatasetLoader] = Registry("dataset")
@@ -230,17 +248,18 @@ def _take_balanced(data: ImageSet, count: int, generator: torch.Generator) -> Im
     return data.select(index)
 
 
-def channel_stats(images: torch.Tensor, chunk: int = 8192) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def channel_stats(images: torch.Tensor, chunk_pixels: int = 1 << 23) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of uint8 images on the 0-1 scale.
 
     Args:
-        images: ``(N, C, H, W)`` uint8.
-        chunk: images per step, to bound memory.
+        images: ``(N, C, H, W)`` uint8 (a memory map is read a chunk at a time).
+        chunk_pixels: values per step (64 MiB of float64 by default), to bound memory.
 
     Returns:
         ``(mean, std)``, each a tuple of C floats; a zero std is replaced by 1.
     """
     c = images.shape[1]
+    chunk = max(1, chunk_pixels // max(1, images[0].numel() if len(images) else 1))
     total = torch.zeros(c, dtype=torch.float64)
     total_sq = torch.zeros(c, dtype=torch.float64)
     for start in range(0, len(images), chunk):
@@ -253,6 +272,22 @@ def channel_stats(images: torch.Tensor, chunk: int = 8192) -> tuple[tuple[float,
     std = var.sqrt()
     std = torch.where(std > 1e-8, std, torch.ones_like(std))
     return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def _resized(raw: RawDataset, image_size: int) -> RawDataset:
+    """``raw`` with every split at ``image_size × image_size`` (bilinear), unchanged if already so."""
+    if tuple(raw.train.images.shape[2:]) == (image_size, image_size):
+        return raw
+
+    def resize(data: ImageSet | None) -> ImageSet | None:
+        if data is None:
+            return None
+        return ImageSet(resize_images(data.images, (image_size, image_size)), data.labels)
+
+    augment = raw.augment
+    if image_size >= PHOTO_MIN_SIDE and not augment.resized_crop:
+        augment = Augment(flip=augment.flip, resized_crop=True)
+    return replace(raw, train=resize(raw.train), val=resize(raw.val), test=resize(raw.test), augment=augment)
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
@@ -275,8 +310,9 @@ def load_dataset(
     val_fraction: float = 0.1,
     download: bool = True,
     progress: ProgressFn | None = None,
+    image_size: int | None = None,
 ) -> Dataset:
-    """Load a dataset by spec, split off validation and apply ``subset``.
+    """Load a dataset by spec, bring it to ``image_size``, split off validation and apply ``subset``.
 
     Args:
         spec: ``NAME[:PATH]``: ``fashion-mnist``, ``mnist``, ``cifar10``, ``cifar100`` (PATH:
@@ -290,6 +326,10 @@ def load_dataset(
             in ``[0, 1)``; ignored when the source has its own validation set.
         download: fetch missing files from the official URLs (SHA-256 verified).
         progress: called as ``progress(done, total)`` with bytes while downloading.
+        image_size: the side of the square images to deliver; None keeps the native size of
+            small images and crops photos to 224 (``imagefolder``, see its module). Small
+            images of another size are resized (bilinear); at 64 px and more the training
+            augmentation becomes RandomResizedCrop.
 
     Returns:
         The :class:`Dataset`; mean/std the source does not fix are computed on ``train``
@@ -299,9 +339,13 @@ def load_dataset(
         raise UsageError(f"subset must be a positive number of images, got {subset}; omit it to use all")
     if not 0.0 <= val_fraction < 1.0:
         raise UsageError(f"val_fraction must be in [0, 1), got {val_fraction}; 0.1 is usual")
+    check_image_size(image_size)
     name, path = parse_spec(spec)
     loader = DATASETS.get(name)
-    raw = loader(path, data_dir=Path(data_dir) if data_dir is not None else None, download=download, progress=progress)
+    raw = loader(path, data_dir=Path(data_dir) if data_dir is not None else None, download=download,
+                 progress=progress, image_size=image_size)
+    if image_size is not None:
+        raw = _resized(raw, image_size)
     if len(raw.train) == 0:
         raise DataError(f"dataset {spec!r} has no training images; check its files")
 

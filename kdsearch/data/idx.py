@@ -185,7 +185,12 @@ def _load(name: str, path: str | None, data_dir: Path | None, download: bool, pr
 
 @DATASETS.register("fashion-mnist")
 def load_fashion_mnist(
-    path: str | None, *, data_dir: Path | None, download: bool, progress: ProgressFn | None
+    path: str | None,
+    *,
+    data_dir: Path | None,
+    download: bool,
+    progress: ProgressFn | None,
+    image_size: int | None = None,  # native size only: load_dataset resizes
 ) -> RawDataset:
     """Fashion-MNIST: 60k/10k 28x28 greyscale clothes, 10 classes (Xiao et al., 2017)."""
     return _load("fashion-mnist", path, data_dir, download, progress)
@@ -193,7 +198,12 @@ def load_fashion_mnist(
 
 @DATASETS.register("mnist")
 def load_mnist(
-    path: str | None, *, data_dir: Path | None, download: bool, progress: ProgressFn | None
+    path: str | None,
+    *,
+    data_dir: Path | None,
+    download: bool,
+    progress: ProgressFn | None,
+    image_size: int | None = None,  # native size only: load_dataset resizes
 ) -> RawDataset:
     """MNIST: 60k/10k 28x28 greyscale digits (LeCun et al., 1998)."""
     return _load("mnist", path, data_dir, download, progress)

@@ -39,7 +39,12 @@ def _labels(file: Path, key: str, y: np.ndarray, n: int) -> torch.Tensor:
 
 @DATASETS.register("npz")
 def load_npz(
-    path: str | None, *, data_dir: Path | None, download: bool, progress: ProgressFn | None
+    path: str | None,
+    *,
+    data_dir: Path | None,
+    download: bool,
+    progress: ProgressFn | None,
+    image_size: int | None = None,  # native size only: load_dataset resizes
 ) -> RawDataset:
     """A NumPy ``.npz`` file (see the module docstring for its keys)."""
     if path is None:

@@ -121,3 +121,11 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(_download, "fetch", fetch)
     return asked
+
+
+@pytest.fixture
+def image_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Decoded-image cache entries go to a fresh folder (``$KDSEARCH_CACHE``), not the user's."""
+    root = tmp_path / "kdsearch-cache"
+    monkeypatch.setenv("KDSEARCH_CACHE", str(root))
+    return root

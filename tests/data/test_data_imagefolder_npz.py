@@ -8,8 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
+from data_builders import image_cache  # noqa: F401 (fixture)
 from kdsearch.data import Augment, load_dataset
 from kdsearch.errors import DataError, UsageError
+
+pytestmark = pytest.mark.usefixtures("image_cache")  # imagefolder writes its decoded cache there
 
 
 def _png(path: Path, array: np.ndarray) -> None:
