@@ -45,9 +45,11 @@ def override(config: RunConfig, **sections: dict[str, Any]) -> RunConfig:
     return replace(config, **changes)
 
 
-def data_flags(data: str | None, data_dir: Path | None, subset: int | None, seed: int | None) -> dict[str, Any]:
+def data_flags(data: str | None, data_dir: Path | None, subset: int | None, seed: int | None,
+               image_size: int | None = None) -> dict[str, Any]:
     """The ``data`` section's flags (``--seed`` also seeds the split and the subset)."""
-    return {"spec": data, "data_dir": str(data_dir) if data_dir else None, "subset": subset, "seed": seed}
+    return {"spec": data, "data_dir": str(data_dir) if data_dir else None, "subset": subset, "seed": seed,
+            "image_size": image_size}
 
 
 def require_teacher(config: RunConfig) -> str:

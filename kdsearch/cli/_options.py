@@ -15,6 +15,7 @@ OUT = "Output"
 Data = Annotated[Optional[str], typer.Option("--data", help="Dataset NAME[:PATH]: fashion-mnist (default), mnist, cifar10, cifar100, imagefolder:DIR, npz:FILE.", rich_help_panel=DATA)]
 DataDir = Annotated[Optional[Path], typer.Option("--data-dir", help="Where to look for (and download) dataset files.", rich_help_panel=DATA)]
 Subset = Annotated[Optional[int], typer.Option("--subset", help="Keep only N training images (quick runs).", rich_help_panel=DATA)]
+ImageSize = Annotated[Optional[int], typer.Option("--image-size", help="Square image side in pixels; default: photos (over 64 px) are centre-cropped to 224, small images keep their size.", rich_help_panel=DATA)]
 Teacher = Annotated[Optional[str], typer.Option("--teacher", help="Teacher: a zoo name (fresh weights), a model directory, TorchScript .pt or torch.export .pt2 (required here or in --config).", rich_help_panel=RUN)]
 OptTeacher = Annotated[Optional[str], typer.Option("--teacher", help="Teacher: a zoo name, a model directory, .pt (TorchScript) or .pt2; default: train one.", rich_help_panel=RUN)]
 Out = Annotated[Path, typer.Option("--out", help="Run directory to write.", rich_help_panel=OUT)]

@@ -24,6 +24,7 @@ def correlate(
     data: o.Data = None,
     data_dir: o.DataDir = None,
     subset: o.Subset = None,
+    image_size: o.ImageSize = None,
     space: Annotated[Optional[str], typer.Option("--space", help="Search space to sample (default resnet_cifar; name or YAML file).", rich_help_panel=o.SEARCH)] = None,
     archs: Annotated[Optional[int], typer.Option("--archs", help="Architectures to distil, spread evenly over log-parameters (default 30).", rich_help_panel=o.SEARCH)] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Distillation epochs per architecture (default 2).", rich_help_panel=o.TRAIN)] = None,
@@ -53,7 +54,7 @@ def correlate(
     from kdsearch.search.correlate import run_correlate, with_train
 
     extra = () if extra_batches is not None and not extra_batches.strip() else _csv(extra_batches, int)
-    config = override(base_config(config_file), data=data_flags(data, data_dir, subset, seed), top={"teacher": teacher},
+    config = override(base_config(config_file), data=data_flags(data, data_dir, subset, seed, image_size), top={"teacher": teacher},
                       correlate={"space": space, "archs": archs, "proxies": _csv(proxies), "proxy_batch": proxy_batch,
                                  "extra_batches": extra, "teacher_inits": _csv(teacher_init),
                                  "max_params": max_params, "seed": seed, "repeats": repeats})

@@ -18,6 +18,7 @@ def run(
     data: Annotated[Optional[str], typer.Option("--data", help="Dataset NAME[:PATH] (default fashion-mnist).", rich_help_panel=o.DATA)] = None,
     data_dir: o.DataDir = None,
     subset: o.Subset = None,
+    image_size: o.ImageSize = None,
     teacher: o.OptTeacher = None,
     preset_name: Annotated[str, typer.Option("--preset", help="quick (≈15 min on 2 CPU cores), tiny (seconds) or standard.", rich_help_panel=o.RUN)] = "quick",
     config_file: o.Config = None,
@@ -44,7 +45,7 @@ def run(
     sd = {"seed": seed} if seed is not None else {}
     config = override(
         config,
-        data={"spec": data, "data_dir": str(data_dir) if data_dir else None, "subset": subset, **sd},
+        data={"spec": data, "data_dir": str(data_dir) if data_dir else None, "subset": subset, "image_size": image_size, **sd},
         search={"space": space, "trials": trials, "max_params": max_params, **sd},
         distill={"epochs": epochs, **dev, **sd},
         teach={**dev, **sd},

@@ -18,6 +18,7 @@ def score(
     data: o.Data = None,
     data_dir: o.DataDir = None,
     subset: o.Subset = None,
+    image_size: o.ImageSize = None,
     space: Annotated[Optional[str], typer.Option("--space", help="Search space: a built-in name (default resnet_cifar) or a YAML file.", rich_help_panel=o.SEARCH)] = None,
     arch: Annotated[Optional[List[Path]], typer.Option("--arch", help="Arch JSON file to score (repeatable).", rich_help_panel=o.SEARCH)] = None,
     sample: Annotated[Optional[int], typer.Option("--sample", help="Score N archs sampled from the space.", rich_help_panel=o.SEARCH)] = None,
@@ -47,7 +48,7 @@ def score(
 
     if bool(arch) == (sample is not None):
         raise UsageError("give either --arch FILE.json (repeatable) or --sample N")
-    config = override(base_config(config_file), data=data_flags(data, data_dir, subset, seed), top={"teacher": teacher},
+    config = override(base_config(config_file), data=data_flags(data, data_dir, subset, seed, image_size), top={"teacher": teacher},
                       search={"space": space, "teacher_init": teacher_init, "teacher_feature": teacher_feature,
                               "teacher_classifier": teacher_classifier, "proxy_batch": proxy_batch, "seed": seed})
     s = config.search

@@ -24,6 +24,7 @@ def teach(
     data: o.Data = None,
     data_dir: o.DataDir = None,
     subset: o.Subset = None,
+    image_size: o.ImageSize = None,
     epochs: o.Epochs = None,
     batch_size: Batch = None,
     lr: Lr = None,
@@ -42,7 +43,7 @@ def teach(
     from kdsearch.pipeline import teach_command
 
     config = base_config(config_file)
-    config = override(config, data=data_flags(data, data_dir, subset, seed),
+    config = override(config, data=data_flags(data, data_dir, subset, seed, image_size),
                       teach={"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "device": device},
                       top={"teacher_model": model})
     progress = make_progress(quiet, json_out)
@@ -66,6 +67,7 @@ def search(
     data: o.Data = None,
     data_dir: o.DataDir = None,
     subset: o.Subset = None,
+    image_size: o.ImageSize = None,
     space: Space = None,
     proxy: Annotated[Optional[str], typer.Option("--proxy", help="Proxy that ranks candidates (see `kdsearch proxies`).", rich_help_panel=o.SEARCH)] = None,
     objectives: Annotated[Optional[str], typer.Option("--objectives", help="Comma list: a proxy, then costs (params, flops, latency) for a Pareto search; under --pick largest params is maximised within the budget.", rich_help_panel=o.SEARCH)] = None,
@@ -112,7 +114,7 @@ def search(
     }
     if proxy and not objs:
         search_flags["objectives"] = (proxy, *config.search.objectives[1:])
-    config = override(config, data=data_flags(data, data_dir, subset, seed), search=search_flags, top={"teacher": teacher})
+    config = override(config, data=data_flags(data, data_dir, subset, seed, image_size), search=search_flags, top={"teacher": teacher})
     seeds = [Arch.load(p) for p in seed_arch or []]
     progress = make_progress(quiet, json_out)
     try:
@@ -141,6 +143,7 @@ def distill(
     data: Annotated[Optional[str], typer.Option("--data", help="Dataset NAME[:PATH] (default: the run's).", rich_help_panel=o.DATA)] = None,
     data_dir: o.DataDir = None,
     subset: o.Subset = None,
+    image_size: o.ImageSize = None,
     loss: Annotated[Optional[str], typer.Option("--loss", help="Losses by name and weight, e.g. kd:1,ce:1 (see `kdsearch losses`).", rich_help_panel=o.TRAIN)] = None,
     epochs: o.Epochs = None,
     batch_size: Batch = None,
@@ -185,7 +188,7 @@ def distill(
              "grad_clip": grad_clip, "weight_decay": weight_decay, "label_smoothing": label_smoothing,
              "temperature_schedule": temperature_schedule, "compile": compile_model,
              "loss_options": tuple(loss_option) if loss_option else None}
-    data_section = data_flags(data, data_dir, subset, seed)
+    data_section = data_flags(data, data_dir, subset, seed, image_size)
     if run_dir is not None:
         # the run's run.yaml, then --config, then the flags
         config = run_config(run_dir, config_file, data=data_section, distill=flags, top={"teacher": teacher})

@@ -35,6 +35,7 @@ class DataConfig:
     spec: str = "fashion-mnist"  # NAME[:PATH]
     data_dir: str | None = None
     subset: int | None = None  # keep N training images (quick runs)
+    image_size: int | None = None  # square side; None: photos (> 64 px) cropped to 224, small images native
     seed: int = 0  # the train/val split and the subset
 
     def __post_init__(self) -> None:

@@ -37,7 +37,8 @@ def load_run_dataset(config: RunConfig):
     from kdsearch.data import load_dataset
 
     d = config.data
-    return load_dataset(d.spec, data_dir=Path(d.data_dir) if d.data_dir else None, subset=d.subset, seed=d.seed)
+    return load_dataset(d.spec, data_dir=Path(d.data_dir) if d.data_dir else None, subset=d.subset, seed=d.seed,
+                        image_size=d.image_size)
 
 
 def _check_batches(name: str, batch_size: int, dataset) -> None:
