@@ -5,6 +5,9 @@ them without pickle, and returns a :class:`Dataset` of uint8 tensors; :func:`ite
 shuffles, shards, augments and normalises batches straight from those tensors.
 Built-in sources: ``fashion-mnist``, ``mnist``, ``cifar10``, ``cifar100``, ``imagefolder:DIR``,
 ``npz:FILE``; a new one is a function registered with ``@DATASETS.register(name)``.
+Photos (``imagefolder``) are decoded once, centre-cropped to ``image_size`` (224 by default),
+into a memory-mapped cache; at 64 px and more training batches get RandomResizedCrop
+(:mod:`kdsearch.data.transforms`) instead of the padded crop of small images.
 """
 from __future__ import annotations
 

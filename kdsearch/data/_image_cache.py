@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
+from kdsearch.errors import DataError
 from kdsearch.files import atomic_path, write_json
 
 __all__ = ["CACHE_FORMAT", "CachedImages", "cache_root", "entry_key", "open_entry", "write_entry"]
@@ -77,7 +78,9 @@ def open_entry(key: str) -> CachedImages | None:
         labels = np.load(folder / "labels.npy", allow_pickle=False)
     except (OSError, ValueError):
         return None
-    if meta.get("format") != CACHE_FORMAT or images.dtype != np.uint8 or images.ndim != 4 or labels.shape != images.shape[:1]:
+    if meta.get("format") != CACHE_FORMAT or images.dtype != np.uint8 or images.ndim != 4:
+        return None
+    if labels.shape != images.shape[:1]:
         return None
     return CachedImages(torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64)), meta)
 
@@ -106,14 +109,21 @@ def write_entry(
         ``meta["source"]`` and ``meta["settings"]`` (the folder changed since) are removed.
     """
     folder = _entry_dir(key)
-    with atomic_path(folder / "images.npy") as tmp:
-        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-        meta = {**meta, **fill(array)}
-        array.flush()
-        del array
-    with atomic_path(folder / "labels.npy") as tmp:
-        np.save(tmp, labels.astype(np.int64), allow_pickle=False)
-    write_json(folder / "meta.json", {"format": CACHE_FORMAT, **meta})  # last: the entry is complete
+    try:
+        with atomic_path(folder / "images.npy") as tmp:
+            array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+            meta = {**meta, **fill(array)}
+            array.flush()
+            del array
+        with atomic_path(folder / "labels.npy") as tmp:
+            np.save(tmp, labels.astype(np.int64), allow_pickle=False)
+        write_json(folder / "meta.json", {"format": CACHE_FORMAT, **meta})  # last: the entry is complete
+    except OSError as e:
+        size_mib = int(np.prod(shape)) >> 20
+        raise DataError(
+            f"cannot write the decoded-image cache in {folder} ({e}); it needs about {size_mib} MiB: "
+            "free some space or set $KDSEARCH_CACHE to a writable folder"
+        ) from None
     _remove_older(folder, {"source": meta.get("source"), "settings": meta.get("settings")})
     entry = open_entry(key)
     assert entry is not None, f"cache entry {folder} unreadable right after writing it"

@@ -43,8 +43,9 @@ def augment_batch(images_uint8: torch.Tensor, augment: Augment, generator: torch
 
     With ``augment.resized_crop`` the batch goes through
     :func:`~kdsearch.data.transforms.random_resized_crop`; otherwise each image gets its own
-    crop offset in ``[0, 2 * pad]`` on both axes and its own coin for the flip. All random numbers come from ``generator`` (on the CPU), so a generator
-    in the same state gives the same batch on any device.
+    crop offset in ``[0, 2 * pad]`` on both axes and its own coin for the flip. All random
+    numbers come from ``generator`` (on the CPU), so a generator in the same state gives the
+    same batch on any device.
 
     Args:
         images_uint8: ``(B, C, H, W)`` uint8 on any device.

@@ -182,7 +182,10 @@ def load_imagefolder(
         part: ImageSet(entry.images[a:b], entry.labels[a:b]) for part, (a, b) in entry.meta["splits"].items()
     }
     h, w = sets["train"].images.shape[2:]
-    augment = Augment(flip=True, resized_crop=True) if min(h, w) >= PHOTO_MIN_SIDE else Augment(pad=min(h, w) // 8, flip=True)
+    if min(h, w) >= PHOTO_MIN_SIDE:
+        augment = Augment(flip=True, resized_crop=True)
+    else:
+        augment = Augment(pad=min(h, w) // 8, flip=True)
     return RawDataset(
         name=f"imagefolder:{root}",
         train=sets["train"],

@@ -90,7 +90,8 @@ def _crop_boxes(
     largest centred crop whose aspect ratio is clamped into ``ratio``.
     """
     area = h * w
-    target = area * (scale[0] + (scale[1] - scale[0]) * torch.rand(b, attempts, generator=generator, dtype=torch.float64))
+    fraction = torch.rand(b, attempts, generator=generator, dtype=torch.float64)  # (B, A)
+    target = area * (scale[0] + (scale[1] - scale[0]) * fraction)  # (B, A) crop areas
     lo, hi = math.log(ratio[0]), math.log(ratio[1])
     aspect = torch.exp(lo + (hi - lo) * torch.rand(b, attempts, generator=generator, dtype=torch.float64))  # (B, A)
     cw = torch.round(torch.sqrt(target * aspect))  # (B, A)

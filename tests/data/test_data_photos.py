@@ -260,3 +260,24 @@ def test_crop_boxes_stay_inside() -> None:
     # No draw fits a 1:10 strip with ratios near 1: the fallback is the centred, ratio-clamped box.
     top, left, h, w = _crop_boxes(5, 10, 100, (0.9, 1.0), (1.0, 1.0), g)
     assert h.tolist() == [10.0] * 5 and w.tolist() == [10.0] * 5 and left.tolist() == [45.0] * 5
+
+
+def test_unwritable_cache_is_a_clear_error(photo_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("KDSEARCH_CACHE", str(blocker))
+    with pytest.raises(DataError, match=r"cannot write the decoded-image cache .*KDSEARCH_CACHE"):
+        load_dataset(f"imagefolder:{photo_folder}", image_size=32)
+
+
+def test_cache_root_follows_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kdsearch.data._image_cache import cache_root
+
+    monkeypatch.setenv("KDSEARCH_CACHE", str(tmp_path / "k"))
+    assert cache_root() == tmp_path / "k"
+    monkeypatch.delenv("KDSEARCH_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
+    assert cache_root() == tmp_path / "x" / "kdsearch"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "h"))
+    assert cache_root() == tmp_path / "h" / ".cache" / "kdsearch"
