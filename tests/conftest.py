@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("KDSEARCH_NO_DOWNLOAD", "1")  # tests never touch the network
+os.environ.setdefault("KDSEARCH_CACHE", tempfile.mkdtemp(prefix="kdsearch-test-cache-"))  # never the user's cache
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
