@@ -8,7 +8,7 @@ The module reads top to bottom the way the loop runs:
 1. batches: :func:`epoch_batches`, the one batcher (shuffle, shard per rank), and :func:`load_batch`;
 2. set-up: :func:`build_criterion`, :func:`build_optimizer`, :class:`TeacherTargets` (live or cached);
 3. the checkpoint: :class:`TrainState`, saved and restored in one place;
-4. one step: :func:`train_step`; one epoch: :func:`train_epoch`;
+4. one step: :func:`train_step`; one epoch: :func:`train_epoch` (both read the :class:`Setup` built once);
 5. evaluation: :func:`evaluate`;
 6. the loop: :func:`fit`.
 
@@ -43,6 +43,7 @@ from kdsearch.progress import NULL_PROGRESS, Progress
 
 __all__ = [
     "Phases",
+    "Setup",
     "TeacherTargets",
     "TrainState",
     "build_criterion",
@@ -234,7 +235,7 @@ class TrainState:
     """Everything ``last.ckpt`` holds; :meth:`checkpoint` and :meth:`restore` are the only two places it is read or written."""
 
     model: nn.Module
-    criterion: nn.Module
+    criterion: CombinedLoss
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
@@ -286,7 +287,7 @@ class TrainState:
 
 
 @dataclass
-class _Run:
+class Setup:
     """The set-up :func:`fit` builds once and every step reads; never checkpointed."""
 
     config: TrainConfig
@@ -305,12 +306,11 @@ class _Run:
 
 
 def train_step(
-    run: _Run, state: TrainState, x: torch.Tensor, y: torch.Tensor, t_logits: torch.Tensor | None,
+    run: Setup, state: TrainState, x: torch.Tensor, y: torch.Tensor, t_logits: torch.Tensor | None,
     t_feats: list[torch.Tensor], where: str,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Forward, loss, NaN check, backward, clip, optimizer and schedule step; returns the logits and loss terms."""
-    config = run.config
-    criterion: CombinedLoss = state.criterion  # type: ignore[assignment]
+    config, criterion = run.config, state.criterion
     with _autocast(run.device, run.amp_dtype):
         logits = run.train_model(x)  # (B, K)
     s_feats = [run.student_tap[p].float() for p in run.student_paths]
@@ -333,7 +333,7 @@ def train_step(
     return logits, parts
 
 
-def train_epoch(run: _Run, state: TrainState, epoch: int, phases: Phases, progress: Progress) -> dict[str, Any]:
+def train_epoch(run: Setup, state: TrainState, epoch: int, phases: Phases, progress: Progress) -> dict[str, Any]:
     """One epoch over this rank's shard; returns the epoch's training entries, summed over ranks."""
     config, dist, train_set = run.config, run.dist, run.dataset.train
     extra = phases.start_epoch(run.train_model, epoch)
@@ -538,7 +538,7 @@ def fit(
 
     # hooks stay registered for the whole run: re-registering them every step would make
     # torch.compile recompile every step
-    run = _Run(config, dataset, device, dist, amp_dtype, channels_last, augment, train_model,
+    run = Setup(config, dataset, device, dist, amp_dtype, channels_last, augment, train_model,
                FeatureTap(model, s_paths), s_paths, targets, steps_per_epoch, ckpt_path)
 
     # -- the loop: train, evaluate, checkpoint; NaN stops it (above), Ctrl-C leaves the last epoch saved
