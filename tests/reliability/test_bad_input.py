@@ -189,11 +189,14 @@ def test_bad_input(case, files, cli):
     assert len(lines) == 1, f"{case}: expected one line, got:\n{err}"
     assert words.lower() in err.lower(), f"{case}: {err!r} lacks {words!r}"
     created = {p for p in files["d"].rglob("*")} - before
-    if case in STARTED_RUNS:  # failed mid-run: the run dir stays (resumable) but holds no half-written artifact
+    if case in STARTED_RUNS:  # failed mid-run: no half-written artifact; the directory stays only to be resumed
         assert not [p for p in created if ".tmp" in p.name or p.name.startswith("student.")], sorted(map(str, created))
-        import shutil
+        out_dir = files["d"] / "out_never_written"
+        if out_dir.exists():
+            assert list(out_dir.rglob("last.ckpt")), "a failed run keeps its directory only when it can resume"
+            import shutil
 
-        shutil.rmtree(files["d"] / "out_never_written")
+            shutil.rmtree(out_dir)
     else:
         assert not created, f"{case} left files behind: {sorted(map(str, created))}"
     assert not (files["d"] / "PWNED").exists() and not (files["d"] / "PWNED2").exists()
