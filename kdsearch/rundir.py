@@ -16,6 +16,7 @@ test instead of silently blanking a report cell::
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ __all__ = [
     "ExportedFile",
     "ExportRecord",
     "INT8_MODES",
+    "read_leaderboard",
 ]
 
 INT8_MODES = ("ptq", "qat")  # the int8 files an export can hold beside the fp32 one
@@ -291,3 +293,39 @@ class ExportRecord(Record):
         """The teacher's ONNX Runtime p50 latency at ``batch``; None when it was not measured."""
         return ((self.teacher or {}).get("latency_ms") or {}).get(f"batch_{batch}", {}).get("p50")
 
+
+# search/leaderboard.csv: one row per scored trial, in the order of the rule that chose the winner
+_INT_COLUMNS = ("trial", "params", "flops")
+_BOOL_COLUMNS = ("feasible", "reused")
+
+
+def _number(text: str) -> Any:
+    if text == "":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def read_leaderboard(path: Path) -> list[dict[str, Any]]:
+    """``search/leaderboard.csv`` with numbers, booleans and empty cells (None) restored."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            raw = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise ConfigError(f"cannot read {path} ({e}); re-run `kdsearch search` to rewrite it") from None
+    rows = []
+    for r in raw:
+        row: dict[str, Any] = {}
+        for key, value in r.items():
+            if key in _BOOL_COLUMNS:
+                row[key] = value == "True"
+            elif key == "arch":
+                row[key] = value
+            elif key in _INT_COLUMNS and value not in ("", None):
+                row[key] = int(float(value))
+            else:
+                row[key] = _number(value or "")
+        rows.append(row)
+    return rows

@@ -7,7 +7,6 @@ intermediate size narrows the gap: teacher → assistant, then assistant → stu
 """
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,41 +60,15 @@ def choose_assistant(candidates: Sequence[Candidate], teacher_params: int, stude
     return min(between, key=lambda c: abs(math.log(c.params) - target))
 
 
-def _searched_candidates(leaderboard: Path, proxy: str | None = None) -> list[Candidate]:
-    """Every scored row of a search's ``leaderboard.csv`` as a :class:`Candidate`, scored by
-    ``score_<proxy>`` (default: the first score column).
-
-    Only the columns ``arch``, ``params`` and ``score_*`` are read: the file is the search's
-    output contract, and nothing here imports the search.
-    """
-    if not leaderboard.exists():
-        raise UsageError(f"--assistant auto needs the search's {leaderboard}; run `kdsearch search` first or give ARCH.json")
-    with leaderboard.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    score_cols = [c for c in (rows[0] if rows else {}) if c.startswith("score_")]
-    score = f"score_{proxy}" if proxy and f"score_{proxy}" in score_cols else (score_cols[0] if score_cols else None)
-    if score is None:
-        raise UsageError(f"{leaderboard} has no scored candidates; rerun the search or give --assistant ARCH.json")
-    return [Candidate(Arch.from_json(r["arch"]), int(float(r["params"])), float(r[score]))
-            for r in rows if r.get(score) not in (None, "", "nan")]
-
-
-def resolve_assistant(spec: str, run_dir: Path | None, teacher: Teacher, student_params: int) -> Arch:
-    """``--assistant ARCH.json`` or ``auto`` (from ``run_dir/search``'s candidates)."""
+def resolve_assistant(spec: str, candidates: Sequence[Candidate] | None, teacher: Teacher, student_params: int) -> Arch:
+    """``--assistant ARCH.json``, or ``auto``: chosen among the search's ``candidates``."""
     if spec != "auto":
         path = Path(spec)
         if not path.is_file():
             raise UsageError(f"--assistant {spec}: no such file; give an Arch JSON file or 'auto'")
         return Arch.load(path)
-    if run_dir is None:
+    if not candidates:
         raise UsageError("--assistant auto needs a RUN_DIR with a finished search; give --assistant ARCH.json instead")
-    proxy = None
-    winner = run_dir / "search" / "winner.json"
-    if winner.exists():
-        from kdsearch.files import read_json
-
-        proxy = read_json(winner).get("proxy")
-    candidates = _searched_candidates(run_dir / "search" / "leaderboard.csv", proxy)
     return choose_assistant(candidates, _count(teacher.module), student_params).arch
 
 
@@ -140,30 +113,25 @@ def distill_with_assistant(
 
 
 def assistant_stage(
-    run_dir: Path,
+    out_dir: Path,
     arch: Arch,
     spec: str,
     teacher: Teacher,
     dataset: Dataset,
     config: TrainConfig,
     *,
-    search_dir: Path | None = None,
+    candidates: Sequence[Candidate] | None = None,
     space_spec: str | None = None,
     resume: bool = False,
     progress: Progress = NULL_PROGRESS,
 ) -> dict[str, Any]:
-    """``kdsearch distill --assistant SPEC``: resolve the assistant, distil through it into ``run_dir/distill``.
+    """``kdsearch distill --assistant SPEC``: resolve the assistant, distil through it into ``out_dir``.
 
-    ``search_dir`` is the run whose searched candidates ``auto`` chooses from (default ``run_dir``).
+    ``candidates`` are the searched archs ``auto`` chooses from.
     """
     from kdsearch.distill.stage import build_student
-    from kdsearch.files import read_json
 
-    out = run_dir / "distill"
-    if resume and (out / "student.safetensors").exists():
-        progress.note(f"student already distilled in {out}")
-        return read_json(out / "metrics.json")
     student_params = _count(build_student(arch, dataset, config.seed, space_spec))
-    ta = resolve_assistant(spec, search_dir or run_dir, teacher, student_params)
-    return distill_with_assistant(arch, ta, teacher, dataset, out, config, resume=resume, space_spec=space_spec,
+    ta = resolve_assistant(spec, candidates, teacher, student_params)
+    return distill_with_assistant(arch, ta, teacher, dataset, out_dir, config, resume=resume, space_spec=space_spec,
                                   progress=progress)

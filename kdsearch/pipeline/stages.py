@@ -165,14 +165,34 @@ def distill_stage(run: RunDir, config: RunConfig, dataset, teacher, arch: Arch, 
     if assistant:
         from kdsearch.distill.assistant import assistant_stage
 
-        assistant_stage(run.root, arch, assistant, teacher, dataset, config.distill, search_dir=search_dir,
-                        space_spec=config.search.space, resume=resume, progress=progress)
+        candidates = searched_candidates(RunDir(search_dir)) if search_dir is not None else None
+        metrics = assistant_stage(run.distill, arch, assistant, teacher, dataset, config.distill, candidates=candidates,
+                                  space_spec=config.search.space, resume=resume, progress=progress)
     else:
         from kdsearch.distill.stage import distill_student
 
-        distill_student(arch, teacher, dataset, run.distill, config.distill, resume=resume,
-                        space_spec=config.search.space, progress=progress)
-    return TrainMetrics.load(run.distill_metrics)
+        metrics = distill_student(arch, teacher, dataset, run.distill, config.distill, resume=resume,
+                                  space_spec=config.search.space, progress=progress)
+    # under torchrun only rank 0 writes metrics.json; every rank gets the same figures back
+    return TrainMetrics.from_dict({k: v for k, v in metrics.items() if k != "module"})
+
+
+def searched_candidates(run: RunDir):
+    """Every scored arch of ``run``'s search, scored by the proxy that chose its winner (for
+    ``--assistant auto``); None when the run has no finished search."""
+    from kdsearch.distill.assistant import Candidate
+    from kdsearch.rundir import read_leaderboard
+
+    if not run.leaderboard.is_file():
+        return None
+    winner = WinnerRecord.load_optional(run.winner)
+    rows = read_leaderboard(run.leaderboard)
+    scores = [k for k in (rows[0] if rows else {}) if k.startswith("score_")]
+    score = f"score_{winner.proxy}" if winner and f"score_{winner.proxy}" in scores else (scores[0] if scores else None)
+    if score is None:
+        return None
+    return [Candidate(Arch.from_json(r["arch"]), r["params"], r[score]) for r in rows
+            if isinstance(r.get(score), float) and r[score] == r[score]]
 
 
 def _require_student(run: RunDir) -> None:

@@ -154,6 +154,7 @@ def quantize_student(
 
     from kdsearch.devices import resolve_device
     from kdsearch.files import atomic_path, write_json
+    from kdsearch.rundir import QatMetrics
     from kdsearch.quant.pt2e import convert, count_fake_quantizers, set_phase
 
     train_config = engine_config(config)
@@ -191,17 +192,17 @@ def quantize_student(
     fake_quant_acc = topk_accuracy(predict_logits(prepared, val.images, dataset.mean, dataset.std), val.labels)
     progress.note("converting to int8 (convert_pt2e)")
     int8_acc = topk_accuracy(predict_logits(convert(prepared), val.images, dataset.mean, dataset.std), val.labels)
-    metrics = {
-        "fp32_val_acc": fp32_acc,
-        "fake_quant_val_acc": fake_quant_acc,
-        "int8_val_acc": int8_acc,
-        "teacher_val_acc": result.get("teacher_val_acc"),
-        "val_images": len(val),
-        "loss": config.loss,
-        "recipe": config.recipe,
-        "epochs": config.epochs,
-        "history": history,
-    }
-    write_json(out_dir / "metrics.json", metrics)
+    metrics = QatMetrics(
+        fp32_val_acc=fp32_acc,
+        fake_quant_val_acc=fake_quant_acc,
+        int8_val_acc=int8_acc,
+        teacher_val_acc=result.get("teacher_val_acc"),
+        val_images=len(val),
+        loss=config.loss,
+        recipe=config.recipe,
+        epochs=config.epochs,
+        history=history,
+    )
+    metrics.save(out_dir / QatMetrics.FILE)
     plot_curves(history, out_dir / "curves.png")
-    return metrics
+    return metrics.to_dict()

@@ -5,7 +5,6 @@ sections of the stages that ran.
 """
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,12 +12,9 @@ from typing import Any
 
 from kdsearch.errors import ConfigError, UsageError
 from kdsearch.files import read_json
-from kdsearch.rundir import ExportRecord, QatMetrics, RunDir, TrainMetrics, WinnerRecord
+from kdsearch.rundir import ExportRecord, QatMetrics, RunDir, TrainMetrics, WinnerRecord, read_leaderboard
 
-__all__ = ["RunContents", "read_run", "key_figures", "leaderboard_rows"]
-
-_INT_COLUMNS = ("trial", "params", "flops")
-_BOOL_COLUMNS = ("feasible", "reused")
+__all__ = ["RunContents", "read_run", "key_figures"]
 
 
 @dataclass
@@ -50,38 +46,6 @@ def _optional_json(path: Path) -> dict[str, Any] | None:
     return read_json(path, what=path.name) if path.is_file() else None
 
 
-def _number(text: str) -> Any:
-    if text == "":
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        return text
-
-
-def leaderboard_rows(path: Path) -> list[dict[str, Any]]:
-    """``search/leaderboard.csv`` with numbers, booleans and empty cells (None) restored."""
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            raw = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise ConfigError(f"cannot read {path} ({e}); re-run `kdsearch search` to rewrite it") from None
-    rows = []
-    for r in raw:
-        row: dict[str, Any] = {}
-        for key, value in r.items():
-            if key in _BOOL_COLUMNS:
-                row[key] = value == "True"
-            elif key == "arch":
-                row[key] = value
-            elif key in _INT_COLUMNS and value not in ("", None):
-                row[key] = int(float(value))
-            else:
-                row[key] = _number(value or "")
-        rows.append(row)
-    return rows
-
-
 def _pngs(directory: Path, names: tuple[str, ...] | None = None) -> list[Path]:
     if not directory.is_dir():
         return []
@@ -111,7 +75,7 @@ def read_run(run_dir: Path) -> RunContents:
     contents.teacher_model = _optional_json(run.teacher / "model.json")
     contents.winner = WinnerRecord.load_optional(run.winner)
     if run.leaderboard.is_file():
-        contents.leaderboard = leaderboard_rows(run.leaderboard)
+        contents.leaderboard = read_leaderboard(run.leaderboard)
     contents.distill = TrainMetrics.load_optional(run.distill_metrics)
     contents.qat = QatMetrics.load_optional(run.qat_metrics)
     contents.export = ExportRecord.load_optional(run.export_record)

@@ -11,7 +11,8 @@ from typing import Any
 
 from kdsearch.arch import Arch
 from kdsearch.errors import BudgetError, SearchError
-from kdsearch.files import write_json, write_text
+from kdsearch.files import write_text
+from kdsearch.rundir import WinnerRecord
 from kdsearch.search.config import SearchConfig
 from kdsearch.search.winner import explain_winner, pick_winner, rank_by_rule
 
@@ -79,24 +80,21 @@ def summarise_study(study, config: SearchConfig, out_dir: Path) -> SearchResult:
     winner = Arch.from_json(picked["arch"])
     ranked = rank_leaderboard(rows, picked, score, config.pick)
     write_text(out_dir / "leaderboard.csv", _to_csv(ranked))
-    write_json(
-        out_dir / "winner.json",
-        {
-            "arch": winner.to_dict(),
-            "rule": config.pick,
-            "reason": reason,
-            "proxy": config.proxy,
-            "score": picked[score],
-            "params": picked["params"],
-            "flops": picked["flops"],
-            "latency_ms": picked["latency_ms"],
-            "trial": picked["trial"],
-            "complete_trials": len(rows),
-            "unique_candidates": len(unique),
-            "feasible_candidates": len(feasible),
-            "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
-        },
-    )
+    WinnerRecord(
+        arch=winner.to_dict(),
+        rule=config.pick,
+        reason=reason,
+        proxy=config.proxy,
+        score=picked[score],
+        params=picked["params"],
+        flops=picked["flops"],
+        latency_ms=picked["latency_ms"],
+        trial=picked["trial"],
+        complete_trials=len(rows),
+        unique_candidates=len(unique),
+        feasible_candidates=len(feasible),
+        config={k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
+    ).save(out_dir / WinnerRecord.FILE)
     plot_pareto(list(unique.values()), picked, score, out_dir / "pareto.png")
     winner_row = {**picked, "rule": config.pick, "reason": reason}
     return SearchResult(winner, winner_row, ranked, len(feasible), str(study._storage), study.study_name)

@@ -50,14 +50,18 @@ def test_no_intermediate_arch_is_a_usage_error():
 
 
 def test_auto_reads_the_searched_candidates_of_the_run(tmp_path):
+    from kdsearch.pipeline.stages import searched_candidates
+    from kdsearch.rundir import RunDir
+
     teacher = SimpleNamespace(module=nn.Linear(99, 100))  # 10,000 params
-    with pytest.raises(UsageError, match="run `kdsearch search`"):
-        resolve_assistant("auto", tmp_path, teacher, 100)
+    run = RunDir(tmp_path)
+    with pytest.raises(UsageError, match="finished search"):
+        resolve_assistant("auto", searched_candidates(run), teacher, 100)
     (tmp_path / "search").mkdir()
     chosen = _arch([16, 16, 16])
-    _leaderboard(tmp_path / "search" / "leaderboard.csv", [
+    _leaderboard(run.leaderboard, [
         (_arch([4, 4, 4]), 50, 1.0, True), (_arch([8, 8, 8]), 900, 0.5, True), (chosen, 1500, 3.0, False)])
-    assert resolve_assistant("auto", tmp_path, teacher, 100) == chosen
+    assert resolve_assistant("auto", searched_candidates(run), teacher, 100) == chosen
 
 
 @pytest.mark.slow
@@ -68,7 +72,11 @@ def test_cli_assistant_auto_distils_through_the_assistant(cli, fashion_npz, tmp_
     (run / "search").mkdir(parents=True)
     save_run_config(run, RunConfig(data=DataConfig(spec=f"npz:{fashion_npz}", subset=256), teacher="resnet8"))
     student = _arch([8, 8, 16])  # 6,386 params; teacher resnet8 77,754: √ ≈ 22,285
-    (run / "search" / "winner.json").write_text(json.dumps({"arch": student.to_dict(), "proxy": "diswot"}))
+    from kdsearch.rundir import RunDir, WinnerRecord
+
+    WinnerRecord(arch=student.to_dict(), rule="largest", proxy="diswot", score=1.0, params=6386, flops=0,
+                 latency_ms=None, trial=0, complete_trials=4, unique_candidates=4, feasible_candidates=2,
+                 config={}).save(RunDir(run).winner)
     near, far = _arch([16, 16, 32]), _arch([8, 16, 32])  # 24,666 and 19,810 params: 24,666 is nearer in log
     _leaderboard(run / "search" / "leaderboard.csv", [
         (student, 6386, 1.0, True), (far, 19810, 2.0, True), (near, 24666, 3.0, False),
