@@ -5,22 +5,15 @@ Names are resolved on first use, so ``import kdsearch.distill.config`` (and the 
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from kdsearch.lazy import lazy_attributes
 
 __all__ = ["TrainConfig", "train", "distill_student", "train_teacher", "build_student", "distill_with_assistant"]
 
-_WHERE = {
-    "TrainConfig": "kdsearch.distill.config",
-    "train": "kdsearch.distill.trainer",
-    "distill_student": "kdsearch.distill.stage",
-    "train_teacher": "kdsearch.distill.stage",
-    "build_student": "kdsearch.distill.stage",
-    "distill_with_assistant": "kdsearch.distill.assistant",
-}
-
-
-def __getattr__(name: str) -> Any:  # lazy, so `kdsearch.distill.losses` and `.config` import nothing heavy
-    if name in _WHERE:
-        return getattr(importlib.import_module(_WHERE[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, {
+    "TrainConfig": "config",
+    "train": "trainer",
+    "distill_student": "stage",
+    "train_teacher": "stage",
+    "build_student": "stage",
+    "distill_with_assistant": "assistant",
+})

@@ -4,10 +4,8 @@ Only the configuration is imported eagerly; the rest (torch, onnx, onnxruntime) 
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from kdsearch.export.config import ExportConfig
+from kdsearch.lazy import lazy_attributes
 
 __all__ = [
     "ExportConfig",
@@ -28,17 +26,11 @@ __all__ = [
     "torch_latency_ms",
 ]
 
-_WHERE = {
+__getattr__ = lazy_attributes(__name__, {
     "MIN_OPSET": "onnx_export", "export_onnx": "onnx_export", "read_metadata": "onnx_export",
     "quantize_ptq": "ptq",
     "PARITY_RTOL": "runtime", "PROVIDERS": "runtime", "check_onnxruntime_install": "runtime", "latency_ms": "runtime",
     "onnx_accuracy": "runtime", "ort_session": "runtime", "parity": "runtime", "parity_tolerance": "runtime",
     "torch_latency_ms": "runtime",
     "PARITY_MIN_AGREEMENT": "stage", "export_model": "stage",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        return getattr(importlib.import_module(f"kdsearch.export.{_WHERE[name]}"), name)
-    raise AttributeError(name)
+})

@@ -9,9 +9,7 @@ Only the configuration is imported eagerly (the CLI needs it for ``--help`` with
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from kdsearch.lazy import lazy_attributes
 from kdsearch.pipeline.config import (
     PRESETS,
     DataConfig,
@@ -45,16 +43,10 @@ __all__ = [
     "run_pipeline",
 ]
 
-_WHERE = {
+__getattr__ = lazy_attributes(__name__, {
     "prepare_run_dir": "workspace",
     "load_run_dataset": "stages", "check_inputs": "stages", "resolve_teacher": "stages",
     "search_config_for": "stages",
     "teach_command": "commands", "search_command": "commands", "distill_command": "commands",
     "quantize_command": "commands", "export_command": "commands", "run_pipeline": "commands",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        return getattr(importlib.import_module(f"kdsearch.pipeline.{_WHERE[name]}"), name)
-    raise AttributeError(name)
+})

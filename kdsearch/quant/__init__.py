@@ -5,22 +5,15 @@ Names are resolved on first use, so ``import kdsearch.quant.config`` (and the CL
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from kdsearch.lazy import lazy_attributes
 
 __all__ = ["QAT_META", "QAT_WEIGHTS", "QUANTIZERS", "QatConfig", "load_qat_model", "quantize_student"]
 
-_WHERE = {
-    "QAT_META": "kdsearch.quant.qat",
-    "QAT_WEIGHTS": "kdsearch.quant.qat",
-    "QUANTIZERS": "kdsearch.quant.recipes",
-    "QatConfig": "kdsearch.quant.config",
-    "load_qat_model": "kdsearch.quant.qat",
-    "quantize_student": "kdsearch.quant.qat",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        return getattr(importlib.import_module(_WHERE[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, {
+    "QAT_META": "qat",
+    "QAT_WEIGHTS": "qat",
+    "QUANTIZERS": "recipes",
+    "QatConfig": "config",
+    "load_qat_model": "qat",
+    "quantize_student": "qat",
+})
