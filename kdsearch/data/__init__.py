@@ -11,7 +11,7 @@ into a memory-mapped cache; at 64 px and more training batches get RandomResized
 """
 from __future__ import annotations
 
-from kdsearch.data.batches import augment_batch, fixed_batch, iterate_batches, normalize, num_batches
+from kdsearch.data.batches import NormalizedImages, augment_batch, fixed_batch, iterate_batches, normalize, num_batches
 from kdsearch.data.dataset import (
     DATASETS,
     Augment,
@@ -34,6 +34,7 @@ __all__ = [
     "DatasetLoader",
     "load_dataset",
     "normalize",
+    "NormalizedImages",
     "augment_batch",
     "iterate_batches",
     "num_batches",

@@ -10,7 +10,7 @@ from kdsearch.data.dataset import Augment, Dataset, ImageSet, balanced_order
 from kdsearch.data.transforms import random_resized_crop
 from kdsearch.errors import UsageError
 
-__all__ = ["normalize", "augment_batch", "iterate_batches", "num_batches", "fixed_batch"]
+__all__ = ["normalize", "NormalizedImages", "augment_batch", "iterate_batches", "num_batches", "fixed_batch"]
 
 
 def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -36,6 +36,35 @@ def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float])
     scale = (1.0 / (255.0 * s)).to(torch.float32).to(images.device).view(1, c, 1, 1)  # (1, C, 1, 1)
     shift = (m / s).to(torch.float32).to(images.device).view(1, c, 1, 1)  # (1, C, 1, 1)
     return torch.addcmul(-shift, images.to(torch.float32), scale)  # (B, C, H, W)
+
+
+class NormalizedImages:
+    """uint8 images read as normalised float32 one slice at a time.
+
+    Evaluation code slices it like a tensor (``images[i : i + b]``) and never holds a float32
+    copy of the whole set: 10,000 validation images at 224 px would take 6 GB as float32.
+    """
+
+    ndim = 4
+
+    def __init__(self, images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.images, self.mean, self.std = images, tuple(mean), tuple(std)  # images (N, C, H, W) uint8
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.images.shape
+
+    def __getitem__(self, index: slice) -> torch.Tensor:
+        return normalize(self.images[index], self.mean, self.std)  # (b, C, H, W) float32
+
+    def float(self) -> "NormalizedImages":  # already float32 when read
+        return self
+
+    def cpu(self) -> "NormalizedImages":
+        return self
 
 
 def augment_batch(images_uint8: torch.Tensor, augment: Augment, generator: torch.Generator) -> torch.Tensor:

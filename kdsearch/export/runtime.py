@@ -224,15 +224,16 @@ def onnx_accuracy(
     """Top-1 accuracy in ONNX Runtime over normalised float images.
 
     Args:
-        images: ``(N, C, H, W)`` images with ``labels`` ``(N,)``, or an iterable of
+        images: ``(N, C, H, W)`` images with ``labels`` ``(N,)`` (anything sliceable into float
+            batches, such as :class:`~kdsearch.data.NormalizedImages`), or an iterable of
             ``(images, labels)`` batches with ``labels=None``.
     """
     if labels is not None:
-        x = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+        x = images  # sliced one batch at a time: no float copy of the whole set
         y = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
-        if len(x) != len(y):
-            raise UsageError(f"{len(x)} images but {len(y)} labels; pass one label per image")
-        batches: Iterable = ((x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size))
+        if len(x) != len(y):  # type: ignore[arg-type]
+            raise UsageError(f"{len(x)} images but {len(y)} labels; pass one label per image")  # type: ignore[arg-type]
+        batches: Iterable = ((x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(y), batch_size))
     else:
         batches = images  # type: ignore[assignment]
     correct = total = 0

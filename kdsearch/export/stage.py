@@ -98,7 +98,8 @@ def export_model(
 
     Args:
         model: the fp32 classifier; copied, never modified.
-        val_images: normalised ``(N, C, H, W)`` float validation images; ``val_labels`` ``(N,)``.
+        val_images: normalised ``(N, C, H, W)`` float validation images (a tensor, or
+            :class:`~kdsearch.data.NormalizedImages` to normalise one batch at a time); ``val_labels`` ``(N,)``.
         calib_images: normalised images for PTQ calibration (training split); the first
             ``num_calib`` are used.
         int8: the int8 twins to make: ``none``, ``ptq`` (post-training static, needs

@@ -228,7 +228,7 @@ def export_stage(run: RunDir, config: RunConfig, dataset, *, progress: Progress 
     int8 files of an earlier export of the same student (same weights digest) that this export
     does not remake are kept and listed again, so PTQ and QAT stand side by side.
     """
-    from kdsearch.data import normalize
+    from kdsearch.data import NormalizedImages, normalize
     from kdsearch.export.stage import export_model
     from kdsearch.spaces.model_files import load_model_dir
 
@@ -266,7 +266,7 @@ def export_stage(run: RunDir, config: RunConfig, dataset, *, progress: Progress 
     }
     export_model(
         model,
-        val_images=normalize(dataset.val.images, dataset.mean, dataset.std),
+        val_images=NormalizedImages(dataset.val.images, dataset.mean, dataset.std),
         val_labels=dataset.val.labels,
         calib_images=normalize(calib, dataset.mean, dataset.std),
         num_calib=e.calib_images,

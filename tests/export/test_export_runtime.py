@@ -120,3 +120,16 @@ def test_latency_keys_and_order(fp32_onnx: Path) -> None:
     assert stats["runs"] == 12
     assert 0 < stats["p50"] <= stats["p90"]
     assert stats["mean"] > 0
+
+
+def test_accuracy_over_uint8_images_normalised_one_batch_at_a_time(fp32_onnx: Path) -> None:
+    from kdsearch.data import NormalizedImages, normalize
+
+    raw = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
+    labels = torch.randint(0, 10, (40,), generator=torch.Generator().manual_seed(5))
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    lazy = NormalizedImages(raw, mean, std)
+    assert len(lazy) == 40 and lazy.shape == raw.shape
+    torch.testing.assert_close(lazy[3:9], normalize(raw[3:9], mean, std))
+    session, _ = ort_session(fp32_onnx)
+    assert onnx_accuracy(session, lazy, labels, batch_size=16) == onnx_accuracy(session, normalize(raw, mean, std), labels)
