@@ -2,10 +2,12 @@
 
 Sandler et al., "MobileNetV2: Inverted Residuals and Linear Bottlenecks" (CVPR 2018);
 squeeze-excitation as in Howard et al., "Searching for MobileNetV3" (ICCV 2019).
-The stem has stride 1 (CIFAR style): small inputs keep their resolution for the first stage.
+The ``cifar`` form has a stride-1 stem, so small inputs keep their resolution for the first
+stage; the ``imagenet`` form has MobileNet's 3x3 stride-2 stem. Stage strides are genes.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -13,7 +15,19 @@ from torch import nn
 
 from kdsearch.models.base import ImageClassifier
 
-__all__ = ["MBConvNet", "InvertedResidual", "SqueezeExcite", "MOBILENETV2_CIFAR", "mobilenetv2_genes"]
+__all__ = ["MBConvNet", "InvertedResidual", "SqueezeExcite", "MOBILENETV2", "MOBILENETV2_CIFAR", "mobilenetv2_genes"]
+
+# MobileNetV2 (ImageNet form): stem 3x3/2, then these stages; total stride 32, 224 px -> 7x7.
+MOBILENETV2: tuple[tuple[int, int, int, int], ...] = (
+    # t, c, n, s
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
 
 # MobileNetV2 for 32x32 inputs: the torchvision table with the second stage's stride set
 # to 1 (and a stride-1 stem), so a 32 px image ends on a 4x4 map instead of 1x1.
@@ -29,16 +43,18 @@ MOBILENETV2_CIFAR: tuple[tuple[int, int, int, int], ...] = (
 )
 
 
-def mobilenetv2_genes() -> dict[str, object]:
-    """The genes of :data:`MOBILENETV2_CIFAR` in the ``mbconv`` family (stem 32, head 1280)."""
+def mobilenetv2_genes(form: str = "cifar") -> dict[str, object]:
+    """The genes of MobileNetV2 in the ``mbconv`` family (stem 32, head 1280): the table of
+    :data:`MOBILENETV2_CIFAR` or, for the ``imagenet`` form, :data:`MOBILENETV2`."""
+    table = MOBILENETV2 if form == "imagenet" else MOBILENETV2_CIFAR
     return {
         "stem_width": 32,
-        "depths": [n for _, _, n, _ in MOBILENETV2_CIFAR],
-        "widths": [c for _, c, _, _ in MOBILENETV2_CIFAR],
-        "kernels": [3] * len(MOBILENETV2_CIFAR),
-        "expansions": [t for t, _, _, _ in MOBILENETV2_CIFAR],
-        "se": [False] * len(MOBILENETV2_CIFAR),
-        "strides": [s for _, _, _, s in MOBILENETV2_CIFAR],
+        "depths": [n for _, _, n, _ in table],
+        "widths": [c for _, c, _, _ in table],
+        "kernels": [3] * len(table),
+        "expansions": [t for t, _, _, _ in table],
+        "se": [False] * len(table),
+        "strides": [s for _, _, _, s in table],
         "head_width": 1280,
     }
 
@@ -96,7 +112,8 @@ class MBConvNet(ImageClassifier):
 
     The constructor's arguments are the genes of the ``mbconv`` search space family; the
     per-stage lists must all have the same length. ``head_width=0`` drops the head conv.
-    Only the first block of a stage has the stage's stride.
+    Only the first block of a stage has the stage's stride. ``form="imagenet"`` gives the stem
+    stride 2 (``cifar``: 1).
     """
 
     def __init__(
@@ -111,11 +128,14 @@ class MBConvNet(ImageClassifier):
         head_width: int = 0,
         num_classes: int = 10,
         in_channels: int = 3,
+        form: str = "cifar",
     ) -> None:
         super().__init__()
         lengths = {len(depths), len(widths), len(kernels), len(expansions), len(se), len(strides)}
         assert len(lengths) == 1, "per-stage genes must have equal lengths"  # checked by the space
-        self.stem = _conv_bn_act(in_channels, stem_width, 3)
+        stem_stride = 2 if form == "imagenet" else 1
+        self.stem = _conv_bn_act(in_channels, stem_width, 3, stem_stride)
+        self.feature_stride = stem_stride * math.prod(strides)
         c_in = stem_width
         stages = []
         for depth, width, kernel, expansion, use_se, stride in zip(depths, widths, kernels, expansions, se, strides):
@@ -144,6 +164,6 @@ class MBConvNet(ImageClassifier):
                 nn.init.zeros_(m.bias)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)  # (B, stem_width, H, W)
-        x = self.stages(x)  # (B, widths[-1], H/S, W/S), S = product of strides
+        x = self.stem(x)  # (B, stem_width, H/s0, W/s0), s0 = 1 (cifar) or 2 (imagenet)
+        x = self.stages(x)  # (B, widths[-1], H/S, W/S), S = feature_stride = s0 * product of strides
         return self.head(x)  # (B, head_width or widths[-1], H/S, W/S)

@@ -146,6 +146,9 @@ class NB201Net(ImageClassifier):
         ops: the 6 edge ops of the cell (:data:`NB201_EDGES` order), or an NB201 arch string.
         cells: N, cells per stage (NB201 uses 5).
         channels: C, the first stage's width (NB201 uses 16); stages have C, 2C, 4C.
+        form: ``cifar``: NB201's 3x3 stride-1 stem (total stride 4, 32 px -> 8x8);
+            ``imagenet``: three 3x3 stride-2 convs, so the cells see a 224 px image at 28x28 as
+            NB201's see CIFAR at 32x32 (total stride 32, 224 px -> 7x7).
     """
 
     def __init__(
@@ -155,13 +158,23 @@ class NB201Net(ImageClassifier):
         channels: int = 16,
         num_classes: int = 10,
         in_channels: int = 3,
+        form: str = "cifar",
     ) -> None:
         super().__init__()
         if isinstance(ops, str):
             ops = parse_cell(ops)
         format_cell(ops)  # validates count and names
         c = channels
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c))
+        if form == "imagenet":
+            self.stem = nn.Sequential(
+                nn.Conv2d(in_channels, c, 3, 2, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
+                nn.Conv2d(c, c, 3, 2, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
+                nn.Conv2d(c, c, 3, 2, 1, bias=False), nn.BatchNorm2d(c),  # cells start with ReLU
+            )
+            self.feature_stride = 32
+        else:
+            self.stem = nn.Sequential(nn.Conv2d(in_channels, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c))
+            self.feature_stride = 4
         self.stage1 = nn.Sequential(*[NB201Cell(ops, c) for _ in range(cells)])
         self.stage2 = nn.Sequential(ResidualReduction(c, 2 * c), *[NB201Cell(ops, 2 * c) for _ in range(cells)])
         self.stage3 = nn.Sequential(ResidualReduction(2 * c, 4 * c), *[NB201Cell(ops, 4 * c) for _ in range(cells)])
@@ -171,8 +184,8 @@ class NB201Net(ImageClassifier):
         self.feature_path = "lastact"
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)  # (B, C, H, W)
-        x = self.stage1(x)  # (B, C, H, W)
-        x = self.stage2(x)  # (B, 2C, H/2, W/2)
-        x = self.stage3(x)  # (B, 4C, H/4, W/4)
-        return self.lastact(x)  # (B, 4C, H/4, W/4)
+        x = self.stem(x)  # (B, C, H/s, W/s), s = 1 (cifar) or 8 (imagenet)
+        x = self.stage1(x)  # (B, C, H/s, W/s)
+        x = self.stage2(x)  # (B, 2C, H/2s, W/2s)
+        x = self.stage3(x)  # (B, 4C, H/4s, W/4s)
+        return self.lastact(x)  # (B, 4C, H/4s, W/4s)

@@ -1,6 +1,7 @@
-"""CIFAR-style ResNets (He et al., 2016, sec. 4.2): three stages, a depth and width each."""
+"""ResNets (He et al., 2016): CIFAR-style (sec. 4.2) and ImageNet-style (sec. 3.4) forms, a depth and width per stage."""
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -64,9 +65,14 @@ BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 
 class ResNetCifar(ImageClassifier):
-    """3×3 stem, three stages (strides 1, 2, 2), global average pool, linear classifier.
+    """Stem, stages of residual blocks (``layer1``, ``layer2``...), global average pool, linear.
 
+    ``form="cifar"`` (He et al. 2016, sec. 4.2): a 3x3 stride-1 stem, stage strides 1, 2, 2...;
     ResNet-(6n+2) is ``depths=[n, n, n], widths=[16, 32, 64]`` with basic blocks.
+    ``form="imagenet"`` (sec. 3.4, Table 1): a 7x7 stride-2 stem and a 3x3 stride-2 max-pool,
+    then the last three stages have stride 2 and any earlier one stride 1, so the map always
+    ends at stride 32 (224 px -> 7x7); ResNet-18 is ``depths=[2, 2, 2, 2],
+    widths=[64, 128, 256, 512]`` (stage strides 1, 2, 2, 2).
     """
 
     def __init__(
@@ -76,24 +82,36 @@ class ResNetCifar(ImageClassifier):
         block: str = "basic",
         num_classes: int = 10,
         in_channels: int = 3,
+        form: str = "cifar",
     ) -> None:
         super().__init__()
         block_cls = BLOCKS[block]
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)
-        )
+        n = len(depths)
+        if form == "imagenet":
+            self.stem = nn.Sequential(
+                nn.Conv2d(in_channels, widths[0], 7, 2, 3, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True),
+                nn.MaxPool2d(3, 2, 1),
+            )
+            strides = [2 if i >= n - 3 else 1 for i in range(n)]
+        else:
+            self.stem = nn.Sequential(
+                nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)
+            )
+            strides = [1] + [2] * (n - 1)
+        self.feature_stride = (4 if form == "imagenet" else 1) * math.prod(strides)
         c_in = widths[0]
         stages = []
-        for i, (depth, width) in enumerate(zip(depths, widths)):
+        for depth, width, stride in zip(depths, widths, strides):
             blocks = []
             for j in range(depth):
-                blocks.append(block_cls(c_in, width, stride=2 if (i > 0 and j == 0) else 1))
+                blocks.append(block_cls(c_in, width, stride=stride if j == 0 else 1))
                 c_in = width * block_cls.expansion
             stages.append(nn.Sequential(*blocks) if blocks else nn.Identity())
-        self.layer1, self.layer2, self.layer3 = stages
+        self.stage_paths = tuple(f"layer{i + 1}" for i in range(n))
+        for path, stage in zip(self.stage_paths, stages):
+            self.add_module(path, stage)
         self.classifier = nn.Linear(c_in, num_classes)
-        self.stage_paths = ("layer1", "layer2", "layer3")
-        self.feature_path = "layer3"
+        self.feature_path = self.stage_paths[-1]
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -102,7 +120,7 @@ class ResNetCifar(ImageClassifier):
                 nn.init.zeros_(m.bias)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)  # (B, w1, H, W)
-        x = self.layer1(x)  # (B, w1·e, H, W)
-        x = self.layer2(x)  # (B, w2·e, H/2, W/2)
-        return self.layer3(x)  # (B, w3·e, H/4, W/4)
+        x = self.stem(x)  # (B, w1, H/s, W/s), s = 1 (cifar) or 4 (imagenet)
+        for path in self.stage_paths:
+            x = getattr(self, path)(x)  # each stage of stride 2 halves H and W
+        return x  # (B, w_last·e, H/S, W/S), S = feature_stride

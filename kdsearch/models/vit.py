@@ -62,7 +62,10 @@ class ViT(ImageClassifier):
         embed_dim: token width D.
         mlp_ratio: MLP hidden width as a multiple of D.
         image_size: the input side the position embedding is sized for; other sizes get it
-            bicubically interpolated to their patch grid.
+            bicubically interpolated to their patch grid. None: 32 for the ``cifar`` form,
+            224 for ``imagenet``.
+        form: ``cifar`` or ``imagenet``; only the default ``image_size`` differs (the patch
+            size, a gene, sets the token grid: 16 px patches give 14x14 tokens at 224 px).
 
     ``stage_paths`` name identity taps that see the tokens laid out as ``(B, D, h, w)`` maps
     after each third of the blocks (the last one is ``to_map``, after the final norm).
@@ -77,10 +80,14 @@ class ViT(ImageClassifier):
         mlp_ratio: float = 4.0,
         num_classes: int = 10,
         in_channels: int = 3,
-        image_size: int = 32,
+        image_size: int | None = None,
+        form: str = "cifar",
     ) -> None:
         super().__init__()
+        if image_size is None:
+            image_size = 224 if form == "imagenet" else 32
         self.patch_embed = nn.Conv2d(in_channels, embed_dim, patch_size, patch_size)
+        self.feature_stride = patch_size
         grid = max(1, image_size // patch_size)
         self.pos_embed = nn.Parameter(torch.zeros(1, embed_dim, grid, grid))  # (1, D, g, g)
         self.blocks = nn.Sequential(*[TransformerBlock(embed_dim, heads, mlp_ratio) for _ in range(depth)])

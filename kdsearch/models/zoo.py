@@ -26,12 +26,13 @@ MODELS: Registry[ModelBuilder] = Registry("model")
 _ARCHS: dict[str, Arch] = {}
 
 
-def _register(name: str, space: str, model_cls: type[ImageClassifier], genes: Mapping[str, Any]) -> None:
-    """Register ``name`` as ``model_cls(**genes)``, recording its arch in ``space``."""
-    arch = Arch(space, genes)
+def _register(name: str, space: str, model_cls: type[ImageClassifier], genes: Mapping[str, Any],
+              form: str = "cifar") -> None:
+    """Register ``name`` as ``model_cls(**genes, form=form)``, recording its arch in ``space``."""
+    arch = Arch(space, genes, form)
 
     def build(num_classes: int = 10, in_channels: int = 3) -> ImageClassifier:
-        return model_cls(**arch.genes, num_classes=num_classes, in_channels=in_channels)
+        return model_cls(**arch.genes, num_classes=num_classes, in_channels=in_channels, form=arch.form)
 
     build.__name__ = build.__qualname__ = name
     build.__doc__ = f"{name}: {model_cls.__name__} with genes {arch.key}."
@@ -44,6 +45,10 @@ for _depth in (8, 14, 20, 32, 44, 56, 110):
     _n = (_depth - 2) // 6
     _register(f"resnet{_depth}", "resnet_cifar", ResNetCifar,
               {"depths": [_n, _n, _n], "widths": [16, 32, 64], "block": "basic"})
+
+# He et al. (2016) Table 1: ResNet-18 for ImageNet-sized inputs (11.69M parameters for 1000 classes).
+_register("resnet18", "resnet_cifar", ResNetCifar,
+          {"depths": [2, 2, 2, 2], "widths": [64, 128, 256, 512], "block": "basic"}, form="imagenet")
 
 _register("mobilenetv2", "mbconv", MBConvNet, mobilenetv2_genes())
 
