@@ -11,11 +11,20 @@ A space YAML looks like::
       block: {choices: [basic]}                 # a scalar gene
       # {value: X} fixes a gene: it is part of every arch but never searched
     teacher: {depths: [9, 9, 9], widths: [16, 32, 64], block: basic}
+    form: imagenet                  # optional: cifar | imagenet; left out, the image size decides
 
 Every gene the family declares in :attr:`SearchSpace.gene_specs` must be present; nothing
 else may be. Optuna parameters are flat and fixed-length: a scalar gene ``block`` is the
 parameter ``block``; position ``i`` of a list gene ``depths`` is ``depth_i`` (a trailing
 "s" is dropped). Fixed genes have no parameter.
+
+Forms: a family builds its ``cifar`` form for inputs under 64 px and its ``imagenet`` form
+(strided stem, total stride 32) from 64 px on (:func:`kdsearch.arch.form_for_image_size`);
+:meth:`SearchSpace.suggest` and :meth:`SearchSpace.sample` take the image size and record the
+form in the arch, which :meth:`SearchSpace.build` follows. A YAML may state ``form:`` to use
+one form at every size. Anywhere under ``genes`` or ``teacher``, a mapping keyed by forms
+gives a value per form, e.g. ``strides: {value: {cifar: [1, 2, 2, 1], imagenet: [2, 2, 2, 2]}}``;
+both forms need an entry unless the YAML states its form.
 """
 from __future__ import annotations
 
@@ -26,7 +35,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
-from kdsearch.arch import Arch
+from kdsearch.arch import FORMS, Arch, form_for_image_size
 from kdsearch.errors import ModelError, SpaceError
 from kdsearch.models.base import ImageClassifier
 from kdsearch.registry import Registry
@@ -38,7 +47,7 @@ __all__ = ["SPACES", "SearchSpace", "GeneSpec", "Gene", "space_from_config"]
 
 SPACES: Registry[type["SearchSpace"]] = Registry("search space family")
 
-_TOP_KEYS = ("name", "family", "description", "genes", "teacher")
+_TOP_KEYS = ("name", "family", "description", "form", "genes", "teacher")
 _REQUIRED_TOP = ("name", "family", "genes", "teacher")
 _GENE_KEYS = ("choices", "length", "value")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -118,11 +127,11 @@ def _same(a: Any, b: Any) -> bool:
 class SearchSpace(ABC):
     """Base of the space families: genes declared by the family, ranges read from a YAML.
 
-    Subclasses set :attr:`family` and :attr:`gene_specs`, implement :meth:`build_model`, and
-    may override :meth:`combination_problem` (an arch whose genes clash) and
+    Subclasses set :attr:`family` and :attr:`gene_specs`, implement :meth:`build_model` (for
+    both forms), and may override :meth:`combination_problem` (an arch whose genes clash) and
     :meth:`space_problem` (ranges that would let the sampler produce such an arch).
 
-    The search calls :meth:`suggest` once per Optuna trial, :meth:`params` to seed a study
+    The search calls :meth:`suggest` once per Optuna trial (with the data's image size), :meth:`params` to seed a study
     with known archs (``study.enqueue_trial``), :meth:`build` once per candidate.
 
     Args:
@@ -140,56 +149,89 @@ class SearchSpace(ABC):
         self.description: str = config.get("description") or ""
         if not isinstance(self.description, str):
             raise self._error("'description' must be a string")
-        self.genes: dict[str, Gene] = self._parse_genes(config["genes"])
-        problem = self.space_problem()
-        if problem:
-            raise self._error(problem)
-        self._teacher = self._parse_teacher(config["teacher"])
+        form = config.get("form")
+        if form is not None and form not in FORMS:
+            raise self._error(
+                f"unknown form {form!r}; write one of {', '.join(FORMS)}, or leave 'form' out to pick it "
+                f"from the image size"
+            )
+        self.form: str | None = form  # None: chosen per image size by form_for
+        self._genes_by_form: dict[str, dict[str, Gene]] = {}
+        self._teachers: dict[str, Arch] = {}
+        for f in (form,) if form else FORMS:
+            genes = self._parse_genes(self._for_form(config["genes"], f, "genes"))
+            problem = self.space_problem(genes)
+            if problem:
+                raise self._error(problem)
+            self._genes_by_form[f] = genes
+            self._teachers[f] = self._parse_teacher(self._for_form(config["teacher"], f, "teacher"), genes, f)
+        # the genes of the stated form, else of the cifar form (both forms have the same parameters)
+        self.genes: dict[str, Gene] = next(iter(self._genes_by_form.values()))
 
     # -- the family's part -------------------------------------------------------------
 
     @abstractmethod
-    def build_model(self, genes: Mapping[str, Any], num_classes: int, in_channels: int) -> ImageClassifier:
-        """Construct the network for genes already checked against the family."""
+    def build_model(self, genes: Mapping[str, Any], num_classes: int, in_channels: int, form: str) -> ImageClassifier:
+        """Construct the network in ``form`` for genes already checked against the family."""
 
     def combination_problem(self, genes: Mapping[str, Any]) -> str | None:
         """Why genes that are each valid cannot be built together, or None."""
         return None
 
-    def space_problem(self) -> str | None:
-        """Why these ranges admit unbuildable combinations, or None (called at load)."""
+    def space_problem(self, genes: Mapping[str, Gene]) -> str | None:
+        """Why these ranges (of one form) admit unbuildable combinations, or None (called at load)."""
         return None
 
     # -- public API --------------------------------------------------------------------
 
-    def suggest(self, trial: "optuna.Trial") -> Arch:
-        """Ask ``trial`` for every searched gene (categorical, flat names) and return the arch."""
+    def form_for(self, image_size: int | tuple[int, int] | None = None) -> str:
+        """The form to build for inputs of ``image_size``: the YAML's ``form`` if stated, else
+        ``imagenet`` from 64 px on, else (and when the size is unknown) ``cifar``."""
+        if self.form is not None:
+            return self.form
+        return "cifar" if image_size is None else form_for_image_size(image_size)
+
+    def genes_for(self, form: str) -> dict[str, Gene]:
+        """The genes (ranges) of ``form``; a space that states its form has no other."""
+        if form not in self._genes_by_form:
+            raise SpaceError(
+                f"space {self.name!r} is for the {self.form} form only, not {form}; use an arch from this "
+                f"space or a space without 'form:'"
+            )
+        return self._genes_by_form[form]
+
+    def suggest(self, trial: "optuna.Trial", image_size: int | tuple[int, int] | None = None) -> Arch:
+        """Ask ``trial`` for every searched gene (categorical, flat names) and return the arch,
+        in the form for ``image_size`` (see :meth:`form_for`)."""
+        form = self.form_for(image_size)
         genes: dict[str, Any] = {}
-        for gene in self.genes.values():
+        for gene in self.genes_for(form).values():
             if gene.fixed:
                 genes[gene.name] = gene.value
             else:
                 values = [trial.suggest_categorical(p, list(gene.choices)) for p in gene.param_names()]
                 genes[gene.name] = values if gene.length is not None else values[0]
-        return Arch(self.name, genes)
+        return Arch(self.name, genes, form)
 
-    def sample(self, rng: random.Random) -> Arch:
-        """Draw an arch uniformly from the space; the same ``rng`` state gives the same arch."""
+    def sample(self, rng: random.Random, image_size: int | tuple[int, int] | None = None) -> Arch:
+        """Draw an arch uniformly from the space, in the form for ``image_size``; the same
+        ``rng`` state gives the same arch."""
+        form = self.form_for(image_size)
         genes: dict[str, Any] = {}
-        for gene in self.genes.values():
+        for gene in self.genes_for(form).values():
             if gene.fixed:
                 genes[gene.name] = gene.value
             elif gene.length is None:
                 genes[gene.name] = rng.choice(gene.choices)
             else:
                 genes[gene.name] = [rng.choice(gene.choices) for _ in range(gene.length)]
-        return Arch(self.name, genes)
+        return Arch(self.name, genes, form)
 
     def params(self, arch: Arch) -> dict[str, Any]:
         """The flat Optuna parameters :meth:`suggest` would produce for ``arch``."""
         self.validate(arch)
         out: dict[str, Any] = {}
-        for gene in self.genes.values():
+        for gene in self.genes_for(arch.form).values():
             if gene.fixed:
                 continue
             values = arch.genes[gene.name] if gene.length is not None else [arch.genes[gene.name]]
@@ -199,7 +241,7 @@ class SearchSpace(ABC):
     def validate(self, arch: Arch) -> None:
         """Fail with :class:`SpaceError` unless ``arch`` is a member of this space."""
         self._check_family(arch, f"arch {arch.key}")
-        for gene in self.genes.values():
+        for gene in self.genes_for(arch.form).values():
             value = arch.genes[gene.name]
             if gene.fixed:
                 if not _same(value, gene.value):
@@ -223,7 +265,7 @@ class SearchSpace(ABC):
                     )
 
     def build(self, arch: Arch, num_classes: int, in_channels: int) -> ImageClassifier:
-        """Build a freshly initialised network for ``arch``.
+        """Build a freshly initialised network for ``arch``, in the arch's form.
 
         Only the family's rules are checked (not this YAML's ranges), so a teacher larger
         than the space, or a zoo model of the family, builds too; call :meth:`validate`
@@ -233,22 +275,23 @@ class SearchSpace(ABC):
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
                 raise ModelError(f"{what} must be a positive integer, got {n!r}")
         self._check_family(arch, f"arch {arch.key}")
-        return self.build_model(arch.genes, num_classes, in_channels)
+        return self.build_model(arch.genes, num_classes, in_channels, arch.form)
 
-    def teacher(self) -> Arch:
-        """A large member of the family, from the YAML's ``teacher:`` genes."""
-        return self._teacher
+    def teacher(self, image_size: int | tuple[int, int] | None = None) -> Arch:
+        """A large member of the family, from the YAML's ``teacher:`` genes, in the form for ``image_size``."""
+        return self._teachers[self.form_for(image_size)]
 
-    def size(self) -> int:
-        """How many distinct archs the space holds."""
-        return math.prod(len(g.choices) ** (g.length or 1) for g in self.genes.values() if not g.fixed)
+    def size(self, image_size: int | tuple[int, int] | None = None) -> int:
+        """How many distinct archs the space holds (in the form for ``image_size``)."""
+        genes = self.genes_for(self.form_for(image_size))
+        return math.prod(len(g.choices) ** (g.length or 1) for g in genes.values() if not g.fixed)
 
-    def param_names(self) -> list[str]:
-        """Every flat Optuna parameter name, in suggestion order."""
-        return [p for g in self.genes.values() for p in g.param_names()]
+    def param_names(self, image_size: int | tuple[int, int] | None = None) -> list[str]:
+        """Every flat Optuna parameter name, in suggestion order (in the form for ``image_size``)."""
+        return [p for g in self.genes_for(self.form_for(image_size)).values() for p in g.param_names()]
 
     def describe(self) -> str:
-        """One line: name, family, description and size."""
+        """One line: name, family, description and size (of the CIFAR form unless the space states one)."""
         text = f"{self.name} ({self.family})"
         if self.description:
             text += f": {self.description}"
@@ -261,6 +304,21 @@ class SearchSpace(ABC):
 
     def _error(self, what: str) -> SpaceError:
         return SpaceError(f"search space {self.source}: {what}")
+
+    def _for_form(self, raw: Any, form: str, where: str) -> Any:
+        """``raw`` with every mapping keyed by forms (``{cifar: X, imagenet: Y}``) replaced by its ``form`` entry."""
+        if isinstance(raw, Mapping):
+            if raw and all(k in FORMS for k in raw):
+                if form not in raw:
+                    raise self._error(
+                        f"{where} gives values for {', '.join(raw)} but not for the {form} form; add "
+                        f"'{form}: ...' or state the space's form with a top-level 'form:'"
+                    )
+                return self._for_form(raw[form], form, where)
+            return {k: self._for_form(v, form, f"{where}.{k}") for k, v in raw.items()}
+        if isinstance(raw, list):
+            return [self._for_form(v, form, where) for v in raw]
+        return raw
 
     def _check_family(self, arch: Arch, where: str) -> None:
         """Fail unless ``arch`` is of this space and its genes are buildable by the family."""
@@ -387,15 +445,15 @@ class SearchSpace(ABC):
         if problem:
             raise self._error(f"gene {name!r}: {problem}; the {self.family} family accepts {_describe_spec(spec)}")
 
-    def _parse_teacher(self, raw: Any) -> Arch:
+    def _parse_teacher(self, raw: Any, space_genes: Mapping[str, Gene], form: str) -> Arch:
         if not isinstance(raw, Mapping):
             raise self._error("'teacher' must be a mapping of gene -> value (a large member of the family)")
-        genes = {g.name: g.value for g in self.genes.values() if g.fixed}  # fixed genes may be left out
+        genes = {g.name: g.value for g in space_genes.values() if g.fixed}  # fixed genes may be left out
         genes.update(raw)
         problem = self._genes_problem(genes)
         if problem:
             raise self._error(f"teacher: {problem}")
-        return Arch(self.name, {n: genes[n] for n in self.gene_specs})
+        return Arch(self.name, {n: genes[n] for n in self.gene_specs}, form)
 
 
 def _describe_spec(spec: GeneSpec) -> str:

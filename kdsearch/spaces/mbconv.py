@@ -15,8 +15,9 @@ class MBConvSpace(SearchSpace):
 
     ``depths`` blocks per stage, ``widths`` output channels, ``kernels`` depthwise kernel
     (3/5/7), ``expansions`` inverted-bottleneck ratio (1/3/4/6), ``se`` squeeze-excitation,
-    ``strides`` of each stage's first block (usually fixed with ``{value: [...]}``);
-    ``head_width`` 0 drops the final 1x1 conv.
+    ``strides`` of each stage's first block (usually fixed per form with ``{value: {cifar: [...],
+    imagenet: [...]}}``); ``head_width`` 0 drops the final 1x1 conv. The ``imagenet`` form adds
+    a stride-2 stem (timm's MobileNetV2/V3 and EfficientNet tables).
     """
 
     family = "mbconv"
@@ -31,5 +32,5 @@ class MBConvSpace(SearchSpace):
         "head_width": GeneSpec(int, minimum=0),
     }
 
-    def build_model(self, genes: Mapping[str, Any], num_classes: int, in_channels: int) -> MBConvNet:
-        return MBConvNet(**genes, num_classes=num_classes, in_channels=in_channels)
+    def build_model(self, genes: Mapping[str, Any], num_classes: int, in_channels: int, form: str) -> MBConvNet:
+        return MBConvNet(**genes, num_classes=num_classes, in_channels=in_channels, form=form)

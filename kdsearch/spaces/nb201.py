@@ -13,6 +13,7 @@ __all__ = ["NB201Space"]
 class NB201Space(SearchSpace):
     """Genes ``ops`` (6 edge ops, see :data:`~kdsearch.models.nb201.NB201_EDGES`), ``cells`` (N per
     stage) and ``channels`` (C of the first stage). All-``none`` cells are legal (they output zeros).
+    The ``imagenet`` form has a stride-8 stem (see :class:`~kdsearch.models.nb201.NB201Net`).
     """
 
     family = "nb201"
@@ -22,8 +23,8 @@ class NB201Space(SearchSpace):
         "channels": GeneSpec(int, minimum=1),
     }
 
-    def build_model(self, genes: Mapping[str, Any], num_classes: int, in_channels: int) -> NB201Net:
-        return NB201Net(**genes, num_classes=num_classes, in_channels=in_channels)
+    def build_model(self, genes: Mapping[str, Any], num_classes: int, in_channels: int, form: str) -> NB201Net:
+        return NB201Net(**genes, num_classes=num_classes, in_channels=in_channels, form=form)
 
     @staticmethod
     def cell_string(genes: Mapping[str, Any]) -> str:

@@ -5,15 +5,16 @@ import math
 from typing import Any, Mapping
 
 from kdsearch.models.vit import ViT
-from kdsearch.spaces.base import SPACES, GeneSpec, SearchSpace
+from kdsearch.spaces.base import SPACES, Gene, GeneSpec, SearchSpace
 
 __all__ = ["VitSpace"]
 
 
 @SPACES.register("vit")
 class VitSpace(SearchSpace):
-    """Genes ``patch_size`` (at most 14 so 28 px inputs give a 2x2 grid), ``depth``, ``heads``,
-    ``embed_dim`` and ``mlp_ratio``.
+    """Genes ``patch_size`` (at most 32, as ViT-B/32; the YAML sets small patches for the
+    ``cifar`` form and 16-32 px ones for ``imagenet``, 14x14 tokens at 224 px with 16), ``depth``,
+    ``heads``, ``embed_dim`` and ``mlp_ratio``.
 
     ``embed_dim`` must be divisible by ``heads``: a YAML is rejected at load unless every
     ``embed_dim`` choice is divisible by every ``heads`` choice, so sampling stays uniform
@@ -22,15 +23,15 @@ class VitSpace(SearchSpace):
 
     family = "vit"
     gene_specs = {
-        "patch_size": GeneSpec(int, minimum=1, maximum=14),
+        "patch_size": GeneSpec(int, minimum=1, maximum=32),
         "depth": GeneSpec(int, minimum=1),
         "heads": GeneSpec(int, minimum=1),
         "embed_dim": GeneSpec(int, minimum=1),
         "mlp_ratio": GeneSpec(float, minimum=0.25, maximum=16),
     }
 
-    def build_model(self, genes: Mapping[str, Any], num_classes: int, in_channels: int) -> ViT:
-        return ViT(**genes, num_classes=num_classes, in_channels=in_channels)
+    def build_model(self, genes: Mapping[str, Any], num_classes: int, in_channels: int, form: str) -> ViT:
+        return ViT(**genes, num_classes=num_classes, in_channels=in_channels, form=form)
 
     def combination_problem(self, genes: Mapping[str, Any]) -> str | None:
         if genes["embed_dim"] % genes["heads"]:
@@ -40,9 +41,9 @@ class VitSpace(SearchSpace):
             )
         return None
 
-    def space_problem(self) -> str | None:
-        dims = self._values("embed_dim")
-        heads = self._values("heads")
+    def space_problem(self, genes: Mapping[str, Gene]) -> str | None:
+        dims = _values(genes["embed_dim"])
+        heads = _values(genes["heads"])
         clashes = [(d, h) for d in dims for h in heads if d % h]
         if clashes:
             d, h = clashes[0]
@@ -52,6 +53,6 @@ class VitSpace(SearchSpace):
             )
         return None
 
-    def _values(self, name: str) -> list[Any]:
-        gene = self.genes[name]
-        return [gene.value] if gene.fixed else list(gene.choices)
+
+def _values(gene: Gene) -> list[Any]:
+    return [gene.value] if gene.fixed else list(gene.choices)
