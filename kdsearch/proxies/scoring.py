@@ -13,14 +13,15 @@ from kdsearch.progress import NULL_PROGRESS, Progress
 __all__ = ["score_archs", "sample_archs"]
 
 
-def sample_archs(space, n: int, seed: int) -> list[Arch]:
-    """``n`` distinct archs drawn uniformly from ``space`` (fewer if the space is smaller)."""
+def sample_archs(space, n: int, seed: int, image_size: tuple[int, int] | None = None) -> list[Arch]:
+    """``n`` distinct archs drawn uniformly from ``space`` (fewer if the space is smaller), in
+    the form for ``image_size`` (None: the space's own or the CIFAR form)."""
     if n <= 0:
         raise UsageError(f"--sample must be positive (got {n})")
     rng = random.Random(seed)
     found: dict[str, Arch] = {}
     for _ in range(20 * n):
-        arch = space.sample(rng)
+        arch = space.sample(rng, image_size)
         found.setdefault(arch.key, arch)
         if len(found) == n:
             break

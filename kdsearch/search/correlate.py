@@ -77,7 +77,7 @@ def stratified_archs(space, dataset: Dataset, n: int, *, seed: int, pool: int = 
     rng = random.Random(seed)
     sized: dict[str, tuple[int, Arch]] = {}
     for _ in range(pool):
-        arch = space.sample(rng)
+        arch = space.sample(rng, dataset.image_size)
         if arch.key in sized:
             continue
         with torch.device("meta"):  # parameter count without allocating

@@ -71,7 +71,7 @@ def feasible_samples(space, dataset: Dataset, config: SearchConfig, wanted: int,
     seen: set[str] = set()
     ok = 0
     for _ in range(samples):
-        arch = space.sample(rng)
+        arch = space.sample(rng, dataset.image_size)
         if arch.key in seen:
             continue
         seen.add(arch.key)
@@ -152,7 +152,7 @@ class TrialObjective:
         # in-budget first-generation candidate: every param fixed) never asks, so NSGA-II/III
         # would give it no generation and it would never breed. Asking puts it in the population.
         trial.relative_params  # noqa: B018
-        arch = self.space.suggest(trial)
+        arch = self.space.suggest(trial, self.dataset.image_size)
         key = arch.key
         if key not in self.seen:
             self._refresh_seen()
