@@ -1,13 +1,18 @@
-"""The MBConv and ViT building blocks against hand counts and hand computations."""
+"""The model families against hand counts and hand computations, in both forms."""
 from __future__ import annotations
+
+import random
 
 import pytest
 import torch
 from torch import nn
 
 from kdsearch.models import FeatureTap
-from kdsearch.models.mbconv import InvertedResidual, MBConvNet
+from kdsearch.models.mbconv import InvertedResidual, MBConvNet, mobilenetv2_genes
+from kdsearch.models.nb201 import NB201Net
+from kdsearch.models.resnet_cifar import ResNetCifar
 from kdsearch.models.vit import ViT
+from kdsearch.spaces import load_space
 
 
 def n_params(model: nn.Module) -> int:
@@ -77,3 +82,77 @@ def test_vit_position_embedding_is_interpolated_not_resized():
         model(torch.randn(1, 1, 28, 28))
     tokens_in = tap.inputs["blocks.0.norm1"]  # (1, 49, 8): patch (0) + position
     torch.testing.assert_close(tokens_in, torch.full((1, 49, 8), 0.5))
+
+
+# -- forms: the same genes as a CIFAR network (under 64 px) or an ImageNet one ----------------------------
+
+
+def test_mbconv_imagenet_form_only_strides_the_stem():
+    genes = dict(stem_width=8, depths=[1, 1], widths=[8, 16], kernels=[3, 3], expansions=[1, 6], se=[False, False],
+                 strides=[2, 2])
+    cifar, imagenet = MBConvNet(**genes), MBConvNet(**genes, form="imagenet")
+    assert n_params(cifar) == n_params(imagenet)
+    assert (cifar.feature_stride, imagenet.feature_stride) == (4, 8)
+    assert imagenet.forward_features(torch.zeros(1, 3, 64, 64)).shape[-2:] == (8, 8)
+
+
+def test_mobilenetv2_imagenet_table_is_torchvisions():
+    """The ImageNet table with the stride-2 stem: 3,504,872 parameters and a 7x7 map at 224 px."""
+    net = MBConvNet(**mobilenetv2_genes("imagenet"), num_classes=1000, form="imagenet")
+    assert n_params(net) == 3_504_872 and net.feature_stride == 32
+    assert mobilenetv2_genes("imagenet")["strides"] == [1, 2, 2, 2, 1, 2, 1]
+
+
+def test_a_default_sampled_mbconv_student_trains_at_224_px():
+    """One forward and backward at batch 8: the ImageNet form keeps 224 px activations small."""
+    space = load_space("mbconv")
+    arch = space.sample(random.Random(0), (224, 224))
+    torch.manual_seed(0)
+    model = space.build(arch, num_classes=10, in_channels=3).train()
+    x = torch.randn(8, 3, 224, 224)
+    loss = nn.functional.cross_entropy(model(x), torch.arange(8) % 10)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    with torch.no_grad(), FeatureTap(model, [model.stage_paths[0], model.feature_path]) as tap:
+        model.eval()(x[:1])
+    assert tap[model.stage_paths[0]].shape[-2:] == (56, 56)  # the CIFAR form kept 224x224 here
+    assert tap[model.feature_path].shape[-2:] == (7, 7)
+
+
+def test_resnet18_layout_has_torchvisions_parameters():
+    """He et al. (2016) Table 1 ResNet-18: 11,689,512 parameters for 1000 classes (torchvision's count)."""
+    net = ResNetCifar([2, 2, 2, 2], [64, 128, 256, 512], "basic", num_classes=1000, form="imagenet")
+    assert n_params(net) == 11_689_512
+    assert net.stage_paths == ("layer1", "layer2", "layer3", "layer4") and net.feature_path == "layer4"
+    assert [stage[0].conv1.stride[0] for stage in (net.layer1, net.layer2, net.layer3, net.layer4)] == [1, 2, 2, 2]
+    assert net.stem[0].kernel_size == (7, 7) and isinstance(net.stem[3], nn.MaxPool2d)
+
+
+@pytest.mark.parametrize("depths, side", [([1, 1, 1], 7), ([1, 1, 1, 1], 7), ([1, 1], 14)])
+def test_resnet_imagenet_form_halves_in_its_last_three_stages(depths, side):
+    net = ResNetCifar(depths, [8] * len(depths), form="imagenet")
+    assert net.forward_features(torch.zeros(1, 3, 224, 224)).shape[-2:] == (side, side)
+    assert net.feature_stride == 224 // side
+
+
+def test_resnet_cifar_form_keeps_three_stages_at_strides_1_2_2():
+    net = ResNetCifar([1, 1, 1], [8, 16, 32])
+    assert net.stage_paths == ("layer1", "layer2", "layer3") and net.feature_stride == 4
+    assert net.forward_features(torch.zeros(1, 3, 32, 32)).shape[-2:] == (8, 8)
+
+
+def test_nb201_imagenet_stem_gives_cells_a_cifar_sized_map():
+    ops = ["nor_conv_3x3"] * 6
+    net = NB201Net(ops, cells=1, channels=8, form="imagenet")
+    with torch.no_grad(), FeatureTap(net, ["stem", "lastact"]) as tap:
+        net(torch.zeros(1, 3, 224, 224))
+    assert tap["stem"].shape[-2:] == (28, 28) and tap["lastact"].shape[-2:] == (7, 7)
+    assert n_params(net) - n_params(NB201Net(ops, cells=1, channels=8)) == 2 * (9 * 8 * 8 + 2 * 8)
+
+
+def test_vit_imagenet_form_sizes_its_position_grid_for_224_px():
+    net = ViT(patch_size=16, depth=1, heads=1, embed_dim=16, form="imagenet")
+    assert net.pos_embed.shape[-2:] == (14, 14) and net.feature_stride == 16
+    assert net.forward_features(torch.zeros(1, 3, 224, 224)).shape[-2:] == (14, 14)
+    assert ViT(patch_size=4, depth=1, heads=1, embed_dim=16).pos_embed.shape[-2:] == (8, 8)

@@ -9,7 +9,13 @@ from kdsearch.errors import ModelError, UsageError
 from kdsearch.models import MODELS, FeatureTap, ImageClassifier, create_model, locate_parts, model_arch
 from kdsearch.models.features import get_module
 
-HEAVY = {"resnet110", "resnet56", "resnet44"}  # shape checks at two sizes cost seconds on two cores
+HEAVY = {"resnet110", "resnet56", "resnet44", "resnet18"}  # shape checks at two sizes cost seconds on two cores
+
+
+def _small_side(name: str) -> int:
+    """A small input side the model is meant for: 28 px, or 64 px for an ImageNet-form model."""
+    arch = model_arch(name)
+    return 64 if arch is not None and arch.form == "imagenet" else 28
 
 
 def n_params(model: nn.Module) -> int:
@@ -83,7 +89,8 @@ class _Wrapped(nn.Module):
 @pytest.mark.parametrize("name", MODELS.names())
 def test_locate_parts_agrees_with_declared_paths(name):
     model = create_model(name, num_classes=10, in_channels=1)
-    x = torch.randn(2, 1, 28, 28)
+    side = _small_side(name)
+    x = torch.randn(2, 1, side, side)
     declared = locate_parts(model, x)
     assert (declared.feature, declared.classifier) == (model.feature_path, "classifier")
     found = locate_parts(_Wrapped(model), x)
@@ -103,3 +110,22 @@ def test_model_arch_and_errors():
         create_model("resnet8", num_classes=0)
     with pytest.raises(ModelError, match="in_channels"):
         create_model("resnet8", in_channels=0)
+
+
+def test_resnet18_is_the_imagenet_form_of_resnet_cifar():
+    """The benchmarks' teacher: ResNet-18 (11,689,512 parameters for 1000 classes), 7x7 at 224 px,
+    recorded as an imagenet-form arch of the built-in resnet_cifar space so it rebuilds by arch."""
+    from kdsearch.spaces import load_space
+
+    model = create_model("resnet18", num_classes=1000, in_channels=3)
+    assert n_params(model) == 11_689_512
+    arch = model_arch("resnet18")
+    assert arch.form == "imagenet" and arch.genes["depths"] == [2, 2, 2, 2]
+    space = load_space(arch.space)
+    space.validate(arch)  # inside the built-in space's ImageNet ranges
+    rebuilt = space.build(arch, num_classes=1000, in_channels=3)
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+    model.eval()
+    with torch.no_grad(), FeatureTap(model, [model.feature_path]) as tap:
+        model(torch.zeros(1, 3, 224, 224))
+    assert tap[model.feature_path].shape == (1, 512, 7, 7)
