@@ -231,6 +231,7 @@ class WinnerRecord(Record):
     feasible_candidates: int
     config: dict[str, Any]  # the resolved SearchConfig
     reason: str = ""  # one line: why this candidate won under ``rule``
+    race: dict[str, Any] | None = None  # the short-distillation race that chose it (kdsearch.search.race); None: no race
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import typer
 from kdsearch.cli import _options as o
 from kdsearch.cli._common import base_config, override
 from kdsearch.cli._console import close, console, make_progress, print_json
+from kdsearch.cli.stages import Race, RaceBudget
 
 __all__ = ["register"]
 
@@ -25,7 +26,10 @@ def run(
     space: Annotated[Optional[str], typer.Option("--space", help="Search space name or YAML file.", rich_help_panel=o.SEARCH)] = None,
     trials: o.Trials = None,
     max_params: o.MaxParams = None,
+    race: Race = None,
+    race_budget: RaceBudget = None,
     epochs: o.Epochs = None,
+    max_memory: Annotated[Optional[str], typer.Option("--max-memory", help="Memory one training step may use, e.g. 6GB (default: 70% of what is free); past it batches train as micro-batches with gradient accumulation.", rich_help_panel=o.RUN)] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for every stage.", rich_help_panel=o.RUN)] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu or cuda.", rich_help_panel=o.RUN)] = None,
     qat: Annotated[Optional[bool], typer.Option("--qat/--no-qat", help="Add quantization-aware training with KD and an int8 export.", rich_help_panel=o.RUN)] = None,
@@ -46,9 +50,9 @@ def run(
     config = override(
         config,
         data={"spec": data, "data_dir": str(data_dir) if data_dir else None, "subset": subset, "image_size": image_size, **sd},
-        search={"space": space, "trials": trials, "max_params": max_params, **sd},
-        distill={"epochs": epochs, **dev, **sd},
-        teach={**dev, **sd},
+        search={"space": space, "trials": trials, "max_params": max_params, "race": race, "race_budget": race_budget, **sd},
+        distill={"epochs": epochs, "max_memory": max_memory, **dev, **sd},
+        teach={"max_memory": max_memory, **dev, **sd},
         quantize={**dev, **sd},
         top={"teacher": teacher, "device": device, "qat": qat},
     )

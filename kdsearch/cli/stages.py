@@ -16,6 +16,7 @@ __all__ = ["register"]
 Space = Annotated[Optional[str], typer.Option("--space", help="Search space: a built-in name (see `kdsearch spaces`) or a YAML file.", rich_help_panel=o.SEARCH)]
 Lr = Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (default 0.1·batch/128 for SGD).", rich_help_panel=o.TRAIN)]
 Batch = Annotated[Optional[int], typer.Option("--batch-size", help="Training batch size.", rich_help_panel=o.TRAIN)]
+MaxMemory = Annotated[Optional[str], typer.Option("--max-memory", help="Memory one training step may use, e.g. 6GB or 512MB (default: 70% of what is free); past it batches train as micro-batches with gradient accumulation.", rich_help_panel=o.TRAIN)]
 
 
 def teach(
@@ -27,6 +28,7 @@ def teach(
     image_size: o.ImageSize = None,
     epochs: o.Epochs = None,
     batch_size: Batch = None,
+    max_memory: MaxMemory = None,
     lr: Lr = None,
     seed: o.Seed = None,
     device: o.Device = None,
@@ -44,7 +46,8 @@ def teach(
 
     config = base_config(config_file)
     config = override(config, data=data_flags(data, data_dir, subset, seed, image_size),
-                      teach={"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "device": device},
+                      teach={"epochs": epochs, "batch_size": batch_size, "max_memory": max_memory, "lr": lr, "seed": seed,
+                             "device": device},
                       top={"teacher_model": model})
     progress = make_progress(quiet, json_out)
     try:
@@ -59,6 +62,10 @@ def teach(
     else:
         console.print(f"teacher {model}: val top-1 {metrics.val_acc:.4f}, test top-1 {metrics.test_acc:.4f}, "
                       f"{metrics.params:,} params → {out}  (use --teacher {out})")
+
+
+Race = Annotated[Optional[int], typer.Option("--race", help="After the search, distil this many diverse finalists in a successive-halving race (eta 3) and let it pick the winner; 0: no race.", rich_help_panel=o.SEARCH)]
+RaceBudget = Annotated[Optional[float], typer.Option("--race-budget", help="The race costs at most this many full distillations of the winner, in optimizer steps (default 1).", rich_help_panel=o.SEARCH)]
 
 
 def search(
@@ -88,6 +95,8 @@ def search(
     storage: Annotated[Optional[str], typer.Option("--storage", help="Optuna RDB URL (default: SQLite in the run directory).", rich_help_panel=o.SEARCH)] = None,
     study_name: Annotated[Optional[str], typer.Option("--study-name", help="Study name in the storage.", rich_help_panel=o.SEARCH)] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Worker processes sharing the study on this machine; on other machines run the same command with --storage URL --resume.", rich_help_panel=o.SEARCH)] = None,
+    race: Race = None,
+    race_budget: RaceBudget = None,
     seed: o.Seed = None,
     config_file: o.Config = None,
     resume: o.Resume = False,
@@ -110,7 +119,7 @@ def search(
         "max_params": max_params, "max_flops": max_flops, "max_latency_ms": max_latency_ms, "pick": pick,
         "teacher_init": teacher_init, "teacher_feature": teacher_feature, "teacher_classifier": teacher_classifier,
         "proxy_batch": proxy_batch, "storage": storage, "study_name": study_name, "seed": seed,
-        "workers": workers,
+        "workers": workers, "race": race, "race_budget": race_budget,
     }
     if proxy and not objs:
         search_flags["objectives"] = (proxy, *config.search.objectives[1:])
@@ -147,6 +156,7 @@ def distill(
     loss: Annotated[Optional[str], typer.Option("--loss", help="Losses by name and weight, e.g. kd:1,ce:1 (see `kdsearch losses`).", rich_help_panel=o.TRAIN)] = None,
     epochs: o.Epochs = None,
     batch_size: Batch = None,
+    max_memory: MaxMemory = None,
     lr: Lr = None,
     temperature: Annotated[Optional[float], typer.Option("--temperature", help="KD temperature.", rich_help_panel=o.TRAIN)] = None,
     cache_teacher: Annotated[Optional[bool], typer.Option("--cache-teacher/--no-cache-teacher", help="Compute the teacher's outputs once and reuse them every epoch; applies only with --no-augment (inputs must not change between epochs).", rich_help_panel=o.TRAIN)] = None,
@@ -182,7 +192,7 @@ def distill(
     from kdsearch.errors import UsageError
     from kdsearch.pipeline import distill_command
 
-    flags = {"loss": loss, "epochs": epochs, "batch_size": batch_size, "lr": lr, "temperature": temperature,
+    flags = {"loss": loss, "epochs": epochs, "batch_size": batch_size, "max_memory": max_memory, "lr": lr, "temperature": temperature,
              "cache_teacher": cache_teacher, "augment": augment, "seed": seed, "device": device,
              "optimizer": optimizer, "schedule": schedule, "warmup_epochs": warmup_epochs,
              "grad_clip": grad_clip, "weight_decay": weight_decay, "label_smoothing": label_smoothing,

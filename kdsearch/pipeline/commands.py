@@ -24,6 +24,7 @@ from kdsearch.pipeline.stages import (
     load_run_dataset,
     qat_stage,
     resolve_teacher,
+    race_stage,
     search_stage,
     summary_for,
     teach_stage,
@@ -92,6 +93,7 @@ def search_command(out: Path, config: RunConfig, *, seed_archs: list[Arch] | Non
         with _logged(out):
             result = run_search(teacher, dataset, run.search, search_config_for(config, teacher), resume=resume,
                                 seed_archs=seed_archs or [], progress=progress)
+            race_stage(run, config, dataset, teacher, resume=resume, progress=progress)
     return SearchOutcome(WinnerRecord.load(run.winner), result.rows, result.winner_row, result.feasible,
                          storage_url(config.search, run.search), config.search.study_name)
 
@@ -221,6 +223,10 @@ def _run_stages(config: RunConfig, run: RunDir, dataset, timings: dict[str, floa
     progress.note("stage search")
     with _timed(timings, "search"):
         _, winner = search_stage(run, config, dataset, teacher, resume=resume, progress=progress)
+    if config.search.race:
+        progress.note(f"stage race: {config.search.race} finalists")
+        with _timed(timings, "race"):
+            winner = race_stage(run, config, dataset, teacher, resume=resume, progress=progress)
     arch = Arch.from_dict(winner.arch)
     progress.note(f"stage distill: {arch.space} {json.dumps(arch.genes, separators=(',', ':'))}")
     with _timed(timings, "distill"):

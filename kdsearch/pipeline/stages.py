@@ -26,6 +26,7 @@ __all__ = [
     "search_config_for",
     "teach_stage",
     "search_stage",
+    "race_stage",
     "distill_stage",
     "qat_stage",
     "export_stage",
@@ -152,6 +153,31 @@ def search_stage(run: RunDir, config: RunConfig, dataset, teacher, *, resume: bo
     result = run_search(teacher, dataset, run.search, search_config_for(config, teacher), resume=resume,
                         seed_archs=seed_archs or [], progress=progress)
     return result, WinnerRecord.load(run.winner)
+
+
+def race_stage(run: RunDir, config: RunConfig, dataset, teacher, *, resume: bool, progress: Progress) -> WinnerRecord:
+    """Race the search's finalists into ``run.race`` when ``search.race`` asks for it; the winner record.
+
+    Writes ``race/race.json`` and ``race/rungs.png``, the race columns of ``leaderboard.csv`` and
+    the race in ``winner.json``. A finished race (recorded in winner.json) is not run again.
+    """
+    winner = WinnerRecord.load(run.winner)
+    if not config.search.race or winner.race is not None:
+        return winner
+    from kdsearch.files import write_json
+    from kdsearch.report.plots import plot_race_rungs
+    from kdsearch.rundir import read_leaderboard
+    from kdsearch.search.race import run_race
+    from kdsearch.search.summary import record_race
+
+    result = run_race(read_leaderboard(run.leaderboard), teacher, dataset, run.race, search_config_for(config, teacher),
+                      config.distill, space_spec=config.search.space, resume=resume, progress=progress)
+    race = result.record()
+    write_json(run.race / "race.json", race)
+    plot_race_rungs(race["finalists"], race["rungs"], run.race / "rungs.png")
+    progress.note(f"race: spent {race['spent_steps']} optimizer steps = {race['spent_distillations']:.2f} of one "
+                  f"distillation ({race['full_steps']} steps; budget {race['budget']:g})")
+    return record_race(run.search, race)
 
 
 def distill_stage(run: RunDir, config: RunConfig, dataset, teacher, arch: Arch, *, resume: bool,

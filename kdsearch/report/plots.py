@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["plot_pareto", "plot_proxy_scatter"]
+__all__ = ["plot_pareto", "plot_proxy_scatter", "plot_race_rungs"]
 
 
 def _pyplot():
@@ -40,6 +40,29 @@ def plot_pareto(rows: Sequence[dict[str, Any]], winner: dict[str, Any], score: s
     ax.scatter([winner["params"]], [winner[score]], marker="*", s=220, c="tab:red", zorder=5, label="winner")
     ax.set(xscale="log", xlabel="parameters", ylabel=score.removeprefix("score_"), title="search candidates")
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_race_rungs(finalists: Sequence[dict[str, Any]], rungs: Sequence[int], path: Path) -> None:
+    """Validation top-1 by rung of a race, one line per finalist; the eliminated grey, the winner red.
+
+    ``finalists`` as :meth:`kdsearch.search.race.RaceResult.record` lists them (``rungs``: per rung
+    reached, ``val_acc``; ``state``: complete for the winner, pruned for the eliminated).
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for f in finalists:
+        steps = [r["step"] for r in f["rungs"]]
+        acc = [r["val_acc"] for r in f["rungs"]]
+        won = f["state"] == "complete"
+        ax.plot(steps, acc, marker="o", lw=2.2 if won else 1.2, c="tab:red" if won else "lightgrey",
+                zorder=3 if won else 2, label=f"#{f['finalist']}" + (" (winner)" if won else ""))
+    ax.set(xscale="log" if len(rungs) > 2 else "linear", xticks=list(rungs), xlabel="optimizer steps (rung)",
+           ylabel="validation top-1", title="race: accuracy by rung")
+    ax.set_xticklabels([str(r) for r in rungs])
+    ax.legend(fontsize=7)
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)

@@ -47,6 +47,9 @@ class SearchConfig:
     study_name: str = "kdsearch"
     workers: int = 1  # processes on this machine sharing the storage (other machines: same --storage with --resume)
     heartbeat_s: int = 10  # RDB storages: a trial whose worker is silent for 3x this is failed and retried
+    race: int = 0  # finalists distilled in a successive-halving race after the search (0: no race)
+    race_budget: float = 1.0  # the race costs at most this many full distillations, in optimizer steps
+    race_eta: int = 3  # successive halving keeps the best 1/eta of each rung
 
     def __post_init__(self) -> None:
         if self.trials <= 0:
@@ -57,6 +60,12 @@ class SearchConfig:
             raise UsageError(f"--population must be at least 2 (got {self.population})")
         if self.workers <= 0:
             raise UsageError(f"--workers must be positive (got {self.workers})")
+        if self.race < 0 or self.race == 1:
+            raise UsageError(f"--race takes 0 (no race) or at least 2 finalists (got {self.race})")
+        if not self.race_budget > 0:
+            raise UsageError(f"--race-budget must be positive (got {self.race_budget})")
+        if self.race_eta < 2:
+            raise UsageError(f"race_eta must be at least 2 (got {self.race_eta})")
         if self.heartbeat_s <= 0:
             raise UsageError(f"heartbeat_s must be a positive number of seconds (got {self.heartbeat_s})")
         for name, value in (("--max-params", self.max_params), ("--max-flops", self.max_flops),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from kdsearch.rundir import WinnerRecord
 from kdsearch.search.config import SearchConfig
 from kdsearch.search.winner import explain_winner, pick_winner, rank_by_rule
 
-__all__ = ["SearchResult", "summarise_study", "leaderboard_rows", "rank_leaderboard", "json_dumps"]
+__all__ = ["SearchResult", "summarise_study", "leaderboard_rows", "rank_leaderboard", "json_dumps", "record_race"]
 
 
 @dataclass
@@ -72,6 +72,10 @@ def summarise_study(study, config: SearchConfig, out_dir: Path) -> SearchResult:
     score = f"score_{config.proxy}"
     unique = {r["arch"]: r for r in rows}
     feasible = [r for r in unique.values() if r["feasible"]]
+    from kdsearch.search.race import is_degenerate
+
+    # zero-cost scores filter: a candidate with no gradient path cannot win while another can
+    feasible = [r for r in feasible if not is_degenerate(r)] or feasible
     if not feasible:
         raise BudgetError("no searched candidate met the budget; raise the budget or search longer (--trials)")
     picked = pick_winner(feasible, score, config.pick, cost="params")
@@ -98,6 +102,38 @@ def summarise_study(study, config: SearchConfig, out_dir: Path) -> SearchResult:
     plot_pareto(list(unique.values()), picked, score, out_dir / "pareto.png")
     winner_row = {**picked, "rule": config.pick, "reason": reason}
     return SearchResult(winner, winner_row, ranked, len(feasible), str(study._storage), study.study_name)
+
+
+def record_race(out_dir: Path, race: dict[str, Any]) -> WinnerRecord:
+    """Add the race's columns to ``leaderboard.csv`` (its winner's rows on top) and record the race
+    and its winner in ``winner.json``; ``race`` is :meth:`kdsearch.search.race.RaceResult.record`."""
+    from kdsearch.rundir import read_leaderboard
+
+    rows = read_leaderboard(out_dir / "leaderboard.csv")
+    by_arch = {f["arch"]: f for f in race["finalists"]}
+    for row in rows:
+        f = by_arch.get(row["arch"])
+        row["race_finalist"] = f["finalist"] if f else None
+        row["race_rung"] = f["rung_reached"] if f else None
+        for k in range(len(race["rungs"])):
+            rungs = f["rungs"] if f else []
+            row[f"race_val_acc_{k}"] = rungs[k]["val_acc"] if k < len(rungs) else None
+    won = next(f for f in race["finalists"] if f["state"] == "complete" and f["arch"] == race["winner"])
+    rows.sort(key=lambda r: r["arch"] != won["arch"])  # stable: the first row is the winner
+    write_text(out_dir / "leaderboard.csv", _to_csv(rows))
+    previous = WinnerRecord.load(out_dir / WinnerRecord.FILE)
+    row = rows[0]
+    acc = won["rungs"][-1]["val_acc"]
+    reason = (f"won the race of {len(race['finalists'])} finalists chosen by --pick {previous.rule}: val top-1 "
+              f"{acc:.4f} after {race['rungs'][-1]} steps; the race cost {race['spent_distillations']:.2f} "
+              "distillations")
+    score = f"score_{previous.proxy}"
+    fields = {} if row["arch"] == json_dumps(previous.arch) else {
+        "arch": Arch.from_json(row["arch"]).to_dict(), "score": row[score], "params": row["params"],
+        "flops": row["flops"], "latency_ms": row.get("latency_ms"), "trial": row["trial"]}
+    record = replace(previous, **fields, reason=reason, race=race)
+    record.save(out_dir / WinnerRecord.FILE)
+    return record
 
 
 def _to_csv(rows: list[dict[str, Any]]) -> str:

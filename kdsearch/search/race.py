@@ -1,0 +1,480 @@
+"""The race: after the training-free search, distil a few diverse finalists for real and let
+successive halving decide (DESIGN.md, "Search = training-free scores, then (optionally) a
+short-distillation race").
+
+The rules, in the order they apply:
+
+- **Filter, not ranker.** A candidate is *degenerate* when any of its proxy scores is not finite
+  or its synflow score is 0 (no gradient path from input to output); it never reaches the race.
+- **Diverse finalists.** Candidates within the budget are taken in the order of the pick rule
+  (:func:`~kdsearch.search.winner.rank_by_rule`); a candidate whose genes differ from an
+  already-taken finalist in fewer than ``MIN_GENE_DISTANCE`` genes (Hamming distance over the
+  flattened genes) is skipped, so the race is not K near-copies of one shape. Skipped
+  candidates fill the field, in rule order, only when too few diverse ones exist.
+- **Synchronous successive halving, counted in optimizer steps.** Rung ``k`` ends at
+  ``r0 · eta**k`` steps; after every finalist still in the race has reached a rung, the best
+  ``max(1, n // eta)`` by validation top-1 go on (ties: the earlier finalist). ``r0`` is the
+  largest step count for which the whole race costs at most ``race_budget`` × the optimizer
+  steps of one full distillation (``distill.epochs`` epochs of ``distill.batch_size``).
+- **Optuna's machinery.** The race is an Optuna study (``race/race.db``, or ``--storage`` with the
+  study name ``<study_name>-race``); each finalist is an enqueued trial; each rung is a
+  ``trial.report(val_top1, steps)`` and ``trial.should_prune()``. The pruner is
+  :class:`SynchronousHalvingPruner`: Optuna's ``SuccessiveHalvingPruner`` is asynchronous (it
+  judges a trial against those that reported before it, so the first finalist run always
+  reaches the top rung), which would break the budget when finalists train one after another.
+- **One engine, resumable.** Each rung segment is one call of
+  :func:`kdsearch.distill.trainer.train` (epochs = 1 over the segment's slice of the training
+  stream) in ``race/finalist-<i>/rung-<k>/``, starting from the previous rung's weights with a
+  fresh optimizer and schedule (a warm restart). A rung's result is kept in the trial's user
+  attributes, so a resumed race never trains a finished rung again; a worker that dies (its
+  trial stops heart-beating) has its trial re-queued with those attributes, like the search.
+
+Every finalist sees the same data in the same order: a seeded, endless stream of shuffled
+passes over the training set, of which rung ``k`` reads steps ``[r_{k-1}, r_k)``.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+from kdsearch.arch import Arch
+from kdsearch.errors import SearchError, UsageError
+from kdsearch.progress import NULL_PROGRESS, Progress
+from kdsearch.search.config import SearchConfig
+from kdsearch.search.winner import rank_by_rule
+
+__all__ = [
+    "MIN_GENE_DISTANCE",
+    "RacePlan",
+    "RaceResult",
+    "SynchronousHalvingPruner",
+    "gene_distance",
+    "is_degenerate",
+    "pick_finalists",
+    "plan_race",
+    "run_race",
+]
+
+MIN_GENE_DISTANCE = 2  # finalists differ in at least this many genes: one changed gene is a near-copy
+_POLL_S = 0.5  # how often a worker waiting on a rung looks at the study again
+
+
+# ---- who races --------------------------------------------------------------------------------
+
+
+def is_degenerate(row: dict[str, Any]) -> bool:
+    """Whether a leaderboard row's scores show no gradient path: a non-finite score or synflow == 0."""
+    scores = {k: v for k, v in row.items() if k.startswith("score_")}
+    if any(not isinstance(v, (int, float)) or not math.isfinite(v) for v in scores.values()):
+        return True
+    return scores.get("score_synflow", 1.0) == 0
+
+
+def _leaves(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        return {k: v for key in sorted(value) for k, v in _leaves(value[key], f"{prefix}{key}.").items()}
+    if isinstance(value, list):
+        return {k: v for i, item in enumerate(value) for k, v in _leaves(item, f"{prefix}{i}.").items()}
+    return {prefix: value}
+
+
+def gene_distance(a: Arch, b: Arch) -> int:
+    """Hamming distance between the flattened genes of ``a`` and ``b`` (a missing gene differs)."""
+    la, lb = _leaves(dict(a.genes)), _leaves(dict(b.genes))
+    return sum(la.get(k) != lb.get(k) for k in set(la) | set(lb))
+
+
+def pick_finalists(rows: Sequence[dict[str, Any]], score: str, rule: str, k: int,
+                   min_distance: int = MIN_GENE_DISTANCE) -> list[dict[str, Any]]:
+    """Up to ``k`` diverse, non-degenerate rows within the budget, in ``rule`` order (see the module doc)."""
+    unique = {r["arch"]: r for r in rows if r.get("feasible", True) and not is_degenerate(r)}
+    ranked = rank_by_rule(list(unique.values()), score, rule)
+    taken: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
+    for row in ranked:
+        if len(taken) == k:
+            break
+        arch = Arch.from_json(row["arch"])
+        if all(gene_distance(arch, Arch.from_json(t["arch"])) >= min_distance for t in taken):
+            taken.append(row)
+        else:
+            skipped.append(row)
+    taken += skipped[: k - len(taken)]
+    order = {r["arch"]: i for i, r in enumerate(ranked)}
+    return sorted(taken, key=lambda r: order[r["arch"]])
+
+
+# ---- what the race costs ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RacePlan:
+    """The rungs of a race and what it may cost, in optimizer steps."""
+
+    finalists: int
+    eta: int
+    rungs: tuple[int, ...]  # cumulative optimizer steps at the end of each rung: r0 · eta**k
+    survivors: tuple[int, ...]  # finalists that train each rung
+    full_steps: int  # optimizer steps of one full distillation: the budget's unit
+    budget: float  # race_budget: the race may cost this many full distillations
+
+    @property
+    def planned_steps(self) -> int:
+        """Optimizer steps the whole race costs when every rung is run."""
+        previous = (0, *self.rungs[:-1])
+        return sum(n * (r - p) for n, r, p in zip(self.survivors, self.rungs, previous))
+
+
+def plan_race(finalists: int, eta: int, full_steps: int, budget: float) -> RacePlan:
+    """The largest rungs ``r0 · eta**k`` whose race costs at most ``budget · full_steps`` steps."""
+    survivors = [finalists]
+    while survivors[-1] > 1:
+        survivors.append(max(1, survivors[-1] // eta))
+    # cost = r0 · sum_k n_k · (eta**k - eta**(k-1)), with eta**-1 read as 0
+    unit = sum(n * (eta**k - (eta ** (k - 1) if k else 0)) for k, n in enumerate(survivors))
+    r0 = int(budget * full_steps // unit)
+    if r0 < 1:
+        raise UsageError(
+            f"a race of {finalists} finalists (eta {eta}) needs at least {unit} optimizer steps, but --race-budget "
+            f"{budget:g} × {full_steps} steps of one distillation allows {budget * full_steps:.0f}; raise --race-budget, "
+            "lower --race, or distil longer (more epochs or a smaller batch)"
+        )
+    return RacePlan(finalists, eta, tuple(r0 * eta**k for k in range(len(survivors))), tuple(survivors),
+                    full_steps, budget)
+
+
+# ---- the pruner -------------------------------------------------------------------------------
+
+
+def _halving_pruner_base():
+    import optuna
+
+    return optuna.pruners.BasePruner
+
+
+class SynchronousHalvingPruner(_halving_pruner_base()):
+    """Successive halving judged once a rung is closed: keep the best ``max(1, n // eta)`` of the
+    ``n`` trials that reported at that rung's step (higher is better; ties keep the earlier
+    finalist). Idempotent, so every worker may ask for every trial in any order.
+
+    Call ``should_prune`` only after every trial still in the race has reported the rung
+    (:func:`run_race` waits for that); at a step that is not a rung nothing is pruned.
+    """
+
+    def __init__(self, rungs: Sequence[int], eta: int) -> None:
+        self.rungs, self.eta = tuple(rungs), eta
+
+    def prune(self, study, trial) -> bool:
+        import optuna
+
+        step = trial.last_step
+        if step is None or step not in self.rungs[:-1]:  # the top rung ends the race: nothing to prune
+            return False
+        reported = [t for t in study.get_trials(deepcopy=False)
+                    if step in t.intermediate_values and t.state != optuna.trial.TrialState.FAIL]
+        ranked = sorted(reported, key=lambda t: (-t.intermediate_values[step], t.user_attrs.get("finalist", t.number)))
+        keep = {t.user_attrs.get("finalist", t.number) for t in ranked[: max(1, len(ranked) // self.eta)]}
+        return trial.user_attrs.get("finalist", trial.number) not in keep
+
+
+# ---- one rung of one finalist -----------------------------------------------------------------
+
+
+def stream_indices(n: int, start: int, stop: int, seed: int):
+    """Positions ``[start, stop)`` of an endless stream of seeded shuffled passes over ``n`` items."""
+    import torch
+
+    parts, position = [], start
+    while position < stop:
+        epoch, offset = divmod(position, n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
+        take = min(stop - position, n - offset)
+        parts.append(perm[offset : offset + take])
+        position += take
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+
+
+def rung_dir(race_dir: Path, finalist: int, rung: int) -> Path:
+    return race_dir / f"finalist-{finalist}" / f"rung-{rung}"
+
+
+@dataclass
+class _Race:
+    """What every rung of every finalist needs; built once per process."""
+
+    plan: RacePlan
+    teacher: Any  # a kdsearch Teacher
+    dataset: Any
+    train_config: Any  # the distill TrainConfig; each rung is one epoch of it over the rung's slice
+    space_spec: str | None
+    race_dir: Path
+    progress: Progress
+
+    def train_rung(self, arch: Arch, finalist: int, rung: int) -> dict[str, float]:
+        """Distil ``arch`` from the end of rung ``rung - 1`` to the end of ``rung``; its val top-1 and loss sum."""
+        from kdsearch.data import Dataset
+        from kdsearch.distill.checkpoint import load_checkpoint, load_module_state
+        from kdsearch.distill.stage import build_student
+        from kdsearch.distill.trainer import train
+
+        config = self.train_config
+        start = self.plan.rungs[rung - 1] if rung else 0
+        steps = self.plan.rungs[rung] - start
+        b = config.batch_size
+        idx = stream_indices(len(self.dataset.train), start * b, (start + steps) * b, config.seed)
+        data = replace(self.dataset, train=self.dataset.train.select(idx))
+        assert isinstance(data, Dataset)
+        student = build_student(arch, self.dataset, config.seed, self.space_spec)
+        if rung:
+            load_module_state(student, load_checkpoint(rung_dir(self.race_dir, finalist, rung - 1) / "last.ckpt")["model"])
+        result = train(student, data, rung_dir(self.race_dir, finalist, rung), replace(config, epochs=1),
+                       teacher=self.teacher.module, resume=True)
+        return {"step": self.plan.rungs[rung], "val_acc": float(result["val_acc"]),
+                "train_loss_sum": float(sum(result["train_loss"].values()) * steps)}
+
+
+# ---- the study --------------------------------------------------------------------------------
+
+
+@dataclass
+class RaceResult:
+    """What a finished race decided."""
+
+    winner: dict[str, Any]  # the winning finalist's leaderboard row
+    finalists: list[dict[str, Any]]  # per finalist: arch, finalist, rung_reached, rungs (val_acc, train_loss_sum)
+    plan: RacePlan
+    spent_steps: int
+    storage: str = ""
+    study_name: str = ""
+    skipped: list[str] = field(default_factory=list)
+
+    def record(self) -> dict[str, Any]:
+        """The race as winner.json and race.json record it."""
+        return {
+            "rule": (f"successive halving (eta {self.plan.eta}) of {self.plan.finalists} diverse finalists by "
+                     "validation top-1 at each rung; rungs in optimizer steps"),
+            "eta": self.plan.eta,
+            "rungs": list(self.plan.rungs),
+            "survivors": list(self.plan.survivors),
+            "full_steps": self.plan.full_steps,
+            "budget": self.plan.budget,
+            "planned_steps": self.plan.planned_steps,
+            "spent_steps": self.spent_steps,
+            "spent_distillations": self.spent_steps / self.plan.full_steps,
+            "finalists": self.finalists,
+            "winner": self.winner["arch"],
+            "storage": self.storage,
+            "study_name": self.study_name,
+        }
+
+
+def _race_states():
+    import optuna
+
+    S = optuna.trial.TrialState
+    return S.RUNNING, S.WAITING, S.PRUNED, S.COMPLETE, S.FAIL
+
+
+class _Heartbeat:
+    """Records a heartbeat for the trials this worker owns, so a killed worker's trials go stale."""
+
+    def __init__(self, storage, trial_ids: set[int]) -> None:
+        self.storage, self.trial_ids = storage, trial_ids
+        interval = storage.get_heartbeat_interval() if hasattr(storage, "get_heartbeat_interval") else None
+        self.interval = interval
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        while not self.stop.wait(self.interval):
+            for trial_id in list(self.trial_ids):
+                try:
+                    self.storage.record_heartbeat(trial_id)
+                except Exception:  # noqa: BLE001 - a finished trial or a lost connection: the next beat retries
+                    pass
+
+    def __enter__(self) -> _Heartbeat:
+        if self.interval:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+
+
+def open_race_study(config: SearchConfig, race_dir: Path, plan: RacePlan, *, resume: bool):
+    """Create the race study (or load it with ``resume``); a study raced with another plan is refused."""
+    import optuna
+
+    from kdsearch.search.storage import get_storage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    race_dir.mkdir(parents=True, exist_ok=True)
+    url = config.storage or f"sqlite:///{(race_dir / 'race.db').resolve()}"
+    name = f"{config.study_name}-race"
+    storage = get_storage(url, config.heartbeat_s)
+    existing = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    if name in existing and not resume:
+        raise UsageError(f"race study {name!r} already exists in {url}; add --resume to continue it or --force to start over")
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
+                                pruner=SynchronousHalvingPruner(plan.rungs, plan.eta))
+    saved = study.user_attrs.get("plan")
+    if saved is None:
+        study.set_user_attr("plan", asdict(plan))
+    elif saved != _plain(asdict(plan)):
+        raise UsageError(f"the race in {url} was planned differently ({saved['rungs']} steps); start over with --force")
+    return study, url
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def run_race(rows: Sequence[dict[str, Any]], teacher, dataset, race_dir: Path, config: SearchConfig, train_config, *,
+             space_spec: str | None = None, resume: bool = False, progress: Progress = NULL_PROGRESS) -> RaceResult:
+    """Race ``config.race`` diverse finalists of the leaderboard ``rows`` (see the module doc).
+
+    Several processes may run it against one ``--storage`` at once; each takes waiting finalists
+    and trains them, and all wait for a rung to close before anyone is pruned.
+    """
+    score = f"score_{config.proxy}"
+    finalists = pick_finalists(rows, score, config.pick, config.race)
+    degenerate = [r["arch"] for r in rows if is_degenerate(r)]
+    if degenerate:
+        progress.note(f"race: {len(set(degenerate))} degenerate candidate(s) (no gradient path) kept out")
+    if not finalists:
+        raise SearchError("no candidate within the budget has usable scores to race; search longer (--trials)")
+    full_steps = train_config.epochs * (len(dataset.train) // train_config.batch_size)
+    plan = plan_race(len(finalists), config.race_eta, full_steps, config.race_budget)
+    study, url = open_race_study(config, race_dir, plan, resume=resume)
+    if not study.trials:
+        for i, row in enumerate(finalists):
+            study.enqueue_trial({}, user_attrs={"finalist": i, "arch": row["arch"], "params": row["params"]})
+    race = _Race(plan, teacher, dataset, train_config, space_spec, race_dir, progress)
+    progress.note(f"race: {len(finalists)} finalists, rungs at {', '.join(map(str, plan.rungs))} optimizer steps "
+                  f"(eta {plan.eta}); budget {plan.budget:g} × {full_steps} steps, planned {plan.planned_steps} "
+                  f"({plan.planned_steps / full_steps:.2f} distillations)")
+    owned: dict[int, Any] = {}  # trial number -> Trial this worker trains
+    with _Heartbeat(study._storage, {t._trial_id for t in owned.values()}) as beat:
+        for k in range(len(plan.rungs)):
+            progress.start("race", f"race rung {k + 1}/{len(plan.rungs)} ({plan.rungs[k]} steps)",
+                           plan.survivors[k])
+            while True:
+                _claim_and_train(study, race, owned, beat, k)
+                if _rung_closed(study, plan.rungs[k]):
+                    break
+                time.sleep(_POLL_S)
+            _decide(study, owned, plan, k)
+            progress.finish("race")
+            progress.note(_rung_line(study, plan, k))
+    return _result(study, plan, finalists, url)
+
+
+def _claim_and_train(study, race: _Race, owned: dict[int, Any], beat: _Heartbeat, k: int) -> None:
+    """Take waiting finalists (a re-queued one catches up), then bring this worker's live trials to rung ``k``."""
+    import optuna
+
+    from kdsearch.search.storage import fail_stale_trials
+
+    running, waiting = _race_states()[:2]
+    fail_stale_trials(study)  # a dead worker's trials come back as waiting copies
+    while study.get_trials(deepcopy=False, states=(waiting,)):
+        trial = study.ask()
+        if "finalist" not in trial.user_attrs:  # another worker took the last waiting finalist first
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            break
+        owned[trial.number] = trial
+        beat.trial_ids.add(trial._trial_id)
+        _advance(study, race, trial, k)
+    for number, trial in list(owned.items()):
+        if study._storage.get_trial(trial._trial_id).state == running:
+            _advance(study, race, trial, k)
+
+
+def _advance(study, race: _Race, trial, k: int) -> None:
+    """Train ``trial``'s missing rungs up to ``k``; a rung already recorded is only re-reported."""
+    import optuna
+
+    finalist, arch = trial.user_attrs["finalist"], Arch.from_json(trial.user_attrs["arch"])
+    for j in range(k + 1):
+        attrs = study._storage.get_trial(trial._trial_id)
+        if f"rung_{j}" not in attrs.user_attrs:
+            result = race.train_rung(arch, finalist, j)
+            trial.set_user_attr(f"rung_{j}", result)
+            race.progress.advance("race", val_acc=result["val_acc"])
+        else:
+            result = attrs.user_attrs[f"rung_{j}"]
+        if race.plan.rungs[j] not in attrs.intermediate_values:
+            trial.report(result["val_acc"], race.plan.rungs[j])
+        if j < k and trial.should_prune():  # a catching-up trial eliminated at a closed rung
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            return
+
+
+def _rung_closed(study, step: int) -> bool:
+    """Every finalist still in the race has reported ``step``."""
+    running, waiting, pruned, complete, fail = _race_states()
+    live = study.get_trials(deepcopy=False, states=(running, waiting))
+    return all(step in t.intermediate_values for t in live if "finalist" in t.user_attrs)
+
+
+def _decide(study, owned: dict[int, Any], plan: RacePlan, k: int) -> None:
+    """After rung ``k`` closed: prune this worker's eliminated trials; at the top rung, complete the rest."""
+    import optuna
+
+    running = _race_states()[0]
+    for number, trial in list(owned.items()):
+        frozen = study._storage.get_trial(trial._trial_id)
+        if frozen.state != running:
+            owned.pop(number)
+            continue
+        if k == len(plan.rungs) - 1:
+            study.tell(trial, frozen.intermediate_values[plan.rungs[k]])
+        elif trial.should_prune():
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            continue
+        owned.pop(number)
+
+
+def _finalist_records(study, plan: RacePlan) -> dict[int, dict[str, Any]]:
+    """Per finalist, its latest non-failed trial's rungs."""
+    fail = _race_states()[4]
+    out: dict[int, dict[str, Any]] = {}
+    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        if "finalist" not in t.user_attrs or t.state == fail and t.user_attrs["finalist"] in out:
+            continue
+        rungs = [t.user_attrs[f"rung_{j}"] for j in range(len(plan.rungs)) if f"rung_{j}" in t.user_attrs]
+        out[t.user_attrs["finalist"]] = {
+            "finalist": t.user_attrs["finalist"], "arch": t.user_attrs["arch"], "params": t.user_attrs["params"],
+            "trial": t.number, "state": t.state.name.lower(), "rung_reached": len(rungs) - 1, "rungs": rungs,
+        }
+    return out
+
+
+def _rung_line(study, plan: RacePlan, k: int) -> str:
+    records = _finalist_records(study, plan).values()
+    at = sorted((r for r in records if r["rung_reached"] >= k), key=lambda r: -r["rungs"][k]["val_acc"])
+    parts = []
+    for r in at:
+        fate = "won" if r["state"] == "complete" else ("out" if r["state"] == "pruned" and r["rung_reached"] == k else "on")
+        parts.append(f"#{r['finalist']} {r['rungs'][k]['val_acc']:.3f} ({fate})")
+    return f"race rung {k + 1}/{len(plan.rungs)} at {plan.rungs[k]} steps: " + ", ".join(parts)
+
+
+def _result(study, plan: RacePlan, finalists: list[dict[str, Any]], url: str) -> RaceResult:
+    records = sorted(_finalist_records(study, plan).values(), key=lambda r: r["finalist"])
+    top = [r for r in records if r["rung_reached"] == len(plan.rungs) - 1]
+    if not top:
+        raise SearchError("the race ended with no finalist at the top rung; see the run log")
+    best = max(top, key=lambda r: (r["rungs"][-1]["val_acc"], -r["finalist"]))
+    spent = sum(r["rungs"][-1]["step"] for r in records if r["rungs"])
+    return RaceResult(finalists[best["finalist"]], records, plan, spent, url, study.study_name)
