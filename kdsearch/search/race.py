@@ -297,6 +297,12 @@ class _Heartbeat:
                 except Exception:  # noqa: BLE001 - a finished trial or a lost connection: the next beat retries
                     pass
 
+    def add(self, trial_id: int) -> None:
+        """Beat for ``trial_id`` from now on; the first beat at once, so a kill right after leaves it stale."""
+        self.trial_ids.add(trial_id)
+        if self.interval:
+            self.storage.record_heartbeat(trial_id)
+
     def __enter__(self) -> _Heartbeat:
         if self.interval:
             self.thread.start()
@@ -392,7 +398,7 @@ def _claim_and_train(study, race: _Race, owned: dict[int, Any], beat: _Heartbeat
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             break
         owned[trial.number] = trial
-        beat.trial_ids.add(trial._trial_id)
+        beat.add(trial._trial_id)
         _advance(study, race, trial, k)
     for number, trial in list(owned.items()):
         if study._storage.get_trial(trial._trial_id).state == running:
