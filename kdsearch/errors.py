@@ -16,6 +16,7 @@ __all__ = [
     "SearchError",
     "BudgetError",
     "TrainingError",
+    "MemoryBudgetError",
     "ExportError",
     "Interrupted",
     "KdsearchWarning",
@@ -64,6 +65,10 @@ class BudgetError(UsageError):
 
 class TrainingError(KdsearchError):
     """Training diverged or could not continue."""
+
+
+class MemoryBudgetError(UsageError):
+    """A step would need more memory than ``--max-memory`` (or the free memory) allows."""
 
 
 class ExportError(KdsearchError):

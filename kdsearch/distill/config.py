@@ -52,6 +52,9 @@ class TrainConfig:
     eval_batch_size: int = 512
     seed: int = 0
     device: str = "auto"
+    # what one training step may use, e.g. "6GB"; None: 70% of the memory free when training
+    # starts. Past it the batch is split into micro-batches with gradient accumulation.
+    max_memory: str | None = None
 
     def __post_init__(self) -> None:
         check_shared_settings(self.epochs, self.batch_size, self.lr, self.temperature)
@@ -67,6 +70,10 @@ class TrainConfig:
             raise UsageError(f"--grad-clip must be >= 0 (0 turns clipping off; got {self.grad_clip})")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise UsageError(f"--label-smoothing must be in [0, 1) (got {self.label_smoothing})")
+        if self.max_memory is not None:
+            from kdsearch.memory import parse_memory
+
+            parse_memory(self.max_memory)
         # build the losses once so unknown names and bad options fail before any work; imported
         # here, not at the top, so that reading a configuration does not import torch
         from kdsearch.distill.losses import CombinedLoss, parse_loss_spec

@@ -9,8 +9,14 @@ The module reads top to bottom the way the loop runs:
 2. set-up: :func:`build_criterion`, :func:`build_optimizer`, :class:`TeacherTargets` (live or cached);
 3. the checkpoint: :class:`TrainState`, saved and restored in one place;
 4. one step: :func:`train_step`; one epoch: :func:`train_epoch` (both read the :class:`Setup` built once);
-5. evaluation: :func:`evaluate`;
-6. the loop: :func:`fit`.
+5. memory: :func:`estimate_train_memory` (a probe step at 2 and 4 images) and :func:`choose_micro_batch`;
+6. evaluation: :func:`evaluate`;
+7. the loop: :func:`fit`.
+
+Before the first step :func:`fit` checks that one step fits in ``--max-memory`` (default 70 %
+of the memory free now, see :mod:`kdsearch.memory`); when it does not, each batch is split into
+micro-batches whose gradients accumulate into one optimizer step (the same effective batch,
+schedule and, without BatchNorm, the same weights), or the run stops before any work.
 
 On CUDA a step runs under AMP (bf16 where supported, else fp16 with a GradScaler) in
 channels_last; uint8 batches are pinned, copied with ``non_blocking=True`` and normalised on
@@ -21,6 +27,7 @@ the logged loss terms and accuracy (``.item()``).
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
 import time
@@ -37,7 +44,8 @@ from kdsearch.distill.config import TrainConfig, loss_options_for
 from kdsearch.distill.distributed import DistributedContext
 from kdsearch.distill.evaluate import predict_logits, topk_accuracy
 from kdsearch.distill.losses import CombinedLoss, LossInputs, parse_loss_spec
-from kdsearch.errors import Interrupted, TrainingError, UsageError
+from kdsearch.errors import Interrupted, MemoryBudgetError, TrainingError, UsageError
+from kdsearch.memory import MemoryBudget, MemoryEstimate, estimate_step_memory, format_bytes, memory_budget
 from kdsearch.models.features import FeatureTap
 from kdsearch.progress import NULL_PROGRESS, Progress
 
@@ -48,8 +56,10 @@ __all__ = [
     "TrainState",
     "build_criterion",
     "build_optimizer",
+    "choose_micro_batch",
     "dts_temperature",
     "epoch_batches",
+    "estimate_train_memory",
     "evaluate",
     "fit",
     "load_batch",
@@ -303,26 +313,55 @@ class Setup:
     teacher: TeacherTargets | None  # None: no loss reads the teacher
     steps_per_epoch: int
     ckpt_path: Path
+    micro_batch: int = 0  # images per forward/backward; 0 or >= the batch: the whole batch at once
+    memory: dict[str, Any] = field(default_factory=dict)  # the memory check's numbers, for the history
+
+
+def _micro_batches(n: int, micro_batch: int) -> list[slice]:
+    """``n`` rows cut into the fewest near-equal slices of at most ``micro_batch`` rows."""
+    if micro_batch <= 0 or micro_batch >= n:
+        return [slice(0, n)]
+    k = -(-n // micro_batch)  # ceil
+    bounds = [round(i * n / k) for i in range(k + 1)]
+    return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
 
 
 def train_step(
     run: Setup, state: TrainState, x: torch.Tensor, y: torch.Tensor, t_logits: torch.Tensor | None,
     t_feats: list[torch.Tensor], where: str,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Forward, loss, NaN check, backward, clip, optimizer and schedule step; returns the logits and loss terms."""
+    """Forward, loss, NaN check, backward, clip, optimizer and schedule step; returns the logits and loss terms.
+
+    With ``run.micro_batch`` below the batch, forward and backward run per micro-batch and the
+    gradients accumulate, each micro-batch's loss weighted by its share of the batch: the
+    gradient of a batch-mean loss is then the full batch's, and one optimizer step follows.
+    """
     config, criterion = run.config, state.criterion
-    with _autocast(run.device, run.amp_dtype):
-        logits = run.train_model(x)  # (B, K)
-    s_feats = [run.student_tap[p].float() for p in run.student_paths]
-    loss, parts = criterion(LossInputs(logits.float(), t_logits, y, s_feats, t_feats, temperature=state.temperature))
-    if not torch.isfinite(loss):
-        clip = "" if config.grad_clip else " or enable --grad-clip"
-        raise TrainingError(
-            f"the loss became {loss.item()} at {where}; lower --lr (now {config.resolved_lr:g}){clip}. "
-            f"The last good checkpoint is kept at {run.ckpt_path}"
-        )
     state.optimizer.zero_grad(set_to_none=True)
-    state.scaler.scale(loss).backward()
+    chunks = _micro_batches(len(y), run.micro_batch)
+    all_logits: list[torch.Tensor] = []
+    parts: dict[str, float] = {}
+    for i, rows in enumerate(chunks):
+        last = i == len(chunks) - 1
+        no_sync = getattr(run.train_model, "no_sync", None)  # DDP: all-reduce once, after the last micro-batch
+        with contextlib.nullcontext() if last or no_sync is None else no_sync():
+            with _autocast(run.device, run.amp_dtype):
+                logits = run.train_model(x[rows])  # (b, K)
+            s_feats = [run.student_tap[p].float() for p in run.student_paths]
+            loss, chunk_parts = criterion(LossInputs(
+                logits.float(), None if t_logits is None else t_logits[rows], y[rows], s_feats,
+                [f[rows] for f in t_feats], temperature=state.temperature))
+            if not torch.isfinite(loss):
+                clip = "" if config.grad_clip else " or enable --grad-clip"
+                raise TrainingError(
+                    f"the loss became {loss.item()} at {where}; lower --lr (now {config.resolved_lr:g}){clip}. "
+                    f"The last good checkpoint is kept at {run.ckpt_path}"
+                )
+            share = (rows.stop - rows.start) / len(y)
+            state.scaler.scale(loss if len(chunks) == 1 else loss * share).backward()
+        all_logits.append(logits if len(chunks) == 1 else logits.detach())
+        for name, value in chunk_parts.items():
+            parts[name] = parts.get(name, 0.0) + value * share
     run.dist.average_grads(list(criterion.parameters()))  # DDP averages only the model's
     if config.grad_clip:
         state.scaler.unscale_(state.optimizer)
@@ -330,7 +369,7 @@ def train_step(
     state.scaler.step(state.optimizer)
     state.scaler.update()
     state.scheduler.step()
-    return logits, parts
+    return (all_logits[0] if len(chunks) == 1 else torch.cat(all_logits)), parts  # (B, K)
 
 
 def train_epoch(run: Setup, state: TrainState, epoch: int, phases: Phases, progress: Progress) -> dict[str, Any]:
@@ -344,7 +383,7 @@ def train_epoch(run: Setup, state: TrainState, epoch: int, phases: Phases, progr
     for step, idx in enumerate(epoch_batches(len(train_set), config.batch_size, state.generator, dist.rank,
                                              dist.world_size)):
         x, y = load_batch(train_set, idx, run.dataset, run.augment, state.generator, run.device, run.channels_last)
-        t_logits, t_feats = run.teacher(idx, x) if run.teacher is not None else (None, [])
+        t_logits, t_feats = _teacher_targets(run, idx, x)
         logits, parts = train_step(run, state, x, y, t_logits, t_feats, f"epoch {epoch + 1}, step {step + 1}")
         if config.temperature_schedule == "dts" and t_logits is not None:
             gap = _ce_gap(logits.detach().float(), t_logits, y)
@@ -373,8 +412,20 @@ def train_epoch(run: Setup, state: TrainState, epoch: int, phases: Phases, progr
         "lr": state.scheduler.get_last_lr()[0],
         "temperature": state.temperature,
         "world_size": dist.world_size,
+        **run.memory,
         **extra,
     }
+
+
+def _teacher_targets(run: Setup, idx: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+    """The teacher's logits and features for the batch, computed a micro-batch at a time."""
+    if run.teacher is None:
+        return None, []
+    chunks = _micro_batches(len(idx), run.micro_batch)
+    if len(chunks) == 1:
+        return run.teacher(idx, x)
+    outs = [run.teacher(idx[rows], x[rows]) for rows in chunks]
+    return torch.cat([o[0] for o in outs]), [torch.cat(f) for f in zip(*(o[1] for o in outs))]
 
 
 @contextlib.contextmanager
@@ -410,7 +461,113 @@ def dts_temperature(current: float, gap: float, base: float, momentum: float = 0
     return momentum * current + (1.0 - momentum) * max(target, 1e-2)
 
 
-# ---- 5. evaluation --------------------------------------------------------------------------
+# ---- 5. memory -----------------------------------------------------------------------------
+
+
+def estimate_train_memory(run: Setup, state: TrainState) -> MemoryEstimate:
+    """The peak memory of one training step as a line in the batch size, from real steps at 2 and 4 images.
+
+    The probe trains copies of the model and criterion with a fresh optimizer of the same kind
+    (so each probe allocates gradients and optimizer state as the first real step does), on the
+    first training images, unaugmented, under a forked RNG: the run's state, batch order and
+    random streams are untouched. A live teacher is used even when the run caches its outputs
+    (an upper bound), and the model is neither compiled nor wrapped in DDP.
+    """
+    model, criterion = copy.deepcopy(state.model), copy.deepcopy(state.criterion)
+    model.train()  # not phases.start_epoch: the box's hooks run once per real epoch, in order
+    teacher = None
+    if run.teacher is not None:
+        teacher = TeacherTargets(run.teacher.teacher, run.teacher.paths, run.amp_dtype)
+    probe = Setup(run.config, run.dataset, run.device, DistributedContext(), run.amp_dtype, run.channels_last, None,
+                  model, FeatureTap(model, run.student_paths), run.student_paths, teacher, run.steps_per_epoch,
+                  run.ckpt_path)
+
+    def step(batch: int) -> None:
+        idx = torch.arange(batch)
+        x, y = load_batch(run.dataset.train, idx, run.dataset, None, torch.Generator(), run.device, run.channels_last)
+        t_logits, t_feats = _teacher_targets(probe, idx, x)
+        optimizer, scheduler = build_optimizer(run.config, [model, criterion], run.steps_per_epoch)
+        scaler = torch.amp.GradScaler("cuda", enabled=state.scaler.is_enabled())
+        probe_state = TrainState(model, criterion, optimizer, scheduler, scaler, torch.Generator(), state.temperature)
+        train_step(probe, probe_state, x, y, t_logits, t_feats, "the memory probe")
+        optimizer.zero_grad(set_to_none=True)
+
+    rng_devices = [run.device.index or 0] if run.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=rng_devices), probe.student_tap, (teacher or contextlib.nullcontext()):
+        probes = (2, 4) if len(run.dataset.train) >= 4 else (1, 2)
+        return estimate_step_memory(step, run.device, probes)
+
+
+def choose_micro_batch(
+    estimate: MemoryEstimate, budget: MemoryBudget, batch_size: int, keep: int | None = None
+) -> int:
+    """The micro-batch for ``batch_size`` under ``budget``: the whole batch when it fits, else the largest that does.
+
+    ``keep``: the micro-batch a resumed run used; kept when it still fits, so BatchNorm sees the
+    same batches as before the interruption.
+
+    Raises:
+        MemoryBudgetError: not even the smallest sensible micro-batch (8 images, or 2 below a batch of 8) fits.
+    """
+    if keep and estimate.at(keep) <= budget.nbytes:
+        return keep
+    if estimate.at(batch_size) <= budget.nbytes:
+        return batch_size
+    smallest = min(batch_size, 8 if batch_size >= 8 else 2)
+    fits = min(estimate.largest_batch(budget.nbytes), batch_size)
+    if fits < smallest:
+        raise MemoryBudgetError(
+            f"one training step at batch {batch_size} needs ≈ {format_bytes(estimate.at(batch_size))} "
+            f"(micro-batches of {smallest}: ≈ {format_bytes(estimate.at(smallest))}) but "
+            f"{format_bytes(budget.nbytes)} is available ({budget.source}); lower --batch-size or --image-size, "
+            "or raise --max-memory"
+        )
+    steps = -(-batch_size // fits)  # ceil: the fewest micro-batches of at most `fits` images
+    return -(-batch_size // steps)  # the size of the near-equal slices train_step cuts
+
+
+def _check_memory(run: Setup, state: TrainState, progress: Progress) -> None:
+    """Pick ``run.micro_batch`` (rank 0 decides for every rank) and note it when the batch is split."""
+    config, dist = run.config, run.dist
+    choice: tuple[int, MemoryEstimate, MemoryBudget] | str | None = None
+    if dist.is_main:
+        budget = memory_budget(config.max_memory, run.device)
+        if run.device.type != "cuda" and config.max_memory is None:
+            budget = MemoryBudget(budget.nbytes // dist.world_size, budget.source)  # the ranks share one host's memory
+        estimate = estimate_train_memory(run, state)
+        keep = next((h["micro_batch"] for h in reversed(state.history) if "micro_batch" in h), None)
+        try:
+            choice = (choose_micro_batch(estimate, budget, config.batch_size, keep), estimate, budget)
+        except MemoryBudgetError as e:
+            choice = str(e)
+    choice = dist.broadcast(choice)
+    if isinstance(choice, str):
+        raise MemoryBudgetError(choice)
+    assert choice is not None
+    micro, estimate, budget = choice
+    steps = len(_micro_batches(config.batch_size, micro))
+    run.micro_batch = micro
+    run.memory = {"micro_batch": micro, "accumulation_steps": steps,
+                  "memory_estimate_bytes": estimate.at(config.batch_size), "memory_budget_bytes": budget.nbytes}
+    if steps > 1:
+        progress.note(
+            f"one training step at batch {config.batch_size} needs ≈ {format_bytes(estimate.at(config.batch_size))} "
+            f"but {format_bytes(budget.nbytes)} is available ({budget.source}): each batch trains as {steps} "
+            f"micro-batches of ≤ {micro} with gradient accumulation (same effective batch and schedule; "
+            f"BatchNorm sees {micro} images at a time)"
+        )
+
+
+def _out_of_memory(run: Setup, where: str) -> MemoryBudgetError:
+    """A CUDA out-of-memory error as one line: what ran out, what to change, where the last epoch is."""
+    kept = f"; the last finished epoch is kept in {run.ckpt_path} (--resume)" if run.ckpt_path.exists() else ""
+    return MemoryBudgetError(
+        f"{run.device} ran out of memory at {where}, beyond the estimate: lower --max-memory (smaller "
+        f"micro-batches), --batch-size or --image-size{kept}"
+    )
+
+
+# ---- 6. evaluation --------------------------------------------------------------------------
 
 
 def evaluate(
@@ -432,7 +589,7 @@ def evaluate(
     return metrics
 
 
-# ---- 6. the loop ----------------------------------------------------------------------------
+# ---- 7. the loop ----------------------------------------------------------------------------
 
 
 def fit(
@@ -470,6 +627,8 @@ def fit(
 
     Raises:
         UsageError: a loss needs the missing teacher, too little data, a checkpoint with other settings.
+        MemoryBudgetError: not even a micro-batch of 8 images fits in ``config.max_memory`` (before
+            any work), or CUDA ran out of memory (the last checkpoint is kept).
         TrainingError: the loss stopped being finite (the last checkpoint is kept).
         Interrupted: Ctrl-C; the last finished epoch is in ``last.ckpt``.
     """
@@ -482,7 +641,8 @@ def fit(
     if not dist.is_main:
         progress = NULL_PROGRESS  # one display, from rank 0
     channels_last = cuda and config.channels_last
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # --max-memory chooses how a step is cut into micro-batches, not what is trained: a resume may change it
+    settings = {k: v for k, v in settings.items() if k != "max_memory"}
     ckpt_path = out_dir / CHECKPOINT
     if criterion.uses_teacher and teacher is None:
         raise UsageError(f"--loss {config.loss} needs a teacher; give --teacher or use --loss ce")
@@ -523,23 +683,30 @@ def fit(
     if config.compile:
         train_model = torch.compile(train_model)
 
-    # -- the teacher: validation logits once, training targets live or cached
+    # -- the teacher's training targets, live (cached below); the memory check before any work
     s_paths, t_paths = feature_paths
+    targets = None
+    if teacher is not None and (config.cache_teacher or criterion.uses_teacher):
+        targets = TeacherTargets(teacher, t_paths, amp_dtype)
+    # hooks stay registered for the whole run: re-registering them every step would make
+    # torch.compile recompile every step
+    run = Setup(config, dataset, device, dist, amp_dtype, channels_last, augment, train_model,
+                FeatureTap(model, s_paths), s_paths, targets, steps_per_epoch, ckpt_path)
+    try:
+        _check_memory(run, state, progress)
+    except torch.OutOfMemoryError:
+        raise _out_of_memory(run, "the memory probe") from None
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    # -- the teacher: validation logits once, training targets cached when asked
     teacher_val_logits = None
     if teacher is not None and dist.is_main:
         teacher_val_logits = predict_logits(teacher, dataset.val.images, dataset.mean, dataset.std, device=device,
                                             batch_size=config.eval_batch_size, channels_last=channels_last)
-    targets = None
     if teacher is not None and config.cache_teacher:
         progress.note("caching the teacher's outputs for the training set")
-        targets = TeacherTargets.cached(teacher, t_paths, dataset.train, dataset, device, config.eval_batch_size)
-    elif teacher is not None and criterion.uses_teacher:
-        targets = TeacherTargets(teacher, t_paths, amp_dtype)
-
-    # hooks stay registered for the whole run: re-registering them every step would make
-    # torch.compile recompile every step
-    run = Setup(config, dataset, device, dist, amp_dtype, channels_last, augment, train_model,
-               FeatureTap(model, s_paths), s_paths, targets, steps_per_epoch, ckpt_path)
+        targets = run.teacher = TeacherTargets.cached(teacher, t_paths, dataset.train, dataset, device,
+                                                      config.eval_batch_size)
 
     # -- the loop: train, evaluate, checkpoint; NaN stops it (above), Ctrl-C leaves the last epoch saved
     progress.start("epochs", f"{phases.label}epochs", config.epochs)
@@ -569,6 +736,8 @@ def fit(
         raise Interrupted(
             f"stopped by Ctrl-C; the last finished epoch is saved in {ckpt_path}: run the same command with --resume"
         ) from None
+    except torch.OutOfMemoryError:
+        raise _out_of_memory(run, f"batch {config.batch_size} (micro-batches of {run.micro_batch})") from None
     finally:
         progress.finish("epochs")
     model.to("cpu")
