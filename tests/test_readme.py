@@ -45,6 +45,7 @@ def test_readme_has_commands():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # about twenty commands, each a real (tiny) training, search or export
 def test_readme_commands_run_in_order(tmp_path, monkeypatch, fashion_npz, cli):
     monkeypatch.chdir(tmp_path)
     for command in readme_commands():
