@@ -12,9 +12,10 @@ teacher initialisation, batch size, term weights) and reports per proxy:
   budget minus that of the proxy's favourite within it (0 is perfect).
 
 With ``repeats`` > 1 every arch is distilled once per training seed; accuracy is then the mean
-over seeds, and the seeds' agreement with each other (``reliability``) is the ceiling no proxy can
-pass: how well one training run ranks the archs for another, overall and beyond size, and the
-regret of picking by one seed's accuracy judged on another's.
+over seeds, and the seeds' agreement with each other (``reliability``) measures the training noise
+in that ground truth: how well one training run ranks the archs for another, overall and beyond
+size, and the regret of picking by one seed's accuracy judged on another's. It is not an upper
+bound on a proxy's agreement with the seed mean (a proxy can score above it).
 
 Every finished student is appended to ``students.jsonl`` (one fsynced JSON line, keyed by arch
 and training seed) and never trained twice; scores are recomputed on every run (seconds), so new
@@ -189,7 +190,7 @@ def _accuracy(row: dict[str, Any]) -> float:
 
 def seed_reliability(accs: Sequence[Sequence[float]], params: Sequence[float],
                      budgets: Sequence[float]) -> dict[str, Any]:
-    """How well one training seed's accuracies predict another's: the ceiling for any proxy.
+    """How well one training seed's accuracies predict another's: the training noise in the ground truth.
 
     ``accs[i][r]`` is arch ``i`` trained with seed ``r``. Kendall τ and size-controlled τ are
     averaged over seed pairs; ``mean_regret`` is the regret under budget of picking by one
