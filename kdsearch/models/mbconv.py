@@ -29,17 +29,10 @@ MOBILENETV2: tuple[tuple[int, int, int, int], ...] = (
     (6, 320, 1, 1),
 )
 
-# MobileNetV2 for 32x32 inputs: the torchvision table with the second stage's stride set
-# to 1 (and a stride-1 stem), so a 32 px image ends on a 4x4 map instead of 1x1.
-MOBILENETV2_CIFAR: tuple[tuple[int, int, int, int], ...] = (
-    # t, c, n, s
-    (1, 16, 1, 1),
-    (6, 24, 2, 1),
-    (6, 32, 3, 2),
-    (6, 64, 4, 2),
-    (6, 96, 3, 1),
-    (6, 160, 3, 2),
-    (6, 320, 1, 1),
+# MobileNetV2 for 32x32 inputs: the table above with the second stage's stride set to 1 (and a
+# stride-1 stem), so a 32 px image ends on a 4x4 map instead of 1x1.
+MOBILENETV2_CIFAR: tuple[tuple[int, int, int, int], ...] = tuple(
+    (t, c, n, 1 if i == 1 else s) for i, (t, c, n, s) in enumerate(MOBILENETV2)
 )
 
 
