@@ -90,7 +90,7 @@ def run_search(
     study = open_study(config, out_dir, resume=resume)
     fresh = not study.trials  # not a resumed study, not another worker's
     for arch in seed_archs or []:
-        space.validate(arch)
+        space.validate(arch, dataset.image_size)
         study.enqueue_trial(space.params(arch), user_attrs={"seeded": True}, skip_if_exists=True)
     if fresh:
         for arch in initial[: max(0, config.population - len(seed_archs or []))]:

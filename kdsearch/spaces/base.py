@@ -238,9 +238,15 @@ class SearchSpace(ABC):
             out.update(zip(gene.param_names(), values))
         return out
 
-    def validate(self, arch: Arch) -> None:
-        """Fail with :class:`SpaceError` unless ``arch`` is a member of this space."""
+    def validate(self, arch: Arch, image_size: int | tuple[int, int] | None = None) -> None:
+        """Fail with :class:`SpaceError` unless ``arch`` is a member of this space (and, given
+        ``image_size``, in the form this space builds for it)."""
         self._check_family(arch, f"arch {arch.key}")
+        if image_size is not None and arch.form != self.form_for(image_size):
+            raise SpaceError(
+                f"arch {arch.key} is in the {arch.form} form but space {self.name!r} builds the "
+                f"{self.form_for(image_size)} form for {image_size} px images; use an arch searched at this size"
+            )
         for gene in self.genes_for(arch.form).values():
             value = arch.genes[gene.name]
             if gene.fixed:

@@ -68,6 +68,9 @@ def test_one_space_gives_each_form_its_own_ranges():
     assert space.teacher(224).genes["depths"] == [2, 2, 2, 2] and space.teacher().form == "cifar"
     with pytest.raises(SpaceError, match="4 values but space 'tiny' has 3 positions"):  # imagenet genes, cifar form
         space.validate(Arch("tiny", large.genes, "cifar"))
+    space.validate(small, 32)
+    with pytest.raises(SpaceError, match=r"cifar form but space 'tiny' builds the imagenet form for \(224, 224\) px"):
+        space.validate(small, (224, 224))  # e.g. a seed arch searched on CIFAR given to a 224 px search
 
 
 def test_a_stated_form_holds_at_every_size():
