@@ -71,10 +71,11 @@ def run_search(
     """
     from kdsearch.models.features import locate_parts
     from kdsearch.proxies import create_proxy, teacher_stats
+    from kdsearch.proxies.scoring import largest_candidate, proxy_batch_that_fits
     from kdsearch.spaces import load_space
+    from kdsearch.spaces.candidates import build_candidate
 
     space = load_space(config.space)
-    out_dir.mkdir(parents=True, exist_ok=True)
     proxy_names = list(dict.fromkeys(o for o in config.objectives if o not in COST_OBJECTIVES))
     proxies = {name: create_proxy(name) for name in proxy_names}
     # The first generation is drawn from inside the budget, so evolution starts where the winner must be.
@@ -82,11 +83,17 @@ def run_search(
     if config.max_params is not None or config.max_flops is not None:
         progress.note(f"{feasible_fraction:.0%} of sampled {space.name} candidates meet the budget")
 
-    batch = fixed_batch(dataset, config.proxy_batch, config.seed)
     teacher_module = teacher.module if config.teacher_init == "pretrained" else teacher.fresh_copy(config.seed)
+    # the proxy batch must fit in memory for the teacher and the first generation's largest candidate
+    largest = build_candidate(space, largest_candidate(space, initial, dataset), dataset.num_classes,
+                              dataset.in_channels, config.seed)
+    proxy_batch = proxy_batch_that_fits([teacher_module, largest], dataset, config.proxy_batch, config.seed,
+                                        progress=progress)
+    batch = fixed_batch(dataset, proxy_batch, config.seed)
     parts = locate_parts(teacher_module, batch[0], feature=config.teacher_feature, classifier=config.teacher_classifier)
     stats = teacher_stats(proxies, teacher_module, batch, parts)
 
+    out_dir.mkdir(parents=True, exist_ok=True)  # after the checks above: a refused search leaves nothing
     study = open_study(config, out_dir, resume=resume)
     fresh = not study.trials  # not a resumed study, not another worker's
     for arch in seed_archs or []:

@@ -1,0 +1,82 @@
+"""The proxy batch must fit in memory: measured on the teacher and a candidate before scoring;
+lowered with one note when it does not fit, or the search stops before any work."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kdsearch.data import load_dataset
+from kdsearch.errors import MemoryBudgetError
+from kdsearch.memory import estimate_step_memory
+from kdsearch.models.zoo import create_model
+from kdsearch.progress import Progress
+from kdsearch.proxies.scoring import proxy_batch_that_fits
+
+
+@pytest.fixture(scope="module")
+def data(fashion_npz):
+    return load_dataset(f"npz:{fashion_npz}", subset=256, seed=0)
+
+
+class Notes(Progress):
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+
+    def note(self, message: str) -> None:
+        self.notes.append(message)
+
+
+def _models():
+    torch.manual_seed(0)
+    return [create_model("resnet20", 10, 1), create_model("resnet8", 10, 1)]
+
+
+def _need_at(models, data, batch: int) -> int:
+    from kdsearch.data import fixed_batch
+
+    def step_of(model):
+        def step(b: int) -> None:
+            model(fixed_batch(data, b, 0)[0]).float().sum().backward()
+            model.zero_grad(set_to_none=True)
+        return step
+
+    return max(estimate_step_memory(step_of(m), torch.device("cpu")).at(batch) for m in models)
+
+
+def test_a_batch_that_fits_is_kept_and_the_models_are_left_as_they_were(data):
+    models = _models()
+    before = [{k: v.clone() for k, v in m.state_dict().items()} for m in models]
+    notes = Notes()
+    assert proxy_batch_that_fits(models, data, 64, 0, max_memory="100GB", progress=notes) == 64
+    assert notes.notes == []
+    for m, state in zip(models, before):
+        assert all(torch.equal(v, state[k]) for k, v in m.state_dict().items())
+        assert all(p.grad is None for p in m.parameters())
+
+
+def test_a_batch_past_the_budget_is_lowered_with_one_note(data):
+    models = _models()
+    budget = int(0.5 * _need_at(models, data, 64))
+    notes = Notes()
+    batch = proxy_batch_that_fits(models, data, 64, 0, max_memory=str(budget), progress=notes)
+    assert 8 <= batch < 64
+    assert len(notes.notes) == 1 and f"on {batch} images" in notes.notes[0]
+
+
+def test_a_budget_below_a_small_batch_stops_in_one_line(data):
+    with pytest.raises(MemoryBudgetError, match="proxy batch of 64") as caught:
+        proxy_batch_that_fits(_models(), data, 64, 0, max_memory="1kB")
+    assert "\n" not in str(caught.value)
+
+
+def test_search_stops_before_any_work_when_even_a_small_proxy_batch_cannot_fit(monkeypatch, tmp_path, fashion_npz, cli):
+    import kdsearch.memory
+
+    monkeypatch.setattr(kdsearch.memory, "_mem_available", lambda: 1000)  # 700 bytes for scoring
+    out = tmp_path / "s"
+    code, _, err = cli("search", "--teacher", "resnet8", "--data", f"npz:{fashion_npz}", "--subset", "256",
+                       "--trials", "2", "--population", "2", "--proxy-batch", "16", "--out", out, "--quiet")
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "proxy batch of 16" in lines[0] and "Traceback" not in err
+    assert not (out / "search" / "study.db").exists() and not (out / "study.db").exists()
