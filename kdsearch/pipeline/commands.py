@@ -15,7 +15,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from kdsearch.arch import Arch
+from kdsearch.devices import resolve_device
+from kdsearch.distill.distributed import DistributedContext, is_main_process
 from kdsearch.errors import KdsearchError, UsageError
+from kdsearch.files import write_json
+from kdsearch.logs import capture_library_noise
 from kdsearch.pipeline.config import RunConfig, save_run_config
 from kdsearch.pipeline.stages import (
     check_inputs,
@@ -25,13 +29,17 @@ from kdsearch.pipeline.stages import (
     qat_stage,
     resolve_teacher,
     race_stage,
+    search_config_for,
     search_stage,
     summary_for,
     teach_stage,
 )
-from kdsearch.pipeline.workspace import opened_run_dir
+from kdsearch.pipeline.workspace import holds_results, opened_run_dir, prepare_run_dir
 from kdsearch.progress import NULL_PROGRESS, Progress
+from kdsearch.report.html import write_report
 from kdsearch.rundir import ExportRecord, QatMetrics, RunDir, TrainMetrics, WinnerRecord
+from kdsearch.search.storage import storage_url
+from kdsearch.search.study import run_search
 
 __all__ = [
     "SearchOutcome",
@@ -46,7 +54,6 @@ __all__ = [
 
 @contextlib.contextmanager
 def _logged(run_dir: Path) -> Iterator[None]:
-    from kdsearch.logs import capture_library_noise
 
     with capture_library_noise(RunDir(run_dir).log):  # library chatter goes to the log, not the terminal
         yield
@@ -78,9 +85,6 @@ class SearchOutcome:
 def search_command(out: Path, config: RunConfig, *, seed_archs: list[Arch] | None = None, resume: bool = False,
                    force: bool = False, progress: Progress = NULL_PROGRESS) -> SearchOutcome:
     """``kdsearch search``: a training-free search into ``out/search``."""
-    from kdsearch.search.storage import storage_url
-    from kdsearch.search.study import run_search
-    from kdsearch.pipeline.stages import search_config_for
 
     if not config.teacher:
         raise UsageError("no teacher: give --teacher (a zoo name, model directory, .pt or .pt2) or `teacher:` in --config")
@@ -100,7 +104,6 @@ def search_command(out: Path, config: RunConfig, *, seed_archs: list[Arch] | Non
 
 def _prepare_distill_dir(out: Path, run_dir: Path | None, *, resume: bool, force: bool) -> None:
     """A new run directory, or ``RUN_DIR/distill`` kept (``resume``) or cleared (``force``)."""
-    from kdsearch.pipeline.workspace import prepare_run_dir
 
     distill = RunDir(out).distill
     if run_dir is None or out != run_dir:
@@ -120,8 +123,6 @@ def distill_command(out: Path, config: RunConfig, arch: Arch, *, run_dir: Path |
     the directory (else the ranks race it), its refusal reaches every rank, and only rank 0
     returns the metrics (the others return None).
     """
-    from kdsearch.devices import resolve_device
-    from kdsearch.distill.distributed import DistributedContext, is_main_process
 
     dataset = load_run_dataset(config)
     check_inputs(config, dataset, search=False, student=arch, train=("distill",))
@@ -148,7 +149,6 @@ def distill_command(out: Path, config: RunConfig, arch: Arch, *, run_dir: Path |
                                     assistant=assistant, search_dir=run_dir)
         ok = True
     except BaseException:
-        from kdsearch.pipeline.workspace import holds_results
 
         if main and ours and out.is_dir() and not holds_results(out):
             shutil.rmtree(out, ignore_errors=True)
@@ -212,7 +212,6 @@ def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
 
 def _run_stages(config: RunConfig, run: RunDir, dataset, timings: dict[str, float], *, resume: bool,
                 progress: Progress) -> dict[str, Any]:
-    from kdsearch.files import write_json
 
     teacher_metrics = None
     if config.teacher is None:
@@ -242,7 +241,6 @@ def _run_stages(config: RunConfig, run: RunDir, dataset, timings: dict[str, floa
     summary = summary_for(run, dataset, teacher, teacher_metrics, winner, student_metrics, export, timings)
     summary["report"] = str(run.report)
     write_json(run.summary, summary)
-    from kdsearch.report.html import write_report
 
     write_report(run.root)  # after summary.json: the page reads it (teacher FLOPs, timings)
     return summary

@@ -12,12 +12,32 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from kdsearch.arch import Arch
-from kdsearch.errors import UsageError
+from kdsearch.data import NormalizedImages, load_dataset, normalize
+from kdsearch.devices import resolve_device
+from kdsearch.distill.assistant import Candidate, assistant_stage
+from kdsearch.distill.losses import CombinedLoss
+from kdsearch.distill.stage import distill_student, student_space, train_teacher
+from kdsearch.errors import ConfigError, UsageError
+from kdsearch.export.stage import export_model, measure_teacher
+from kdsearch.files import write_json
+from kdsearch.models.zoo import MODELS, create_model, model_arch
 from kdsearch.pipeline.config import RunConfig
 from kdsearch.progress import NULL_PROGRESS, Progress
-from kdsearch.rundir import ExportRecord, QatMetrics, RunDir, TrainMetrics, WinnerRecord
-from kdsearch.search.config import SearchConfig
+from kdsearch.proxies import PROXIES, count_flops
+from kdsearch.quant.qat import load_qat_model, quantize_student
+from kdsearch.report.plots import plot_race_rungs
+from kdsearch.rundir import ExportRecord, QatMetrics, RunDir, TrainMetrics, WinnerRecord, read_leaderboard
+from kdsearch.search.config import COST_OBJECTIVES, SearchConfig
+from kdsearch.search.objective import feasible_samples
+from kdsearch.search.race import run_race
+from kdsearch.search.storage import get_storage
+from kdsearch.search.study import run_search
+from kdsearch.search.summary import record_race
+from kdsearch.spaces import load_space
+from kdsearch.spaces.model_files import load_model_dir, load_teacher
 
 __all__ = [
     "load_run_dataset",
@@ -35,7 +55,6 @@ __all__ = [
 
 def load_run_dataset(config: RunConfig):
     """The dataset the configuration names (split and subset seeded by ``data.seed``)."""
-    from kdsearch.data import load_dataset
 
     d = config.data
     return load_dataset(d.spec, data_dir=Path(d.data_dir) if d.data_dir else None, subset=d.subset, seed=d.seed,
@@ -59,34 +78,25 @@ def check_inputs(config: RunConfig, dataset, *, search: bool = True, student: Ar
     each must have at least one batch of data. Returns the loaded teacher (None when the run
     trains its own).
     """
-    import torch
 
-    from kdsearch.devices import resolve_device
 
     for device in {config.device, config.teach.device, config.distill.device}:
         resolve_device(device)
     for name in train:
         _check_batches(name, getattr(config, name).batch_size, dataset)
     if student is not None:
-        from kdsearch.distill.stage import student_space
 
         student_space(student, config.search.space).validate(student)
 
-    from kdsearch.models.zoo import MODELS, create_model
-    from kdsearch.search.objective import feasible_samples
-    from kdsearch.spaces import load_space
 
     space = load_space(config.search.space)
     if search:
-        from kdsearch.proxies import PROXIES
-        from kdsearch.search.config import COST_OBJECTIVES
 
         for name in config.search.objectives:
             if name not in COST_OBJECTIVES:
                 PROXIES.get(name)
     teacher = None
     if config.teacher is not None:
-        from kdsearch.spaces.model_files import load_teacher
 
         teacher = load_teacher(config.teacher, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
                                image_size=dataset.image_size)
@@ -98,7 +108,6 @@ def check_inputs(config: RunConfig, dataset, *, search: bool = True, student: Ar
     if search:
         feasible_samples(space, dataset, search_config_for(config, module), wanted=0)
     if search and config.search.storage:
-        from kdsearch.search.storage import get_storage
 
         get_storage(config.search.storage)
     return teacher
@@ -106,7 +115,6 @@ def check_inputs(config: RunConfig, dataset, *, search: bool = True, student: Ar
 
 def resolve_teacher(run_dir: Path, config: RunConfig, dataset):
     """The configured teacher, or the one ``kdsearch run`` trained into ``run_dir/teacher``."""
-    from kdsearch.spaces.model_files import load_teacher
 
     spec = config.teacher or str(RunDir(run_dir).teacher)
     return load_teacher(spec, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
@@ -125,10 +133,7 @@ def search_config_for(config: RunConfig, teacher) -> SearchConfig:
 
 def teach_stage(out: Path, config: RunConfig, dataset, *, resume: bool, progress: Progress) -> TrainMetrics:
     """Train ``config.teacher_model`` with cross-entropy into the model directory ``out``."""
-    import torch
 
-    from kdsearch.distill.stage import train_teacher
-    from kdsearch.models.zoo import create_model, model_arch
 
     if resume and (out / "model.safetensors").exists():
         progress.note(f"teacher already trained in {out}")
@@ -145,7 +150,6 @@ def search_stage(run: RunDir, config: RunConfig, dataset, teacher, *, resume: bo
                  seed_archs: list[Arch] | None = None):
     """Search into ``run.search``; returns the search result (None when resumed after it finished)
     and the winner record."""
-    from kdsearch.search.study import run_search
 
     if resume and run.winner.exists():
         progress.note(f"search already finished in {run.search}")
@@ -164,11 +168,6 @@ def race_stage(run: RunDir, config: RunConfig, dataset, teacher, *, resume: bool
     winner = WinnerRecord.load(run.winner)
     if not config.search.race or winner.race is not None:
         return winner
-    from kdsearch.files import write_json
-    from kdsearch.report.plots import plot_race_rungs
-    from kdsearch.rundir import read_leaderboard
-    from kdsearch.search.race import run_race
-    from kdsearch.search.summary import record_race
 
     result = run_race(read_leaderboard(run.leaderboard), teacher, dataset, run.race, search_config_for(config, teacher),
                       config.distill, space_spec=config.search.space, resume=resume, progress=progress)
@@ -189,13 +188,11 @@ def distill_stage(run: RunDir, config: RunConfig, dataset, teacher, arch: Arch, 
     if teacher.trained is not True:
         progress.note(f"warning: teacher {teacher.source} is not known to be trained; distilling from it may not help")
     if assistant:
-        from kdsearch.distill.assistant import assistant_stage
 
         candidates = searched_candidates(RunDir(search_dir)) if search_dir is not None else None
         metrics = assistant_stage(run.distill, arch, assistant, teacher, dataset, config.distill, candidates=candidates,
                                   space_spec=config.search.space, resume=resume, progress=progress)
     else:
-        from kdsearch.distill.stage import distill_student
 
         metrics = distill_student(arch, teacher, dataset, run.distill, config.distill, resume=resume,
                                   space_spec=config.search.space, progress=progress)
@@ -206,8 +203,6 @@ def distill_stage(run: RunDir, config: RunConfig, dataset, teacher, arch: Arch, 
 def searched_candidates(run: RunDir):
     """Every scored arch of ``run``'s search, scored by the proxy that chose its winner (for
     ``--assistant auto``); None when the run has no finished search."""
-    from kdsearch.distill.assistant import Candidate
-    from kdsearch.rundir import read_leaderboard
 
     if not run.leaderboard.is_file():
         return None
@@ -228,9 +223,6 @@ def _require_student(run: RunDir) -> None:
 
 def qat_stage(run: RunDir, config: RunConfig, dataset, *, resume: bool, progress: Progress) -> QatMetrics:
     """Quantization-aware training with KD of ``run.distill``'s student into ``run.qat``."""
-    from kdsearch.distill.losses import CombinedLoss, parse_loss_spec
-    from kdsearch.spaces.model_files import load_model_dir
-    from kdsearch.quant.qat import quantize_student
 
     _require_student(run)
     if resume and run.qat_metrics.exists():
@@ -254,9 +246,6 @@ def export_stage(run: RunDir, config: RunConfig, dataset, *, progress: Progress 
     int8 files of an earlier export of the same student (same weights digest) that this export
     does not remake are kept and listed again, so PTQ and QAT stand side by side.
     """
-    from kdsearch.data import NormalizedImages, normalize
-    from kdsearch.export.stage import export_model
-    from kdsearch.spaces.model_files import load_model_dir
 
     _require_student(run)
     model, meta = load_model_dir(run.distill, weights_name="student")
@@ -265,7 +254,6 @@ def export_stage(run: RunDir, config: RunConfig, dataset, *, progress: Progress 
     modes = e.int8_modes
     qat_model = None
     if "qat" in modes:
-        from kdsearch.quant import load_qat_model  # raises UsageError when `kdsearch quantize` has not run
 
         progress.note(f"rebuilding the int8 QAT model from {run.qat}")
         qat_model = load_qat_model(run.qat)
@@ -276,7 +264,6 @@ def export_stage(run: RunDir, config: RunConfig, dataset, *, progress: Progress 
         keep = {mode: entry for mode, entry in previous.files.items() if mode != "fp32" and mode not in modes}
     teacher_figures = None
     if e.teacher_latency:
-        from kdsearch.export.stage import measure_teacher
 
         teacher = resolve_teacher(run.root, config, dataset)
         teacher_figures = measure_teacher(teacher.module, (dataset.in_channels, *dataset.image_size), run.export,
@@ -312,7 +299,6 @@ def export_stage(run: RunDir, config: RunConfig, dataset, *, progress: Progress 
 
 
 def _previous_export(run: RunDir) -> ExportRecord | None:
-    from kdsearch.errors import ConfigError
 
     try:
         return ExportRecord.load_optional(run.export_record)
@@ -323,7 +309,6 @@ def _previous_export(run: RunDir) -> ExportRecord | None:
 def summary_for(run: RunDir, dataset, teacher, teacher_metrics: TrainMetrics | None, winner: WinnerRecord,
                 student_metrics: TrainMetrics, export: ExportRecord, timings: dict[str, float]) -> dict[str, Any]:
     """``summary.json``: the headline figures of a finished run."""
-    from kdsearch.proxies import count_flops
 
     h, w = dataset.image_size
     teacher_params = sum(p.numel() for p in teacher.module.parameters())
