@@ -18,12 +18,10 @@ def data(fashion_npz):
     return load_dataset(f"npz:{fashion_npz}", subset=256, seed=0)
 
 
-class Notes(Progress):
-    def __init__(self) -> None:
-        self.notes: list[str] = []
-
-    def note(self, message: str) -> None:
-        self.notes.append(message)
+def _recording() -> tuple[Progress, list[str]]:
+    progress, notes = Progress(), []
+    progress.note = notes.append  # type: ignore[method-assign]
+    return progress, notes
 
 
 def _models():
@@ -46,9 +44,9 @@ def _need_at(models, data, batch: int) -> int:
 def test_a_batch_that_fits_is_kept_and_the_models_are_left_as_they_were(data):
     models = _models()
     before = [{k: v.clone() for k, v in m.state_dict().items()} for m in models]
-    notes = Notes()
-    assert proxy_batch_that_fits(models, data, 64, 0, max_memory="100GB", progress=notes) == 64
-    assert notes.notes == []
+    progress, notes = _recording()
+    assert proxy_batch_that_fits(models, data, 64, 0, max_memory="100GB", progress=progress) == 64
+    assert notes == []
     for m, state in zip(models, before):
         assert all(torch.equal(v, state[k]) for k, v in m.state_dict().items())
         assert all(p.grad is None for p in m.parameters())
@@ -57,10 +55,10 @@ def test_a_batch_that_fits_is_kept_and_the_models_are_left_as_they_were(data):
 def test_a_batch_past_the_budget_is_lowered_with_one_note(data):
     models = _models()
     budget = int(0.5 * _need_at(models, data, 64))
-    notes = Notes()
-    batch = proxy_batch_that_fits(models, data, 64, 0, max_memory=str(budget), progress=notes)
+    progress, notes = _recording()
+    batch = proxy_batch_that_fits(models, data, 64, 0, max_memory=str(budget), progress=progress)
     assert 8 <= batch < 64
-    assert len(notes.notes) == 1 and f"on {batch} images" in notes.notes[0]
+    assert len(notes) == 1 and f"on {batch} images" in notes[0]
 
 
 def test_a_budget_below_a_small_batch_stops_in_one_line(data):
