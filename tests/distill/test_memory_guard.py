@@ -10,8 +10,8 @@ from torch import nn
 
 from kdsearch.data import load_dataset
 from kdsearch.distill.config import TrainConfig
-from kdsearch.distill.engine import build_criterion, fit
-from kdsearch.errors import MemoryBudgetError, UsageError
+from kdsearch.distill.engine import Phases, build_criterion, fit
+from kdsearch.errors import Interrupted, MemoryBudgetError, UsageError
 from kdsearch.memory import CPU_SLACK, estimate_step_memory, measure_peak, parse_memory
 from kdsearch.progress import Progress
 
@@ -120,3 +120,34 @@ def test_distill_refuses_in_one_line_and_leaves_no_run_directory(tmp_path, fashi
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "--max-memory" in lines[0] and "Traceback" not in err
     assert not out.exists()
+
+
+class _StopAtSecondEpoch(Phases):
+    def start_epoch(self, model: nn.Module, epoch: int) -> dict:
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return super().start_epoch(model, epoch)
+
+
+def test_accumulating_runs_resume_to_the_same_weights(data, tmp_path):
+    """With BatchNorm and micro-batches: stopped after epoch 1 and resumed equals uninterrupted, bit for bit."""
+    from kdsearch.models.resnet_cifar import ResNetCifar
+
+    def net() -> nn.Module:
+        torch.manual_seed(0)
+        return ResNetCifar([1, 1, 1], [8, 8, 8], num_classes=10, in_channels=1)
+
+    probe = _fit(net(), data, tmp_path / "probe", TrainConfig(epochs=1, batch_size=64, loss="ce", max_memory="100GB"))
+    budget = str(int(0.6 * probe["history"][0]["memory_estimate_bytes"]))
+    config = TrainConfig(epochs=2, batch_size=64, loss="ce", max_memory=budget)
+    whole = net()
+    _fit(whole, data, tmp_path / "whole", config)
+    with pytest.raises(Interrupted):
+        fit(net(), build_criterion(config), data, tmp_path / "cut", config, phases=_StopAtSecondEpoch(),
+            settings={"test": 1}, device=CPU)
+    resumed = net()
+    result = fit(resumed, build_criterion(config), data, tmp_path / "cut", config, settings={"test": 1}, device=CPU,
+                 resume=True)
+    assert all(h["accumulation_steps"] >= 2 for h in result["history"])
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
