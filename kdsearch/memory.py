@@ -16,7 +16,10 @@ How a peak is measured (:func:`measure_peak`):
   noise. The live bytes are exact (with ``MALLOC_MMAP_THRESHOLD_=131072`` the peak RSS of
   a ResNet-20 step at 64 images, 64 px, was 395 MB against 394 MB of live bytes), but
   glibc's default heap keeps freed blocks, so the kernel sees more: 1.30–1.60× the live
-  bytes in the measurements behind :data:`CPU_SLACK`.
+  bytes in the measurements behind :data:`CPU_SLACK`. The probe starts its own profiler, so
+  it must not run inside another ``torch.profiler`` session (that session would stop early).
+
+``benchmarks/memory_estimate.py`` compares the estimate with the peak RSS of a real run.
 """
 from __future__ import annotations
 
