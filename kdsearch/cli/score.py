@@ -58,7 +58,7 @@ def score(
     spec = require_teacher(config)
     dataset = load_run_dataset(config)
     the_space = load_space(s.space)
-    archs = [Arch.load(p) for p in arch] if arch else sample_archs(the_space, sample or 0, s.seed)
+    archs = [Arch.load(p) for p in arch] if arch else sample_archs(the_space, sample or 0, s.seed, dataset.image_size)
     t = load_teacher(spec, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
                      image_size=dataset.image_size)
     module = t.module if s.teacher_init == "pretrained" else t.fresh_copy(s.seed)
