@@ -8,15 +8,23 @@ teacher and student, teacher recomputed every time) is timed on a few candidates
 baseline the fast ``diswot`` is held to (target ≤ 0.5×).
 
 Data: the first ``--batch`` Fashion-MNIST training images (28×28×1) when the Debian package
-``dataset-fashion-mnist`` is installed, seeded random 32×32×3 tensors otherwise.
+``dataset-fashion-mnist`` is installed, seeded random 32×32×3 tensors otherwise; with
+``--image-size N``, seeded random N×N RGB tensors (photos' size: ``--image-size 224``).
+
+At photo sizes, ``--teacher resnet18`` (the zoo's ImageNet-layout ResNet-18, fresh weights,
+11.2M params) and ``--space mbconv`` (candidates sampled from that built-in space at the image
+size, so in its ImageNet form) measure what a user's search pays (issue 14: diswot ≤ 0.5×):
 
     python benchmarks/proxy_speed.py --candidates 60 --json benchmarks/proxy_speed.json
+    python benchmarks/proxy_speed.py --image-size 224 --teacher resnet18 --space mbconv --batch 16 \
+        --candidates 10 --proxies diswot,params,flops --reference-candidates 2 --json benchmarks/proxy_speed_224.json
 """
 from __future__ import annotations
 
 import argparse
 import gzip
 import json
+import os
 import random
 import statistics
 import struct
@@ -31,10 +39,13 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kdsearch.models.resnet_cifar import ResNetCifar  # noqa: E402
+from kdsearch.models.zoo import create_model  # noqa: E402
 from kdsearch.proxies import PROXIES, create_proxy, diswot_reference, teacher_stats  # noqa: E402
+from kdsearch.spaces import load_space  # noqa: E402
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
-TEACHERS = {"resnet56": 9, "resnet110": 18}  # blocks per stage, widths 16, 32, 64
+TEACHERS = {"resnet56": 9, "resnet110": 18}  # CIFAR form: blocks per stage, widths 16, 32, 64
+ZOO_TEACHERS = ("resnet18",)  # built by the zoo (ImageNet layout: 7x7/2 stem + max-pool, 4 stages)
 DEPTHS = range(1, 10)
 WIDTHS = [8, 16, 24, 32, 48, 64]
 
@@ -47,7 +58,11 @@ def read_idx(path: Path) -> torch.Tensor:
     return torch.frombuffer(bytearray(raw[4 + 4 * ndim :]), dtype=torch.uint8).reshape(dims)
 
 
-def load_batch(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+def load_batch(n: int, seed: int, image_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, str]:
+    if image_size is not None:
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(n, 3, image_size, image_size, generator=g)  # (N, 3, S, S)
+        return x, torch.randint(0, 10, (n,), generator=g), f"random normal {image_size}x{image_size}x3"
     images, labels = FASHION / "train-images-idx3-ubyte.gz", FASHION / "train-labels-idx1-ubyte.gz"
     if images.exists() and labels.exists():
         x = read_idx(images)[:n].float().div(255).sub(0.2860).div(0.3530).unsqueeze(1)  # (N, 1, 28, 28)
@@ -82,7 +97,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--candidates", type=int, default=500)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--teacher", choices=sorted(TEACHERS), default="resnet56")
+    parser.add_argument("--teacher", choices=sorted([*TEACHERS, *ZOO_TEACHERS]), default="resnet56")
+    parser.add_argument("--space", default=None,
+                        help="sample candidates from this built-in space at the image size (default: the resnet_cifar "
+                             "genes above, CIFAR form)")
+    parser.add_argument("--image-size", type=int, default=None, help="random RGB images of this side (e.g. 224)")
     parser.add_argument("--proxies", default=",".join(PROXIES.names()), help="comma-separated names")
     parser.add_argument("--reference-candidates", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=1, help="best of N timings per measurement")
@@ -92,13 +111,16 @@ def main() -> None:
     args = parser.parse_args()
 
     device = torch.device(args.device)
-    x, y, data = load_batch(args.batch, args.seed)
+    x, y, data = load_batch(args.batch, args.seed, args.image_size)
     x, y = x.to(device), y.to(device)
     batch = (x, y)
     channels = x.shape[1]
     torch.manual_seed(args.seed)
-    n = TEACHERS[args.teacher]
-    teacher = ResNetCifar([n, n, n], [16, 32, 64], in_channels=channels).to(device)
+    if args.teacher in ZOO_TEACHERS:
+        teacher = create_model(args.teacher, num_classes=10, in_channels=channels).to(device)
+    else:
+        n = TEACHERS[args.teacher]
+        teacher = ResNetCifar([n, n, n], [16, 32, 64], in_channels=channels).to(device)
 
     names = [s for s in args.proxies.split(",") if s]
     proxies = {name: create_proxy(name) for name in names}
@@ -107,11 +129,23 @@ def main() -> None:
     stats_s = time.perf_counter() - start
 
     rng = random.Random(args.seed)
-    genes = [
-        ([rng.choice(DEPTHS) for _ in range(3)], [rng.choice(WIDTHS) for _ in range(3)])
-        for _ in range(args.candidates)
-    ]
-    warm = ResNetCifar([1, 1, 1], [8, 8, 8], in_channels=channels).to(device)
+    if args.space:
+        space, size = load_space(args.space), tuple(x.shape[-2:])
+        archs = [space.sample(rng, size) for _ in range(args.candidates)]
+        described = f"{args.space} ({archs[0].form} form at {size[0]} px)"
+
+        def build(i: int) -> torch.nn.Module:
+            return space.build(archs[i], num_classes=10, in_channels=channels)
+    else:
+        genes = [
+            ([rng.choice(DEPTHS) for _ in range(3)], [rng.choice(WIDTHS) for _ in range(3)])
+            for _ in range(args.candidates)
+        ]
+        described = "resnet_cifar (depths 1-9, widths 8-64)"
+
+        def build(i: int) -> torch.nn.Module:
+            return ResNetCifar(*genes[i], in_channels=channels)
+    warm = build(0).to(device)
     for proxy in proxies.values():  # first-call costs (lazy imports, allocator) are not per-candidate
         proxy.score(warm, batch, stats[proxy.name])
     train_step(warm, x, y)
@@ -120,9 +154,9 @@ def main() -> None:
     seconds: dict[str, float] = {name: 0.0 for name in names}
     step_times: list[float] = []
     ref_ratios: list[float] = []
-    for i, (depths, widths) in enumerate(genes):
+    for i in range(args.candidates):
         torch.manual_seed(args.seed + i)
-        student = ResNetCifar(depths, widths, in_channels=channels).to(device)
+        student = build(i).to(device)
         step = timed(lambda: train_step(student, x, y), device, args.repeats)
         step_times.append(step)
         for name, proxy in proxies.items():
@@ -132,14 +166,14 @@ def main() -> None:
         if i < args.reference_candidates:
             t = timed(lambda: diswot_reference(teacher, student, batch), device, args.repeats)
             ref_ratios.append(t / step)
-        print(f"\r{i + 1}/{len(genes)} candidates", end="", file=sys.stderr, flush=True)
+        print(f"\r{i + 1}/{args.candidates} candidates", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
 
     rows = {
         name: {
             "ratio_mean": statistics.fmean(ratios[name]),
             "ratio_median": statistics.median(ratios[name]),
-            "candidates_per_s": len(genes) / seconds[name],
+            "candidates_per_s": args.candidates / seconds[name],
         }
         for name in names
     }
@@ -148,8 +182,11 @@ def main() -> None:
         "device": str(device),
         "threads": torch.get_num_threads(),
         "teacher": args.teacher,
+        "teacher_params": sum(p.numel() for p in teacher.parameters()),
+        "candidates_from": described,
         "batch": args.batch,
-        "candidates": len(genes),
+        "candidates": args.candidates,
+        "load_average": os.getloadavg(),
         "teacher_stats_s": stats_s,
         "train_step_s_mean": statistics.fmean(step_times),
         "proxies": rows,
@@ -160,7 +197,8 @@ def main() -> None:
         },
     }
 
-    print(f"data: {data}; teacher {args.teacher}; batch {args.batch}; {len(genes)} candidates on {device}")
+    print(f"data: {data}; teacher {args.teacher}; batch {args.batch}; {args.candidates} candidates of {described} "
+          f"on {device}")
     print(f"teacher stats (once): {stats_s:.3f} s; mean fwd+bwd of a candidate: {result['train_step_s_mean']:.4f} s")
     print(f"{'proxy':<18}{'ratio mean':>12}{'ratio median':>14}{'cand/s':>10}")
     for name, row in rows.items():
