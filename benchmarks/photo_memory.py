@@ -87,10 +87,11 @@ def trial_seconds(run_dir: Path) -> list[float]:
 
 
 class Timeline:
-    """A progress sink (kdsearch.progress.Progress) that stamps each loop's start and finish."""
+    """A progress sink (kdsearch.progress.Progress) that stamps each loop's start and finish and keeps the notes."""
 
     def __init__(self) -> None:
         self.events: list[tuple[float, str, str]] = []
+        self.notes: list[str] = []
 
     def start(self, key: str, description: str, total: int | None = None) -> None:
         self.events.append((time.perf_counter(), "start", key))
@@ -102,7 +103,7 @@ class Timeline:
         self.events.append((time.perf_counter(), "finish", key))
 
     def note(self, message: str) -> None:
-        pass
+        self.notes.append(message)  # e.g. a proxy batch lowered to fit in memory
 
     def first(self, kind: str, key: str) -> float:
         return next(t for t, k, name in self.events if k == kind and name == key)
@@ -143,7 +144,8 @@ def time_setup(searched: Path, out: Path, trials: int, *, profile: bool = False)
     started, finished = timeline.first("start", "search"), timeline.first("finish", "search")
     setup_s, per_candidate = started - t0, (finished - started) / trials
     return {"trials": trials, "setup_s": setup_s, "data_load_s": data_s, "candidate_s": per_candidate,
-            "setup_over_candidate": setup_s / per_candidate, "profiled": profile, "setup_parts_s": parts}
+            "setup_over_candidate": setup_s / per_candidate, "profiled": profile, "setup_parts_s": parts,
+            "notes": timeline.notes}
 
 
 def main() -> None:
