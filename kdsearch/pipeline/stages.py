@@ -266,7 +266,10 @@ def export_stage(run: RunDir, config: RunConfig, dataset, *, progress: Progress 
     if e.teacher_latency:
 
         teacher = resolve_teacher(run.root, config, dataset)
-        teacher_figures = measure_teacher(teacher.module, (dataset.in_channels, *dataset.image_size), run.export,
+        module = teacher.module
+        if Path(teacher.source).suffix == ".pt2":  # the unflattened program can be neither deep-copied nor exported
+            module = torch.export.load(teacher.source).module()  # the flat graph module can
+        teacher_figures = measure_teacher(module, (dataset.in_channels, *dataset.image_size), run.export,
                                           opset=e.opset, provider=e.provider, latency_runs=e.latency_runs,
                                           progress=progress.note)
     calib = dataset.train.images[: e.calib_images]
