@@ -87,3 +87,24 @@ def open_storage_together():
         return outcomes
 
     return run
+
+
+def _count_read_only(db: Path, sql: str) -> int:
+    """``SELECT COUNT(*) ...`` on an Optuna SQLite file another process is writing: read-only, so a
+    test watches a study without joining it; 0 while the file or its schema does not exist yet."""
+    import contextlib
+    import sqlite3
+
+    if not db.exists():
+        return 0
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as con:
+            return con.execute(sql).fetchone()[0]
+    except sqlite3.Error:  # the schema is being created
+        return 0
+
+
+@pytest.fixture()
+def count_read_only():
+    """:func:`_count_read_only` for tests that poll a study while a killed-to-be process runs."""
+    return _count_read_only

@@ -1,11 +1,8 @@
 """Faults survived: processes really killed (SIGKILL) or interrupted (SIGINT), then resumed."""
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -167,7 +164,7 @@ def _search_args(out: Path, data: str, trials: int) -> list[str]:
                      "--population", "4", "--proxy-batch", "16", "--max-params", "200000", "--quiet")
 
 
-def test_search_sigkill_then_resume_finishes_with_no_loss(inputs):
+def test_search_sigkill_then_resume_finishes_with_no_loss(inputs, count_read_only):
     import optuna
 
     d, data = inputs
@@ -179,14 +176,7 @@ def test_search_sigkill_then_resume_finishes_with_no_loss(inputs):
         return study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
 
     def completed_so_far() -> int:
-        """Read-only while the search runs: the test watches the study, it does not join it."""
-        if not db.exists():
-            return 0
-        try:
-            with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as con:
-                return con.execute("SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0]
-        except sqlite3.Error:  # the schema is being created
-            return 0
+        return count_read_only(db, "SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'")
 
     proc = subprocess.Popen(_search_args(out, data, 40), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for(lambda: completed_so_far() >= 3, proc)

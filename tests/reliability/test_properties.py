@@ -44,14 +44,18 @@ WORDS = ["run", "search", "distill", "export", "teach", "score", "spaces", "prox
 def test_random_cli_arguments_never_traceback(argv, cli, tmp_path_factory, monkeypatch):
     # parsing and validation run for real; loading data stops every command before real work
     import kdsearch.data
-    import kdsearch.pipeline
+    import kdsearch.pipeline.commands
+    import kdsearch.pipeline.stages
     from kdsearch.errors import DataError
 
     def no_data(*args, **kwargs):
         raise DataError("no data in this test")
 
+    # every place a command reaches the data from (the pipeline imports it at module level)
     monkeypatch.setattr(kdsearch.data, "load_dataset", no_data)
-    monkeypatch.setattr(kdsearch.pipeline, "load_run_dataset", no_data)
+    monkeypatch.setattr(kdsearch.pipeline.stages, "load_dataset", no_data)
+    monkeypatch.setattr(kdsearch.pipeline.stages, "load_run_dataset", no_data)
+    monkeypatch.setattr(kdsearch.pipeline.commands, "load_run_dataset", no_data)
     monkeypatch.chdir(tmp_path_factory.mktemp("cli"))
     code, out, err = cli(*argv)
     assert "Traceback" not in out + err

@@ -1,11 +1,9 @@
 """The race (kdsearch.search.race): finalists, the budget, the rungs, and a real SIGKILL then --resume."""
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -103,24 +101,13 @@ def test_race_end_to_end(tmp_path, fashion_npz, config_file, cli):
     assert len({a.key for a in archs}) == 3
 
 
-def _reported_rungs(db: Path) -> int:
-    """Read-only while the race runs: the test watches the study, it does not join it."""
-    if not db.exists():
-        return 0
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as con:
-            return con.execute("SELECT COUNT(*) FROM trial_intermediate_values").fetchone()[0]
-    except sqlite3.Error:  # the schema is being created
-        return 0
-
-
-def test_race_sigkill_then_resume_never_reruns_a_finished_rung(tmp_path, fashion_npz, config_file):
+def test_race_sigkill_then_resume_never_reruns_a_finished_rung(tmp_path, fashion_npz, config_file, count_read_only):
     out = tmp_path / "killed"
     db = out / "race" / "race.db"
     args = [sys.executable, "-m", "kdsearch", *_search_args(out, f"npz:{fashion_npz}", config_file)]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 600
-    while _reported_rungs(db) < 1:
+    while count_read_only(db, "SELECT COUNT(*) FROM trial_intermediate_values") < 1:
         assert proc.poll() is None, proc.communicate()[1][-2000:]
         assert time.monotonic() < deadline, "no rung finished in time"
         time.sleep(0.2)
