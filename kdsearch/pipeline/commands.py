@@ -89,8 +89,7 @@ def search_command(out: Path, config: RunConfig, *, seed_archs: list[Arch] | Non
     if not config.teacher:
         raise UsageError("no teacher: give --teacher (a zoo name, model directory, .pt or .pt2) or `teacher:` in --config")
     dataset = load_run_dataset(config)
-    check_inputs(config, dataset)
-    teacher = resolve_teacher(out, config, dataset)
+    teacher = check_inputs(config, dataset) or resolve_teacher(out, config, dataset)  # loaded once
     run = RunDir(out)
     with opened_run_dir(out, resume=resume, force=force):
         save_run_config(out, config)
@@ -125,8 +124,8 @@ def distill_command(out: Path, config: RunConfig, arch: Arch, *, run_dir: Path |
     """
 
     dataset = load_run_dataset(config)
-    check_inputs(config, dataset, search=False, student=arch, train=("distill",))
-    teacher = resolve_teacher(out, config, dataset)
+    teacher = check_inputs(config, dataset, search=False, student=arch, train=("distill",)) or resolve_teacher(
+        out, config, dataset)  # loaded once
     main = is_main_process()
     group = DistributedContext.from_env(resolve_device(config.distill.device))
     ours = not out.exists()
