@@ -16,7 +16,7 @@ from kdsearch.arch import Arch
 from kdsearch.data import Dataset
 from kdsearch.errors import BudgetError
 from kdsearch.search.config import COST_OBJECTIVES, SearchConfig
-from kdsearch.search.storage import fail_stale_trials
+from kdsearch.search.storage import StaleTrials
 
 __all__ = ["TrialObjective", "CandidateShape", "objective_directions", "feasible_samples", "candidate_latency_ms"]
 
@@ -116,6 +116,7 @@ class TrialObjective:
         self.space, self.dataset, self.config = space, dataset, config
         self.proxies, self.stats, self.batch, self.study = proxies, stats, batch, study
         self.seen: dict[str, dict[str, Any]] = {}
+        self.stale = StaleTrials()
 
     def _admit(self, trial) -> None:
         """Return when ``trial`` may run; raise TrialPruned when the study already has enough."""
@@ -132,7 +133,7 @@ class TrialObjective:
                 raise optuna.TrialPruned(f"the study already has {complete} complete trials")
             # Earlier trials are still running; one of them may yet fail (a killed worker's is
             # failed once its heartbeat is stale), and then this trial is needed.
-            fail_stale_trials(self.study)
+            self.stale.fail(self.study)
             time.sleep(self.poll_s)
 
     def _refresh_seen(self) -> None:

@@ -45,6 +45,7 @@ from kdsearch.arch import Arch
 from kdsearch.errors import SearchError, UsageError
 from kdsearch.progress import NULL_PROGRESS, Progress
 from kdsearch.search.config import SearchConfig
+from kdsearch.search.storage import StaleTrials
 from kdsearch.search.winner import rank_by_rule
 
 __all__ = [
@@ -213,6 +214,7 @@ class _Race:
     space_spec: str | None
     race_dir: Path
     progress: Progress
+    stale: StaleTrials = field(default_factory=StaleTrials)  # fails a dead worker's trials
 
     def train_rung(self, arch: Arch, finalist: int, rung: int) -> dict[str, float]:
         """Distil ``arch`` from the end of rung ``rung - 1`` to the end of ``rung``; its val top-1 and loss sum."""
@@ -388,10 +390,8 @@ def _claim_and_train(study, race: _Race, owned: dict[int, Any], beat: _Heartbeat
     """Take waiting finalists (a re-queued one catches up), then bring this worker's live trials to rung ``k``."""
     import optuna
 
-    from kdsearch.search.storage import fail_stale_trials
-
     running, waiting = _race_states()[:2]
-    fail_stale_trials(study)  # a dead worker's trials come back as waiting copies
+    race.stale.fail(study)  # a dead worker's trials come back as waiting copies
     while study.get_trials(deepcopy=False, states=(waiting,)):
         trial = study.ask()
         if "finalist" not in trial.user_attrs:  # another worker took the last waiting finalist first

@@ -2,6 +2,7 @@
 workers that open a fresh database together, and heart-beating running trials."""
 from __future__ import annotations
 
+import copy
 import random
 import time
 import warnings
@@ -11,7 +12,7 @@ from typing import Any
 from kdsearch.errors import UsageError
 from kdsearch.search.config import SearchConfig
 
-__all__ = ["storage_url", "get_storage", "fail_stale_trials"]
+__all__ = ["storage_url", "get_storage", "StaleTrials"]
 
 _SCHEMA_RACE_TRIES = 8
 _JITTER = random.Random()  # its own stream: seeded searches must not see the retries
@@ -66,10 +67,60 @@ def get_storage(url: str, heartbeat_s: int | None = None):
                      "(e.g. postgresql+psycopg2://user@host:5432/db) and that the server runs and accepts you") from None
 
 
-def fail_stale_trials(study) -> None:
-    """Fail (and so re-queue) the running trials whose worker stopped heart-beating."""
-    import optuna
+class StaleTrials:
+    """Fails (and so re-queues) the running trials whose worker died.
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "experimental" in Optuna 5
-        optuna.storages.fail_stale_trials(study)
+    Optuna fails a trial whose heartbeat went stale, but never one that has no heartbeat at all:
+    a worker killed between creating a trial and its first heartbeat leaves it RUNNING for ever,
+    and the workers waiting on it with it. So a trial this object has seen running without a
+    heartbeat for the grace period (timed here, so clocks of other machines do not matter) is
+    failed too.
+    """
+
+    def __init__(self) -> None:
+        self._silent_since: dict[int, float] = {}  # trial id -> when first seen without a heartbeat
+
+    def fail(self, study) -> None:
+        import optuna
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "experimental" in Optuna 5
+            optuna.storages.fail_stale_trials(study)
+        storage = study._storage
+        interval = storage.get_heartbeat_interval() if hasattr(storage, "get_heartbeat_interval") else None
+        if interval is None:
+            return
+        now = time.monotonic()
+        silent = _never_beat(study)
+        self._silent_since = {t: self._silent_since.get(t, now) for t in silent}
+        dead = [t for t, since in self._silent_since.items() if now - since > 3 * interval]
+        failed = []
+        for trial_id in dead:
+            try:
+                if storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL):
+                    failed.append(trial_id)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # it finished after all, or another worker failed it first
+            del self._silent_since[trial_id]
+        callback = storage.get_heartbeat_stale_trial_callback()
+        for trial_id in failed if callback is not None else []:
+            callback(study, copy.deepcopy(storage.get_trial(trial_id)))
+
+
+def _never_beat(study) -> set[int]:
+    """Ids of the study's RUNNING trials with no heartbeat recorded (RDB storages only)."""
+    import optuna
+    import sqlalchemy
+    from optuna.storages._rdb import models
+
+    backend = getattr(study._storage, "_backend", study._storage)
+    if not isinstance(backend, optuna.storages.RDBStorage):
+        return set()
+    with sqlalchemy.orm.Session(backend.engine) as session:
+        rows = (session.query(models.TrialModel.trial_id)
+                .outerjoin(models.TrialHeartbeatModel, models.TrialHeartbeatModel.trial_id == models.TrialModel.trial_id)
+                .filter(models.TrialModel.study_id == study._study_id,
+                        models.TrialModel.state == optuna.trial.TrialState.RUNNING,
+                        models.TrialHeartbeatModel.trial_id.is_(None))
+                .all())
+    return {row[0] for row in rows}

@@ -56,6 +56,32 @@ def test_without_admission_threads_overshoot():
     assert max(overshoot) > 10
 
 
+def test_a_trial_that_never_beat_is_failed_and_does_not_stall_the_study(tmp_path):
+    """A worker killed between creating a trial and its first heartbeat leaves a RUNNING trial that
+    Optuna never fails; the trials numbered after it waited on it for ever."""
+    storage = get_storage(f"sqlite:///{tmp_path / 'orphan.db'}", heartbeat_s=1)
+    study = optuna.create_study(storage=storage, sampler=optuna.samplers.RandomSampler(seed=0))
+    orphan = study.ask()  # RUNNING, and no heartbeat thread: as if its worker died right here
+    gate = TrialObjective(None, None, SearchConfig(trials=2), None, None, None, study)
+    gate.poll_s = 0.05
+
+    def objective(trial):
+        gate._admit(trial)
+        return trial.suggest_float("x", 0, 1)
+
+    def optimize():
+        study.optimize(objective, n_trials=None, callbacks=[optuna.study.MaxTrialsCallback(2, states=(COMPLETE,))])
+
+    worker = threading.Thread(target=optimize, daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "the study stalled behind a trial that never recorded a heartbeat"
+    trials = study.get_trials(deepcopy=False)
+    assert trials[orphan.number].state == optuna.trial.TrialState.FAIL
+    assert sum(t.state == COMPLETE for t in trials) == 2
+    assert any(t.system_attrs.get("failed_trial") == orphan.number for t in trials)  # re-queued
+
+
 def test_malformed_storage_url_is_a_usage_error():
     with pytest.raises(UsageError, match="not a database URL"):
         get_storage("study.db")
