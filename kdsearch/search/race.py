@@ -232,7 +232,10 @@ class _Race:
         assert isinstance(data, Dataset)
         student = build_student(arch, self.dataset, config.seed, self.space_spec)
         if rung:
-            load_module_state(student, load_checkpoint(rung_dir(self.race_dir, finalist, rung - 1) / "last.ckpt")["model"])
+            previous = rung_dir(self.race_dir, finalist, rung - 1) / "last.ckpt"
+            if not previous.exists():  # that rung was trained by a worker on another machine, which died
+                self.train_rung(arch, finalist, rung - 1)  # the same seeded steps: the same weights, here
+            load_module_state(student, load_checkpoint(previous)["model"])
         result = train(student, data, rung_dir(self.race_dir, finalist, rung), replace(config, epochs=1),
                        teacher=self.teacher.module, resume=True)
         return {"step": self.plan.rungs[rung], "val_acc": float(result["val_acc"]),
@@ -314,8 +317,16 @@ class _Heartbeat:
         self.stop.set()
 
 
-def open_race_study(config: SearchConfig, race_dir: Path, plan: RacePlan, *, resume: bool):
-    """Create the race study (or load it with ``resume``); a study raced with another plan is refused."""
+def open_race_study(config: SearchConfig, race_dir: Path, plan: RacePlan, finalists: Sequence[dict[str, Any]], *,
+                    resume: bool):
+    """Create the race study with one waiting trial per finalist (or join it with ``resume``); a
+    study raced with another plan is refused.
+
+    Workers that reach the race together must not each enqueue the finalists: creating the study
+    is atomic (its name is unique), so its creator alone enqueues them, then records the plan;
+    the plan is the sign, for the others, that the finalists are in. A creator killed in between
+    leaves a study without a plan: after ``3 × heartbeat_s`` a resuming worker enqueues instead.
+    """
     import optuna
 
     from kdsearch.search.storage import get_storage
@@ -328,10 +339,21 @@ def open_race_study(config: SearchConfig, race_dir: Path, plan: RacePlan, *, res
     existing = [s.study_name for s in optuna.get_all_study_summaries(storage)]
     if name in existing and not resume:
         raise UsageError(f"race study {name!r} already exists in {url}; add --resume to continue it or --force to start over")
-    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
-                                pruner=SynchronousHalvingPruner(plan.rungs, plan.eta))
+    pruner = SynchronousHalvingPruner(plan.rungs, plan.eta)
+    try:
+        study = optuna.create_study(study_name=name, storage=storage, direction="maximize", pruner=pruner)
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=name, storage=storage, pruner=pruner)
+        created = False
+    deadline = time.monotonic() + 3 * config.heartbeat_s
+    while not created and "plan" not in study.user_attrs and time.monotonic() < deadline:
+        time.sleep(_POLL_S)  # its creator is enqueueing the finalists
     saved = study.user_attrs.get("plan")
     if saved is None:
+        if not study.trials:
+            for i, row in enumerate(finalists):
+                study.enqueue_trial({}, user_attrs={"finalist": i, "arch": row["arch"], "params": row["params"]})
         study.set_user_attr("plan", asdict(plan))
     elif saved != _plain(asdict(plan)):
         raise UsageError(f"the race in {url} was planned differently ({saved['rungs']} steps); start over with --force")
@@ -362,10 +384,7 @@ def run_race(rows: Sequence[dict[str, Any]], teacher, dataset, race_dir: Path, c
         raise SearchError("no candidate within the budget has usable scores to race; search longer (--trials)")
     full_steps = train_config.epochs * (len(dataset.train) // train_config.batch_size)
     plan = plan_race(len(finalists), config.race_eta, full_steps, config.race_budget)
-    study, url = open_race_study(config, race_dir, plan, resume=resume)
-    if not study.trials:
-        for i, row in enumerate(finalists):
-            study.enqueue_trial({}, user_attrs={"finalist": i, "arch": row["arch"], "params": row["params"]})
+    study, url = open_race_study(config, race_dir, plan, finalists, resume=resume)
     race = _Race(plan, teacher, dataset, train_config, space_spec, race_dir, progress)
     progress.note(f"race: {len(finalists)} finalists, rungs at {', '.join(map(str, plan.rungs))} optimizer steps "
                   f"(eta {plan.eta}); budget {plan.budget:g} × {full_steps} steps, planned {plan.planned_steps} "

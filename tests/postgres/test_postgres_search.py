@@ -108,3 +108,37 @@ def test_killed_worker_leaves_the_study_to_the_others(pg_url, fashion_npz, space
             assert t.number in retried
     winner = json.loads((tmp_path / "w1" / "winner.json").read_text())
     assert winner["complete_trials"] == trials
+
+
+RACE_CONFIG = """\
+search: {trials: 8, population: 4, proxy_batch: 16, heartbeat_s: 2, study_name: raced}
+distill: {epochs: 1, batch_size: 16, augment: false}
+"""
+
+
+def test_two_workers_race_one_study(pg_url, fashion_npz, tmp_path):
+    """Two `kdsearch search --race` processes (as on two machines: own run directories) join one
+    PostgreSQL study: the finalists are enqueued once, every rung is trained once, both agree."""
+    config = tmp_path / "run.yaml"
+    config.write_text(RACE_CONFIG)
+
+    def start(i: int) -> subprocess.Popen:
+        args = ["search", "--teacher", "resnet8", "--data", f"npz:{fashion_npz}", "--subset", "1024", "--config",
+                str(config), "--race", "3", "--storage", pg_url, "--resume", "--out", str(tmp_path / f"w{i}"), "--quiet"]
+        return subprocess.Popen([sys.executable, "-m", "kdsearch", *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    workers = [start(i) for i in range(2)]
+    for w in workers:
+        _, err = w.communicate(timeout=600)
+        assert w.returncode == 0, err[-2000:]
+    race = optuna.load_study(study_name="raced-race", storage=pg_url).get_trials(deepcopy=False)
+    assert sorted(t.user_attrs["finalist"] for t in race) == [0, 1, 2]  # enqueued once, not once per worker
+    assert [t.state for t in race].count(COMPLETE) == 1
+    trained = [p.parent.parent.name + "/" + p.parent.name
+               for i in range(2) for p in (tmp_path / f"w{i}" / "race").glob("finalist-*/rung-*/last.ckpt")]
+    assert len(trained) == len(set(trained)) == 3 + 1  # three finalists at rung 0, the survivor at rung 1
+    records = [json.loads((tmp_path / f"w{i}" / "search" / "winner.json").read_text()) for i in range(2)]
+    assert records[0]["arch"] == records[1]["arch"]
+    assert records[0]["race"]["finalists"] == records[1]["race"]["finalists"]
+    assert records[0]["complete_trials"] == records[1]["complete_trials"] == 8

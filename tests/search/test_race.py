@@ -125,3 +125,35 @@ def test_race_sigkill_then_resume_never_reruns_a_finished_rung(tmp_path, fashion
     race = WinnerRecord.load(RunDir(out).winner).race
     assert race is not None and sum(f["state"] == "complete" for f in race["finalists"]) == 1
     assert race["spent_steps"] <= race["budget"] * race["full_steps"]
+
+
+def test_workers_reaching_the_race_together_enqueue_the_finalists_once(tmp_path):
+    """Every worker joins with --resume; each used to see an empty race study and enqueue all finalists."""
+    import threading
+
+    import optuna
+
+    from kdsearch.search.config import SearchConfig
+    from kdsearch.search.race import open_race_study
+
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    config = SearchConfig(storage=url, study_name="together", heartbeat_s=1)
+    plan = plan_race(3, 3, full_steps=100, budget=1.0)
+    finalists = [_row(i, [1, 1, 1], [8 + 4 * i, 8, 8], 1000 + i) for i in range(3)]
+    barrier, errors = threading.Barrier(6), []
+
+    def join() -> None:
+        try:
+            barrier.wait()
+            open_race_study(config, tmp_path, plan, finalists, resume=True)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=join) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    trials = optuna.load_study(study_name="together-race", storage=url).get_trials(deepcopy=False)
+    assert sorted(t.user_attrs["finalist"] for t in trials) == [0, 1, 2]
