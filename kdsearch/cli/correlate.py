@@ -34,6 +34,7 @@ def correlate(
     extra_batches: Annotated[Optional[str], typer.Option("--extra-batches", help="Other batch sizes the teacher-aware proxies are scored at (default 16,256).", rich_help_panel=o.SEARCH)] = None,
     teacher_init: Annotated[Optional[str], typer.Option("--teacher-init", help="Teacher variants scored, main first (default random,pretrained).", rich_help_panel=o.SEARCH)] = None,
     max_params: o.MaxParams = None,
+    edges: Annotated[Optional[str], typer.Option("--edges", help="Budget edges, e.g. params=34000,flops=2e7: two thirds of the archs are drawn near them (0.7-1.1 × each edge), where a winner rule's choice is decided; the rest spread over sizes.", rich_help_panel=o.SEARCH)] = None,
     seed: o.Seed = None,
     device: o.Device = None,
     config_file: o.Config = None,
@@ -56,7 +57,7 @@ def correlate(
     config = override(base_config(config_file), data=data_flags(data, data_dir, subset, seed, image_size), top={"teacher": teacher},
                       correlate={"space": space, "archs": archs, "proxies": _csv(proxies), "proxy_batch": proxy_batch,
                                  "extra_batches": extra, "teacher_inits": _csv(teacher_init),
-                                 "max_params": max_params, "seed": seed, "repeats": repeats})
+                                 "max_params": max_params, "edges": _csv(edges), "seed": seed, "repeats": repeats})
     c = with_train(config.correlate, epochs=epochs, batch_size=batch_size, seed=seed, device=device)
     spec = require_teacher(config)
     progress = make_progress(quiet, json_out)

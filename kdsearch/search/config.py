@@ -6,6 +6,7 @@ either; the modules that run a search import those where they use them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 from kdsearch.distill.config import TrainConfig
 from kdsearch.errors import UsageError
@@ -98,6 +99,7 @@ class CorrelateConfig:
     teacher_inits: tuple[str, ...] = ("random", "pretrained")  # the first is the main variant: the search's default
     max_params: int | None = None  # sample only archs this small
     pool: int = 600  # archs sampled before stratifying
+    edges: tuple[str, ...] = ()  # budget edges ("params=34000", "flops=2e7"): most archs are drawn near them
     budgets: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)  # params-quantiles of the sample used as budgets
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         epochs=2, batch_size=64, augment=False, cache_teacher=True,  # no augmentation in 1-2 epochs: cache the teacher
@@ -118,3 +120,19 @@ class CorrelateConfig:
             raise UsageError("budgets are params-quantiles in (0, 1]")
         if self.max_params is not None and self.max_params <= 0:
             raise UsageError(f"--max-params must be positive (got {self.max_params})")
+        parse_edges(self.edges)
+
+
+def parse_edges(texts: Sequence[str]) -> tuple[tuple[str, float], ...]:
+    """``("params=34000", "flops=2e7")`` → ``(("params", 34000.0), ("flops", 2e7))``; a clear error otherwise."""
+    out = []
+    for text in texts:
+        resource, _, value = text.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            number = -1.0
+        if resource not in ("params", "flops") or number <= 0:
+            raise UsageError(f"budget edge {text!r} is not params=N or flops=N with N > 0")
+        out.append((resource, number))
+    return tuple(out)

@@ -43,7 +43,7 @@ from kdsearch.errors import UsageError
 from kdsearch.files import write_json, write_text
 from kdsearch.models.teacher import Teacher
 from kdsearch.progress import NULL_PROGRESS, Progress
-from kdsearch.search.config import CorrelateConfig
+from kdsearch.search.config import CorrelateConfig, parse_edges
 
 __all__ = [
     "CorrelateResult",
@@ -72,11 +72,31 @@ class CorrelateResult:
     reliability: dict[str, Any] = field(default_factory=dict)  # seed-to-seed agreement; empty with one seed
 
 
-def stratified_archs(space, dataset: Dataset, n: int, *, seed: int, pool: int = 600,
-                     max_params: int | None = None) -> list[Arch]:
-    """``n`` distinct archs spread evenly over log-parameters, chosen from ``pool`` seeded samples."""
+def _spread(values: Sequence[float], n: int) -> list[int]:
+    """Indices of ``n`` of ``values`` spread evenly in log scale from the smallest to the largest:
+    evenly spaced targets, each taking the nearest value not taken yet (random samples crowd the
+    middle sizes, this spreads them out)."""
+    if n <= 0:
+        return []
+    lo, hi = math.log(min(values)), math.log(max(values))
+    free = list(range(len(values)))
+    picks = []
+    for i in range(n):
+        target = lo + (hi - lo) * i / max(1, n - 1)
+        best = min(free, key=lambda j: (abs(math.log(values[j]) - target), j))
+        free.remove(best)
+        picks.append(best)
+    return picks
+
+
+def _sample_costs(space, dataset: Dataset, *, seed: int, pool: int, max_params: int | None,
+                  flops: bool) -> list[tuple[int, int, Arch]]:
+    """(params, FLOPs or 0, arch) of the distinct archs among ``pool`` seeded samples, smallest first."""
+    from kdsearch.proxies import count_flops
+
     rng = random.Random(seed)
-    sized: dict[str, tuple[int, Arch]] = {}
+    sized: dict[str, tuple[int, int, Arch]] = {}
+    h, w = dataset.image_size
     for _ in range(pool):
         arch = space.sample(rng, dataset.image_size)
         if arch.key in sized:
@@ -85,21 +105,43 @@ def stratified_archs(space, dataset: Dataset, n: int, *, seed: int, pool: int = 
             model = space.build(arch, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
         params = sum(p.numel() for p in model.parameters())
         if max_params is None or params <= max_params:
-            sized[arch.key] = (params, arch)
-    ordered = sorted(sized.values(), key=lambda pa: (pa[0], pa[1].key))
-    if len(ordered) < n:
-        raise UsageError(f"only {len(ordered)} distinct archs of {space.name} fit; ask for fewer --archs or raise --max-params")
-    # Evenly spaced targets in log-params from the smallest to the largest sampled, each taking the
-    # nearest arch not taken yet: random samples crowd the middle sizes, this spreads them out.
-    lo, hi = math.log(ordered[0][0]), math.log(ordered[-1][0])
-    free = list(range(len(ordered)))
-    picks = []
-    for i in range(n):
-        target = lo + (hi - lo) * i / (n - 1)
-        best = min(free, key=lambda j: (abs(math.log(ordered[j][0]) - target), j))
-        free.remove(best)
-        picks.append(best)
-    return [ordered[i][1] for i in sorted(picks)]
+            cost = 0
+            if flops:
+                cost = count_flops(space.build(arch, num_classes=dataset.num_classes, in_channels=dataset.in_channels),
+                                   (dataset.in_channels, h, w))
+            sized[arch.key] = (params, cost, arch)
+    return sorted(sized.values(), key=lambda c: (c[0], c[2].key))
+
+
+EDGE_BAND = (0.7, 1.1)  # an arch is "near" an edge when its cost lies in [0.7, 1.1] × the edge
+EDGE_SHARE = 2 / 3  # with edges, this share of the archs is drawn near them, the rest spread over sizes
+
+
+def stratified_archs(space, dataset: Dataset, n: int, *, seed: int, pool: int = 600,
+                     max_params: int | None = None, edges: Sequence[tuple[str, float]] = ()) -> list[Arch]:
+    """``n`` distinct archs from ``pool`` seeded samples, spread evenly over log-parameters.
+
+    With ``edges`` (``("params" | "flops", value)`` budget edges), ``EDGE_SHARE`` of them are
+    drawn near the edges instead, in equal numbers, each edge's spread over its band
+    (``EDGE_BAND``): where a winner rule's choice within a budget is decided.
+    """
+    costs = _sample_costs(space, dataset, seed=seed, pool=pool, max_params=max_params,
+                          flops=any(resource == "flops" for resource, _ in edges))
+    if len(costs) < n:
+        raise UsageError(f"only {len(costs)} distinct archs of {space.name} fit; ask for fewer --archs or raise --max-params")
+    taken: set[int] = set()
+    near_edges = round(n * EDGE_SHARE) if edges else 0
+    for e, (resource, edge) in enumerate(edges):
+        want = near_edges // len(edges) + (e < near_edges % len(edges))
+        column = 0 if resource == "params" else 1
+        band = [i for i, c in enumerate(costs) if i not in taken and EDGE_BAND[0] * edge <= c[column] <= EDGE_BAND[1] * edge]
+        if len(band) < want:
+            raise UsageError(f"only {len(band)} sampled archs of {space.name} lie near the {resource} edge {edge:,.0f}; "
+                             "raise --pool or move the edge")
+        taken.update(band[i] for i in _spread([costs[i][column] for i in band], want))
+    rest = [i for i in range(len(costs)) if i not in taken]
+    taken.update(rest[i] for i in _spread([costs[i][0] for i in rest], n - len(taken)))
+    return [costs[i][2] for i in sorted(taken)]
 
 
 def _rank_corr(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
@@ -301,7 +343,8 @@ def run_correlate(
 
     space = load_space(config.space)
     out_dir.mkdir(parents=True, exist_ok=True)
-    archs = stratified_archs(space, dataset, config.archs, seed=config.seed, pool=config.pool, max_params=config.max_params)
+    archs = stratified_archs(space, dataset, config.archs, seed=config.seed, pool=config.pool, max_params=config.max_params,
+                             edges=parse_edges(config.edges))
     students_path = out_dir / "students.jsonl"
     seeds = [config.train.seed + r for r in range(config.repeats)]
     done = _read_students(students_path, config.train.seed)

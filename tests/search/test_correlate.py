@@ -104,6 +104,32 @@ def test_stratified_archs_span_the_size_range(data):
         stratified_archs(space, data, 8, seed=0, pool=60, max_params=4_000)
 
 
+def test_edges_put_most_archs_near_the_budget_edges(data):
+    from kdsearch.proxies import count_flops
+    from kdsearch.spaces import load_space
+
+    space = load_space("resnet_cifar")
+    edges = (("params", 60_000.0), ("flops", 20e6))
+    archs = stratified_archs(space, data, 12, seed=0, pool=500, max_params=120_000, edges=edges)
+    assert len({a.key for a in archs}) == 12
+    costs = []
+    for a in archs:
+        model = space.build(a, num_classes=10, in_channels=1)
+        costs.append((sum(p.numel() for p in model.parameters()), count_flops(model, (1, 28, 28))))
+    near = [sum(0.7 * e <= c[0 if r == "params" else 1] <= 1.1 * e for c in costs) for r, e in edges]
+    assert all(n >= 4 for n in near)  # 8 of 12 drawn near the two edges, 4 each (the rest may land there too)
+    plain = stratified_archs(space, data, 12, seed=0, pool=500, max_params=120_000)
+    assert {a.key for a in plain} != {a.key for a in archs}
+    with pytest.raises(UsageError, match="near the params edge"):
+        stratified_archs(space, data, 12, seed=0, pool=300, max_params=120_000, edges=(("params", 500.0),))
+
+
+@pytest.mark.parametrize("edge", ["latency=3", "params=", "params=-5", "flops=abc"])
+def test_a_malformed_edge_is_refused(edge):
+    with pytest.raises(UsageError, match="budget edge"):
+        CorrelateConfig(edges=(edge,))
+
+
 def test_bad_correlate_config():
     with pytest.raises(UsageError):
         CorrelateConfig(archs=3)
