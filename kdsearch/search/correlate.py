@@ -56,6 +56,7 @@ __all__ = [
     "DISWOT_WEIGHTS",
     "with_train",
     "seed_reliability",
+    "score_variants",
 ]
 
 BASELINES = ("params", "flops")  # always reported: a proxy must beat these to be worth its cost
@@ -281,7 +282,7 @@ def _train_one(arch: Arch, teacher: Teacher, dataset: Dataset, work: Path, confi
             "resumed": resume}
 
 
-def _score_variants(space, archs: list[Arch], teacher: Teacher, dataset: Dataset, config: CorrelateConfig,
+def score_variants(space, archs: list[Arch], teacher: Teacher, dataset: Dataset, config: CorrelateConfig,
                     progress: Progress) -> list[dict[str, float]]:
     """Scores of every arch under every proxy variant: ``name`` (main), ``name@random``, ``name@b16``..."""
     from kdsearch.models.features import locate_parts
@@ -372,7 +373,7 @@ def run_correlate(
         students.append({**runs[0], "accs": accs, "acc": sum(accs) / len(accs),
                          "val_acc": sum(r["val_acc"] for r in runs) / len(runs),
                          "train_s": sum(r["train_s"] for r in runs)})
-    scores = _score_variants(space, archs, teacher, dataset, config, progress)
+    scores = score_variants(space, archs, teacher, dataset, config, progress)
     for s, sc in zip(students, scores):
         s["scores"] = sc
     acc = [s["acc"] for s in students]

@@ -1,0 +1,323 @@
+"""Does the race out-pick "largest within budget"? Regret of winner rules on held-out ground truth.
+
+Ground truth: ``benchmarks/race_truth/<space>.jsonl``, the per-student rows of
+``kdsearch correlate --config benchmarks/race_truth/<space>.yaml --out runs/race_truth/<space>``
+(archs of ``resnet_cifar`` and ``mbconv`` drawn near four budget edges, each distilled with one
+fixed recipe and three training seeds; ``--collect runs/race_truth`` copies them here). An arch's
+accuracy is the mean test top-1 over its seeds.
+
+Draws: ``--draws`` times (space, pool, budget): a pool of ``--pool`` archs of one space, and a
+budget on params or FLOPs at one of the space's edges times a factor in [0.9, 1.0], so the edge's
+archs fall on both sides of it. Rules, each picking among the pool's archs within the budget:
+
+- ``largest``: the most parameters (the default rule today);
+- ``largest-by-resource``: the most of the constrained resource (FLOPs under a FLOPs budget;
+  the same as ``largest`` under a params budget);
+- ``best-diswot``: the highest DisWOT score, scored as ``kdsearch search`` scores (random teacher,
+  64 images, seed 0);
+- ``race@B``: ``kdsearch``'s race (kdsearch.search.race.run_race) really run, ``--race`` finalists
+  by the ``largest`` order, successive halving at budget B × one distillation of the recipe.
+  Each finished race is appended to ``benchmarks/race_truth/races.jsonl`` and never run twice,
+  so the comparison grows across sittings (``--max-races`` bounds one sitting).
+
+Reported per rule: mean regret (best accuracy within the budget minus the pick's), win rate
+against ``largest`` (ties count half), and a paired bootstrap 95 % interval of the mean regret
+difference against ``largest``, resampling draws and, per arch, training seeds. Also the
+ground truth's seed-to-seed spread: accuracy sd within an arch against sd between archs.
+
+Run: ``python benchmarks/race_proof.py --teacher runs/quick_teacher --json benchmarks/race_proof.json``
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).parent / "race_truth"
+SPACES = ("resnet_cifar", "mbconv")
+RULES = ("largest", "largest-by-resource", "best-diswot")
+
+
+def collect(runs: Path) -> None:
+    """Copy each space's students.jsonl from its correlate run into benchmarks/race_truth/."""
+    for space in SPACES:
+        source = runs / space / "correlate" / "students.jsonl"
+        if source.exists():
+            shutil.copyfile(source, HERE / f"{space}.jsonl")
+            print(f"{source} -> {HERE / f'{space}.jsonl'} ({len(source.read_text().splitlines())} students)")
+
+
+def load_truth(space: str) -> list[dict]:
+    """One row per arch: key, arch, params, flops, accs (test top-1 per training seed)."""
+    archs: dict[str, dict] = {}
+    path = HERE / f"{space}.jsonl"
+    for line in path.read_text().splitlines() if path.exists() else []:
+        row = json.loads(line)
+        arch = archs.setdefault(row["key"], {"key": row["key"], "arch": row["arch"], "params": row["params"],
+                                             "flops": row["flops"], "accs": {}})
+        arch["accs"][row["seed"]] = row["test_acc"]
+    return list(archs.values())
+
+
+def edges_of(space: str) -> list[tuple[str, float]]:
+    import yaml
+
+    from kdsearch.search.config import parse_edges
+
+    config = yaml.safe_load((HERE / f"{space}.yaml").read_text())
+    return list(parse_edges(config["correlate"]["edges"]))
+
+
+def make_draws(truth: dict[str, list[dict]], n: int, pool: int, seed: int) -> list[dict]:
+    """``n`` seeded draws of (space, pool of arch keys, budget resource and value)."""
+    rng = random.Random(seed)
+    draws = []
+    spaces = [s for s in SPACES if len(truth[s]) >= pool]
+    for d in range(n):
+        space = spaces[d % len(spaces)]
+        resource, edge = rng.choice(edges_of(space))
+        keys = [a["key"] for a in rng.sample(truth[space], pool)]
+        draws.append({"draw": d, "space": space, "pool": keys, "resource": resource,
+                      "budget": edge * rng.uniform(0.9, 1.0)})
+    return draws
+
+
+def feasible(draw: dict, by_key: dict[str, dict]) -> list[dict]:
+    return [by_key[k] for k in draw["pool"] if by_key[k][draw["resource"]] <= draw["budget"]]
+
+
+def static_picks(draw: dict, by_key: dict[str, dict]) -> dict[str, str]:
+    """The training-free rules' picks (arch keys); ties broken as kdsearch breaks them."""
+    inside = feasible(draw, by_key)
+    largest = max(inside, key=lambda a: (a["params"], a["diswot"]))
+    by_resource = max(inside, key=lambda a: (a[draw["resource"]], a["diswot"]))
+    best = max(inside, key=lambda a: (a["diswot"], -a["params"]))
+    return {"largest": largest["key"], "largest-by-resource": by_resource["key"], "best-diswot": best["key"]}
+
+
+def score_archs(space: str, archs: list[dict], teacher, dataset) -> None:
+    """DisWOT and synflow scores of each arch, as the search computes them (in place)."""
+    from kdsearch.arch import Arch
+    from kdsearch.progress import NULL_PROGRESS
+    from kdsearch.search.config import CorrelateConfig
+    from kdsearch.search.correlate import score_variants
+    from kdsearch.spaces import load_space
+
+    config = CorrelateConfig(space=space, proxies=("diswot", "synflow"), teacher_inits=("random",), extra_batches=())
+    scores = score_variants(load_space(space), [Arch.from_dict(a["arch"]) for a in archs], teacher, dataset, config,
+                            NULL_PROGRESS)
+    for a, s in zip(archs, scores):
+        a["diswot"], a["synflow"] = s["diswot"], s["synflow"]
+
+
+def run_one_race(draw: dict, budget: float, by_key: dict[str, dict], teacher, dataset, train, finalists: int,
+                 work: Path) -> dict:
+    """Really run kdsearch's race on the draw's feasible archs; the winner's key and what it spent."""
+    from kdsearch.search.config import SearchConfig
+    from kdsearch.search.race import run_race
+
+    rows = [{"arch": json.dumps(a["arch"], sort_keys=True, separators=(",", ":")), "params": a["params"],
+             "flops": a["flops"], "feasible": True, "score_diswot": a["diswot"], "score_synflow": a["synflow"]}
+            for a in feasible(draw, by_key)]
+    config = SearchConfig(space=draw["space"], race=min(finalists, len(rows)), race_budget=budget,
+                          study_name=f"draw{draw['draw']}-b{budget:g}")
+    race_dir = work / f"draw{draw['draw']}-b{budget:g}"
+    t0 = time.perf_counter()
+    result = run_race(rows, teacher, dataset, race_dir, config, train, space_spec=draw["space"], resume=True)
+    winner = json.loads(result.winner["arch"])
+    key = next(a["key"] for a in by_key.values() if a["arch"] == winner)
+    record = result.record()
+    return {"draw": draw["draw"], "budget": budget, "space": draw["space"], "winner": key,
+            "finalists": len(rows) if len(rows) < finalists else finalists, "spent_steps": record["spent_steps"],
+            "full_steps": record["full_steps"], "rungs": record["rungs"], "seconds": time.perf_counter() - t0,
+            "draw_budget": draw["budget"], "resource": draw["resource"]}
+
+
+def append_line(path: Path, row: dict) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def regrets(draws: list[dict], picks: dict[str, list[str | None]], by_key: dict[str, dict],
+            acc: dict[str, float]) -> dict[str, np.ndarray]:
+    """Per rule, per draw: best accuracy within the budget minus the pick's (nan: no pick yet)."""
+    out = {}
+    for rule, keys in picks.items():
+        values = []
+        for draw, key in zip(draws, keys):
+            best = max(acc[a["key"]] for a in feasible(draw, by_key))
+            values.append(np.nan if key is None else best - acc[key])
+        out[rule] = np.array(values)
+    return out
+
+
+def analyse(draws: list[dict], picks: dict[str, list[str | None]], by_key: dict[str, dict], *, replicates: int,
+            seed: int) -> dict:
+    """Mean regret, win rate against largest and paired bootstrap intervals, per rule."""
+    acc = {k: statistics.fmean(a["accs"].values()) for k, a in by_key.items()}
+    base = regrets(draws, picks, by_key, acc)
+    rng = np.random.default_rng(seed)
+    boot: dict[str, list[float]] = {rule: [] for rule in picks}
+    diffs: dict[str, list[float]] = {rule: [] for rule in picks}
+    for _ in range(replicates):
+        sample = rng.integers(0, len(draws), len(draws))  # draws with replacement
+        resampled = {}
+        for k, a in by_key.items():  # each arch's seeds with replacement
+            values = list(a["accs"].values())
+            resampled[k] = float(np.mean(rng.choice(values, len(values))))
+        r = regrets([draws[i] for i in sample], {rule: [keys[i] for i in sample] for rule, keys in picks.items()},
+                    by_key, resampled)
+        for rule in picks:
+            both = ~np.isnan(r[rule]) & ~np.isnan(r["largest"])
+            boot[rule].append(float(np.mean(r[rule][~np.isnan(r[rule])])) if (~np.isnan(r[rule])).any() else np.nan)
+            diffs[rule].append(float(np.mean(r[rule][both] - r["largest"][both])) if both.any() else np.nan)
+    out = {}
+    for rule, values in base.items():
+        done = ~np.isnan(values)
+        keys_rule, keys_largest = picks[rule], picks["largest"]
+        wins = [1.0 if acc[a] > acc[b] else 0.5 if acc[a] == acc[b] else 0.0
+                for a, b in zip(keys_rule, keys_largest) if a is not None]
+        out[rule] = {
+            "draws": int(done.sum()),
+            "mean_regret": float(np.mean(values[done])) if done.any() else None,
+            "mean_regret_ci95": _interval(boot[rule]),
+            "win_rate_vs_largest": float(np.mean(wins)) if wins else None,
+            "regret_minus_largest": float(np.mean(values[done] - base["largest"][done])) if done.any() else None,
+            "regret_minus_largest_ci95": _interval(diffs[rule]),
+        }
+    return out
+
+
+def _interval(values: list[float]) -> list[float] | None:
+    """The 2.5th and 97.5th percentiles of the finite bootstrap values (None when there are none)."""
+    finite = np.array([v for v in values if np.isfinite(v)])
+    return [float(np.percentile(finite, 2.5)), float(np.percentile(finite, 97.5))] if len(finite) else None
+
+
+def seed_spread(archs: list[dict]) -> dict:
+    """Accuracy sd between an arch's training seeds (mean over archs) against sd between archs' means."""
+    full = [a for a in archs if len(a["accs"]) >= 2]
+    if len(full) < 2:
+        return {"archs_with_2_seeds": len(full)}
+    return {"archs_with_2_seeds": len(full),
+            "sd_within_arch": statistics.fmean(statistics.stdev(a["accs"].values()) for a in full),
+            "sd_between_archs": statistics.stdev(statistics.fmean(a["accs"].values()) for a in full)}
+
+
+def print_table(stats: dict, title: str) -> None:
+    print(f"\n{title}")
+    print(f"{'rule':22s} {'draws':>5s} {'regret':>8s} {'95% CI':>17s} {'win vs L':>8s} {'Δ vs largest':>13s} {'95% CI':>19s}")
+    for rule, m in stats.items():
+        if not m["draws"]:
+            print(f"{rule:22s} {0:5d}  (not run yet)")
+            continue
+        lo, hi = m["mean_regret_ci95"]
+        dlo, dhi = m["regret_minus_largest_ci95"]
+        print(f"{rule:22s} {m['draws']:5d} {m['mean_regret']:8.4f} [{lo:7.4f}, {hi:7.4f}] {m['win_rate_vs_largest']:8.2f} "
+              f"{m['regret_minus_largest']:+13.4f} [{dlo:+8.4f}, {dhi:+8.4f}]")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--teacher", default="runs/quick_teacher")
+    parser.add_argument("--collect", type=Path, help="copy students.jsonl from these correlate runs first")
+    parser.add_argument("--draws", type=int, default=30)
+    parser.add_argument("--pool", type=int, default=20)
+    parser.add_argument("--race", type=int, default=9, help="finalists per race")
+    parser.add_argument("--race-budgets", default="0.5,1,2")
+    parser.add_argument("--max-races", type=int, default=0, help="races to run in this sitting (0: none)")
+    parser.add_argument("--work", type=Path, default=Path("runs/race_proof"))
+    parser.add_argument("--replicates", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--races", type=Path, default=HERE / "races.jsonl", help="finished races (appended)")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    if args.collect:
+        collect(args.collect)
+    import torch
+    import yaml
+
+    from kdsearch.distill.config import TrainConfig
+    from kdsearch.pipeline.config import config_from_dict
+    from kdsearch.pipeline.stages import load_run_dataset
+    from kdsearch.spaces.model_files import load_teacher
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    truth = {s: load_truth(s) for s in SPACES}
+    run_config = config_from_dict(yaml.safe_load((HERE / f"{SPACES[0]}.yaml").read_text()))
+    dataset = load_run_dataset(run_config)
+    teacher = load_teacher(args.teacher, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
+                           image_size=dataset.image_size)
+    for space, archs in truth.items():
+        if archs:
+            score_archs(space, archs, teacher, dataset)
+    by_key = {a["key"]: a for archs in truth.values() for a in archs}
+    draws = make_draws(truth, args.draws, args.pool, args.seed)
+    picks: dict[str, list[str | None]] = {rule: [] for rule in RULES}
+    for draw in draws:
+        for rule, key in static_picks(draw, by_key).items():
+            picks[rule].append(key)
+
+    train: TrainConfig = replace(run_config.correlate.train, seed=0)
+    races_path = args.races
+    done = {}
+    for line in races_path.read_text().splitlines() if races_path.exists() else []:
+        row = json.loads(line)
+        done[(row["draw"], row["budget"])] = row
+    budgets = [float(b) for b in args.race_budgets.split(",")]
+    ran = 0
+    for budget in budgets:
+        rule = f"race@{budget:g}"
+        picks[rule] = []
+        for draw in draws:
+            row = done.get((draw["draw"], budget))
+            if row is not None and (row["space"], row["draw_budget"]) != (draw["space"], draw["budget"]):
+                raise SystemExit(f"races.jsonl draw {draw['draw']} was made with other draws (change --seed back)")
+            if row is None and ran < args.max_races:
+                row = run_one_race(draw, budget, by_key, teacher, dataset, train, args.race, args.work)
+                append_line(races_path, row)
+                done[(draw["draw"], budget)] = row
+                ran += 1
+                print(f"race draw {draw['draw']} at {budget:g}×: {by_key[row['winner']]['params']:,} params "
+                      f"({row['spent_steps']}/{row['full_steps']} steps, {row['seconds']:.0f} s)")
+            picks[rule].append(row["winner"] if row else None)
+
+    stats = analyse(draws, picks, by_key, replicates=args.replicates, seed=args.seed)
+    spread = {s: seed_spread(archs) for s, archs in truth.items()}
+    seeds = sorted({len(a["accs"]) for a in by_key.values()})
+    print(f"ground truth: {', '.join(f'{s} {len(a)} archs' for s, a in truth.items())}; seeds per arch {seeds}")
+    for s, v in spread.items():
+        if "sd_within_arch" in v:
+            print(f"  {s}: accuracy sd {v['sd_within_arch']:.4f} within an arch (seeds), {v['sd_between_archs']:.4f} between archs")
+    print(f"{len(draws)} draws of a {args.pool}-arch pool and a budget")
+    print_table(stats, "all draws")
+    flops = [i for i, d in enumerate(draws) if d["resource"] == "flops"]
+    by_flops = analyse([draws[i] for i in flops], {r: [k[i] for i in flops] for r, k in picks.items()}, by_key,
+                       replicates=args.replicates, seed=args.seed) if flops else {}
+    if by_flops:
+        print_table(by_flops, f"the {len(flops)} draws with a FLOPs budget")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "ground_truth": {s: {"archs": len(a), "students": sum(len(x["accs"]) for x in a)} for s, a in truth.items()},
+            "seed_spread": spread, "draws": len(draws), "pool": args.pool, "finalists": args.race,
+            "recipe": {"epochs": train.epochs, "batch_size": train.batch_size, "lr": train.lr, "schedule": train.schedule,
+                       "subset": run_config.data.subset},
+            "rules": stats, "rules_under_flops_budgets": by_flops,
+            "draw_list": [{**{k: v for k, v in d.items() if k != "pool"}, "picks": {r: picks[r][i] for r in picks}}
+                          for i, d in enumerate(draws)],
+        }, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
