@@ -135,7 +135,9 @@ def run_one_race(draw: dict, budget: float, by_key: dict[str, dict], teacher, da
     winner = json.loads(result.winner["arch"])
     key = next(a["key"] for a in by_key.values() if a["arch"] == winner)
     record = result.record()
-    return {"draw": draw["draw"], "budget": budget, "space": draw["space"], "winner": key,
+    key_of = {json.dumps(a["arch"], sort_keys=True, separators=(",", ":")): a["key"] for a in by_key.values()}
+    rungs = [{"key": key_of[f["arch"]], "rungs": f["rungs"]} for f in record["finalists"]]
+    return {"draw": draw["draw"], "budget": budget, "space": draw["space"], "winner": key, "finalist_rungs": rungs,
             "finalists": len(rows) if len(rows) < finalists else finalists, "spent_steps": record["spent_steps"],
             "full_steps": record["full_steps"], "rungs": record["rungs"], "seconds": time.perf_counter() - t0,
             "draw_budget": draw["budget"], "resource": draw["resource"]}
@@ -293,6 +295,13 @@ def main() -> None:
                       f"({row['spent_steps']}/{row['full_steps']} steps, {row['seconds']:.0f} s)")
             picks[rule].append(row["winner"] if row else None)
 
+    # The two rung signals compared at equal cost: every finalist's first rung, picked by validation
+    # top-1 (what the race ranks by) or by the lowest sum of training losses (TSE).
+    for budget in budgets:
+        rows = [done.get((d["draw"], budget)) for d in draws]
+        first = [[(f["key"], f["rungs"][0]) for f in r["finalist_rungs"]] if r else None for r in rows]
+        picks[f"rung-1 val@{budget:g}"] = [max(f, key=lambda kr: kr[1]["val_acc"])[0] if f else None for f in first]
+        picks[f"rung-1 TSE@{budget:g}"] = [min(f, key=lambda kr: kr[1]["train_loss_sum"])[0] if f else None for f in first]
     stats = analyse(draws, picks, by_key, replicates=args.replicates, seed=args.seed)
     spread = {s: seed_spread(archs) for s, archs in truth.items()}
     seeds = sorted({len(a["accs"]) for a in by_key.values()})
