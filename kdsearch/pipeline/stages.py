@@ -106,7 +106,8 @@ def check_inputs(config: RunConfig, dataset, *, search: bool = True, student: Ar
         with torch.device("meta"):
             module = create_model(config.teacher_model, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
     if search:
-        feasible_samples(space, dataset, search_config_for(config, module), wanted=0)
+        s = search_config_for(config, module)
+        feasible_samples(space, dataset, s, wanted=s.population)  # remembered: the search reuses it
     if search and config.search.storage:
 
         get_storage(config.search.storage)

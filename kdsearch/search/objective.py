@@ -59,12 +59,26 @@ def _violations(config: SearchConfig, costs: dict[str, float]) -> dict[str, floa
     return out
 
 
+_FEASIBLE: dict[tuple, tuple[list[Arch], float]] = {}  # per process: the input checks' sampling, reused by the search
+
+
 def feasible_samples(space, dataset: Dataset, config: SearchConfig, wanted: int, samples: int = 400) -> tuple[list[Arch], float]:
     """Sample the space before searching: up to ``wanted`` distinct archs within the params and
     FLOPs budgets, and the fraction of samples that met them.
 
     Fails at once (a :class:`BudgetError`, before any scoring) when no sample meets the budgets.
+    The result is remembered for the same space, data shape, budgets and seed: the input checks
+    and the search ask the same question (at 224 px, half of a search's set-up).
     """
+    key = (type(space).__name__, space.name, repr(space._genes_by_form), dataset.num_classes, dataset.in_channels, tuple(dataset.image_size), config.seed,
+           config.max_params, config.max_flops, wanted, samples)
+    if key not in _FEASIBLE:
+        _FEASIBLE[key] = _feasible_samples(space, dataset, config, wanted, samples)
+    found, fraction = _FEASIBLE[key]
+    return list(found), fraction
+
+
+def _feasible_samples(space, dataset: Dataset, config: SearchConfig, wanted: int, samples: int) -> tuple[list[Arch], float]:
     rng = random.Random(config.seed)
     smallest: dict[str, float] = {}
     found: list[Arch] = []

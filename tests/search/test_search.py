@@ -154,3 +154,29 @@ def test_winner_rules():
 def test_bad_search_config(bad):
     with pytest.raises(UsageError):
         _config(**bad)
+
+
+def test_the_budget_sampling_of_the_input_checks_is_reused_by_the_search(data, monkeypatch, tmp_path):
+    """The input checks and the search ask the same question; the space was sampled twice (half of
+    a 224-px search's set-up). The same space read again is reused; other genes are not."""
+    from kdsearch.search.objective import feasible_samples
+    from kdsearch.spaces import load_space
+
+    calls = []
+    space = load_space("resnet_cifar")
+    real = type(space).sample
+    monkeypatch.setattr(type(space), "sample", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    config = _config(max_params=33_333, seed=123)
+    first, fraction = feasible_samples(space, data, config, wanted=4)
+    sampled = len(calls)
+    assert sampled > 0
+    first.clear()  # the caller's list is its own
+    again, same_fraction = feasible_samples(load_space("resnet_cifar"), data, config, wanted=4)
+    assert len(calls) == sampled and len(again) == 4 and same_fraction == fraction
+    narrow = tmp_path / "narrow.yaml"  # the same name, other genes
+    narrow.write_text("name: resnet_cifar\nfamily: resnet_cifar\ngenes:\n  depths: {choices: [1, 2], length: 3}\n"
+                      "  widths: {choices: [8, 12], length: 3}\n  block: {choices: [basic]}\n"
+                      "teacher: {depths: [2, 2, 2], widths: [12, 12, 12], block: basic}\n")
+    narrower = load_space(narrow)
+    feasible_samples(narrower, data, config, wanted=4)
+    assert len(calls) > sampled
