@@ -45,12 +45,15 @@ def train(
     *,
     teacher: nn.Module | None = None,
     resume: bool = False,
+    criterion_state: dict[str, Any] | None = None,
     progress: Progress = NULL_PROGRESS,
 ) -> dict[str, Any]:
     """Train ``student`` on ``dataset`` (distilling from ``teacher`` when given).
 
     Writes ``out_dir/last.ckpt`` after every epoch and returns the final metrics with the
     per-epoch ``history``. ``student`` holds the final weights on return (on the CPU).
+    ``criterion_state`` (a checkpoint's ``criterion``) starts the loss's own weights (feature
+    adapters) where an earlier training left them, as ``student``'s weights do.
     Under ``torchrun`` every rank trains on its shard of each epoch; rank 0 alone evaluates
     and writes, and every rank returns rank 0's metrics.
     """
@@ -60,6 +63,8 @@ def train(
     try:
         criterion = build_criterion(config)
         paths = _setup_feature_losses(criterion, student, teacher, dataset)
+        if criterion_state:
+            criterion.load_state_dict(criterion_state)
         result = fit(student, criterion, dataset, out_dir, config, teacher=teacher, feature_paths=paths,
                      settings=asdict(config), resume=resume, progress=progress, device=device, dist=dist)
         ok = True

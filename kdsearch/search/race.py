@@ -231,13 +231,15 @@ class _Race:
         data = replace(self.dataset, train=self.dataset.train.select(idx))
         assert isinstance(data, Dataset)
         student = build_student(arch, self.dataset, config.seed, self.space_spec)
-        if rung:
+        checkpoint: dict[str, Any] = {}
+        if rung:  # a warm restart: the student and the loss's adapters where the previous rung left them
             previous = rung_dir(self.race_dir, finalist, rung - 1) / "last.ckpt"
             if not previous.exists():  # that rung was trained by a worker on another machine, which died
                 self.train_rung(arch, finalist, rung - 1)  # the same seeded steps: the same weights, here
-            load_module_state(student, load_checkpoint(previous)["model"])
+            checkpoint = load_checkpoint(previous)
+            load_module_state(student, checkpoint["model"])
         result = train(student, data, rung_dir(self.race_dir, finalist, rung), replace(config, epochs=1),
-                       teacher=self.teacher.module, resume=True)
+                       teacher=self.teacher.module, resume=True, criterion_state=checkpoint.get("criterion"))
         return {"step": self.plan.rungs[rung], "val_acc": float(result["val_acc"]),
                 "train_loss_sum": float(sum(result["train_loss"].values()) * steps)}
 

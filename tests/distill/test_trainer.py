@@ -118,3 +118,21 @@ def test_checkpoint_refuses_pickled_code(tmp_path):
     with pytest.raises(TrainingError, match="not a loadable"):
         load_checkpoint(bad)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_a_warm_restart_starts_the_feature_adapters_where_they_were(data, tmp_path):
+    """The race trains each rung as a new call from the last rung's checkpoint; the loss's
+    adapters (fitnet's here) used to start again from a fresh initialisation at every rung."""
+    teacher = _net(width=16, seed=1).eval()
+    config = TrainConfig(epochs=1, batch_size=64, loss="kd:1,fitnet:1", lr=0.05, seed=3, augment=False)
+    student = _net()
+    train(student, data, tmp_path / "rung0", config, teacher=teacher)
+    first = load_checkpoint(tmp_path / "rung0" / "last.ckpt")
+    assert first["criterion"], "fitnet has adapters"
+    still = TrainConfig(epochs=1, batch_size=64, loss="kd:1,fitnet:1", lr=1e-12, seed=4, augment=False)
+    train(student, data, tmp_path / "rung1", still, teacher=teacher, criterion_state=first["criterion"])
+    second = load_checkpoint(tmp_path / "rung1" / "last.ckpt")["criterion"]
+    learned = [n for n in first["criterion"] if not n.rsplit(".", 1)[-1].startswith(("running_", "num_batches"))]
+    assert learned  # (batch-norm statistics move without a learning rate; the weights do not)
+    for name in learned:
+        assert torch.allclose(second[name], first["criterion"][name], atol=1e-6), name
