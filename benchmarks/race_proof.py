@@ -55,15 +55,40 @@ def collect(runs: Path) -> None:
             print(f"{source} -> {HERE / f'{space}.jsonl'} ({len(source.read_text().splitlines())} students)")
 
 
-def load_truth(space: str) -> list[dict]:
-    """One row per arch: key, arch, params, flops, accs (test top-1 per training seed)."""
-    archs: dict[str, dict] = {}
+def planned_archs(space: str, dataset) -> list[dict]:
+    """The archs the space's correlate study distils (its stratified, edge-weighted sample), with
+    params and FLOPs; worked out once and kept in ``<space>.archs.json``, so draws and races do
+    not depend on how far the ground truth has got."""
+    path = HERE / f"{space}.archs.json"
+    if not path.exists():
+        import yaml
+
+        from kdsearch.pipeline.config import config_from_dict
+        from kdsearch.proxies import count_flops
+        from kdsearch.search.config import parse_edges
+        from kdsearch.search.correlate import stratified_archs
+        from kdsearch.spaces import load_space
+
+        c = config_from_dict(yaml.safe_load((HERE / f"{space}.yaml").read_text())).correlate
+        sp = load_space(space)
+        archs = stratified_archs(sp, dataset, c.archs, seed=c.seed, pool=c.pool, max_params=c.max_params,
+                                 edges=parse_edges(c.edges))
+        rows = []
+        for arch in archs:
+            model = sp.build(arch, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
+            rows.append({"key": arch.key, "arch": arch.to_dict(), "params": sum(p.numel() for p in model.parameters()),
+                         "flops": count_flops(model, (dataset.in_channels, *dataset.image_size))})
+        path.write_text(json.dumps(rows, indent=1) + "\n")
+    return json.loads(path.read_text())
+
+
+def load_truth(space: str, dataset) -> list[dict]:
+    """The planned archs, each with ``accs``: test top-1 per training seed distilled so far."""
+    archs = {a["key"]: {**a, "accs": {}} for a in planned_archs(space, dataset)}
     path = HERE / f"{space}.jsonl"
     for line in path.read_text().splitlines() if path.exists() else []:
         row = json.loads(line)
-        arch = archs.setdefault(row["key"], {"key": row["key"], "arch": row["arch"], "params": row["params"],
-                                             "flops": row["flops"], "accs": {}})
-        arch["accs"][row["seed"]] = row["test_acc"]
+        archs[row["key"]]["accs"][row["seed"]] = row["test_acc"]
     return list(archs.values())
 
 
@@ -83,10 +108,14 @@ def make_draws(truth: dict[str, list[dict]], n: int, pool: int, seed: int) -> li
     spaces = [s for s in SPACES if len(truth[s]) >= pool]
     for d in range(n):
         space = spaces[d % len(spaces)]
-        resource, edge = rng.choice(edges_of(space))
-        keys = [a["key"] for a in rng.sample(truth[space], pool)]
-        draws.append({"draw": d, "space": space, "pool": keys, "resource": resource,
-                      "budget": edge * rng.uniform(0.9, 1.0)})
+        while True:  # a budget that leaves at least two of the pool's archs to choose from
+            resource, edge = rng.choice(edges_of(space))
+            pooled = rng.sample(truth[space], pool)
+            budget = edge * rng.uniform(0.9, 1.0)
+            if sum(a[resource] <= budget for a in pooled) >= 2:
+                break
+        draws.append({"draw": d, "space": space, "pool": [a["key"] for a in pooled], "resource": resource,
+                      "budget": budget})
     return draws
 
 
@@ -157,8 +186,9 @@ def regrets(draws: list[dict], picks: dict[str, list[str | None]], by_key: dict[
     for rule, keys in picks.items():
         values = []
         for draw, key in zip(draws, keys):
-            best = max(acc[a["key"]] for a in feasible(draw, by_key))
-            values.append(np.nan if key is None else best - acc[key])
+            inside = [a["key"] for a in feasible(draw, by_key)]
+            judged = key is not None and all(k in acc for k in inside)  # else not distilled yet
+            values.append(max(acc[k] for k in inside) - acc[key] if judged else np.nan)
         out[rule] = np.array(values)
     return out
 
@@ -166,7 +196,7 @@ def regrets(draws: list[dict], picks: dict[str, list[str | None]], by_key: dict[
 def analyse(draws: list[dict], picks: dict[str, list[str | None]], by_key: dict[str, dict], *, replicates: int,
             seed: int) -> dict:
     """Mean regret, win rate against largest and paired bootstrap intervals, per rule."""
-    acc = {k: statistics.fmean(a["accs"].values()) for k, a in by_key.items()}
+    acc = {k: statistics.fmean(a["accs"].values()) for k, a in by_key.items() if a["accs"]}
     base = regrets(draws, picks, by_key, acc)
     rng = np.random.default_rng(seed)
     boot: dict[str, list[float]] = {rule: [] for rule in picks}
@@ -176,6 +206,8 @@ def analyse(draws: list[dict], picks: dict[str, list[str | None]], by_key: dict[
         resampled = {}
         for k, a in by_key.items():  # each arch's seeds with replacement
             values = list(a["accs"].values())
+            if not values:
+                continue
             resampled[k] = float(np.mean(rng.choice(values, len(values))))
         r = regrets([draws[i] for i in sample], {rule: [keys[i] for i in sample] for rule, keys in picks.items()},
                     by_key, resampled)
@@ -188,7 +220,7 @@ def analyse(draws: list[dict], picks: dict[str, list[str | None]], by_key: dict[
         done = ~np.isnan(values)
         keys_rule, keys_largest = picks[rule], picks["largest"]
         wins = [1.0 if acc[a] > acc[b] else 0.5 if acc[a] == acc[b] else 0.0
-                for a, b in zip(keys_rule, keys_largest) if a is not None]
+                for a, b, v in zip(keys_rule, keys_largest, values) if not np.isnan(v)]
         out[rule] = {
             "draws": int(done.sum()),
             "mean_regret": float(np.mean(values[done])) if done.any() else None,
@@ -256,9 +288,9 @@ def main() -> None:
     from kdsearch.spaces.model_files import load_teacher
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    truth = {s: load_truth(s) for s in SPACES}
     run_config = config_from_dict(yaml.safe_load((HERE / f"{SPACES[0]}.yaml").read_text()))
     dataset = load_run_dataset(run_config)
+    truth = {s: load_truth(s, dataset) for s in SPACES}
     teacher = load_teacher(args.teacher, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
                            image_size=dataset.image_size)
     for space, archs in truth.items():
@@ -278,22 +310,24 @@ def main() -> None:
         row = json.loads(line)
         done[(row["draw"], row["budget"])] = row
     budgets = [float(b) for b in args.race_budgets.split(",")]
-    ran = 0
+    for (d, budget), row in done.items():
+        draw = draws[d] if d < len(draws) else None
+        if draw is None or (row["space"], row["draw_budget"]) != (draw["space"], draw["budget"]):
+            raise SystemExit(f"{races_path}: draw {d} was made with other draws (same --seed and --pool, please)")
+    # This sitting's races: whole draws (every budget) first, draws the ground truth can already
+    # judge before the others, the faster space first.
+    judged = {d["draw"]: all(by_key[k]["accs"] for k in d["pool"]) for d in draws}
+    todo = sorted(((d, b) for d in draws for b in budgets if (d["draw"], b) not in done),
+                  key=lambda db: (not judged[db[0]["draw"]], db[0]["space"] != SPACES[0], db[0]["draw"]))
+    for draw, budget in todo[: args.max_races]:
+        row = run_one_race(draw, budget, by_key, teacher, dataset, train, args.race, args.work)
+        append_line(races_path, row)
+        done[(draw["draw"], budget)] = row
+        print(f"race draw {draw['draw']} at {budget:g}×: {by_key[row['winner']]['params']:,} params "
+              f"({row['spent_steps']}/{row['full_steps']} steps, {row['seconds']:.0f} s)", flush=True)
     for budget in budgets:
-        rule = f"race@{budget:g}"
-        picks[rule] = []
-        for draw in draws:
-            row = done.get((draw["draw"], budget))
-            if row is not None and (row["space"], row["draw_budget"]) != (draw["space"], draw["budget"]):
-                raise SystemExit(f"races.jsonl draw {draw['draw']} was made with other draws (change --seed back)")
-            if row is None and ran < args.max_races:
-                row = run_one_race(draw, budget, by_key, teacher, dataset, train, args.race, args.work)
-                append_line(races_path, row)
-                done[(draw["draw"], budget)] = row
-                ran += 1
-                print(f"race draw {draw['draw']} at {budget:g}×: {by_key[row['winner']]['params']:,} params "
-                      f"({row['spent_steps']}/{row['full_steps']} steps, {row['seconds']:.0f} s)")
-            picks[rule].append(row["winner"] if row else None)
+        picks[f"race@{budget:g}"] = [done[(d["draw"], budget)]["winner"] if (d["draw"], budget) in done else None
+                                     for d in draws]
 
     # The two rung signals compared at equal cost: every finalist's first rung, picked by validation
     # top-1 (what the race ranks by) or by the lowest sum of training losses (TSE).
@@ -304,8 +338,8 @@ def main() -> None:
         picks[f"rung-1 TSE@{budget:g}"] = [min(f, key=lambda kr: kr[1]["train_loss_sum"])[0] if f else None for f in first]
     stats = analyse(draws, picks, by_key, replicates=args.replicates, seed=args.seed)
     spread = {s: seed_spread(archs) for s, archs in truth.items()}
-    seeds = sorted({len(a["accs"]) for a in by_key.values()})
-    print(f"ground truth: {', '.join(f'{s} {len(a)} archs' for s, a in truth.items())}; seeds per arch {seeds}")
+    students = {s: sum(len(a["accs"]) for a in archs) for s, archs in truth.items()}
+    print(f"ground truth: {', '.join(f'{s} {len(a)} archs, {students[s]} students' for s, a in truth.items())}")
     for s, v in spread.items():
         if "sd_within_arch" in v:
             print(f"  {s}: accuracy sd {v['sd_within_arch']:.4f} within an arch (seeds), {v['sd_between_archs']:.4f} between archs")
@@ -318,7 +352,7 @@ def main() -> None:
         print_table(by_flops, f"the {len(flops)} draws with a FLOPs budget")
     if args.json:
         args.json.write_text(json.dumps({
-            "ground_truth": {s: {"archs": len(a), "students": sum(len(x["accs"]) for x in a)} for s, a in truth.items()},
+            "ground_truth": {s: {"archs": len(a), "students": students[s]} for s, a in truth.items()},
             "seed_spread": spread, "draws": len(draws), "pool": args.pool, "finalists": args.race,
             "recipe": {"epochs": train.epochs, "batch_size": train.batch_size, "lr": train.lr, "schedule": train.schedule,
                        "subset": run_config.data.subset},
