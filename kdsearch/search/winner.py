@@ -2,7 +2,9 @@
 
 The default, ``largest``, takes the most parameters the budgets allow and lets the proxy break
 ties: in both ``kdsearch correlate`` studies (benchmarks/RESULTS.md) parameter count picked
-better within a budget than any proxy, so trusting the proxy (``best``) is opt-in.
+better within a budget than any proxy, so trusting the proxy (``best``) is opt-in. It counts
+parameters under a FLOPs budget too: taking the most FLOPs within a FLOPs budget picked worse
+(benchmarks/race_proof.py, "Largest by what?" in RESULTS.md).
 
 :func:`rank_by_rule` orders candidates the way the rule judges them, so the leaderboard's first
 row is always the winner; :func:`pick_winner` is that first row and :func:`explain_winner` says
