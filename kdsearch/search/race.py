@@ -45,7 +45,7 @@ from kdsearch.arch import Arch
 from kdsearch.errors import SearchError, UsageError
 from kdsearch.progress import NULL_PROGRESS, Progress
 from kdsearch.search.config import SearchConfig
-from kdsearch.search.storage import StaleTrials
+from kdsearch.search.storage import GRACE_BEATS, StaleTrials, get_storage
 from kdsearch.search.winner import rank_by_rule
 
 __all__ = [
@@ -327,11 +327,9 @@ def open_race_study(config: SearchConfig, race_dir: Path, plan: RacePlan, finali
     Workers that reach the race together must not each enqueue the finalists: creating the study
     is atomic (its name is unique), so its creator alone enqueues them, then records the plan;
     the plan is the sign, for the others, that the finalists are in. A creator killed in between
-    leaves a study without a plan: after ``3 × heartbeat_s`` a resuming worker enqueues instead.
+    leaves a study without a plan: after ``GRACE_BEATS × heartbeat_s`` a resuming worker enqueues instead.
     """
     import optuna
-
-    from kdsearch.search.storage import get_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     race_dir.mkdir(parents=True, exist_ok=True)
@@ -348,7 +346,7 @@ def open_race_study(config: SearchConfig, race_dir: Path, plan: RacePlan, finali
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=name, storage=storage, pruner=pruner)
         created = False
-    deadline = time.monotonic() + 3 * config.heartbeat_s
+    deadline = time.monotonic() + GRACE_BEATS * config.heartbeat_s
     while not created and "plan" not in study.user_attrs and time.monotonic() < deadline:
         time.sleep(_POLL_S)  # its creator is enqueueing the finalists
     saved = study.user_attrs.get("plan")

@@ -12,7 +12,9 @@ from typing import Any
 from kdsearch.errors import UsageError
 from kdsearch.search.config import SearchConfig
 
-__all__ = ["storage_url", "get_storage", "StaleTrials"]
+__all__ = ["storage_url", "get_storage", "StaleTrials", "GRACE_BEATS"]
+
+GRACE_BEATS = 3  # a trial silent for this many heartbeats is taken for dead
 
 _SCHEMA_RACE_TRIES = 8
 _JITTER = random.Random()  # its own stream: seeded searches must not see the retries
@@ -53,7 +55,7 @@ def get_storage(url: str, heartbeat_s: int | None = None):
                 warnings.simplefilter("ignore")  # the heartbeat API is "experimental" in Optuna 5
                 beat: dict[str, Any] = {}
                 if heartbeat_s is not None:
-                    beat = {"heartbeat_interval": heartbeat_s, "grace_period": 3 * heartbeat_s,
+                    beat = {"heartbeat_interval": heartbeat_s, "grace_period": GRACE_BEATS * heartbeat_s,
                             "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)}
                 return optuna.storages.get_storage(optuna.storages.RDBStorage(url, engine_kwargs=engine, **beat))
         except Exception as e:  # noqa: BLE001 - a malformed URL or an unreachable server
@@ -73,8 +75,8 @@ class StaleTrials:
     Optuna fails a trial whose heartbeat went stale, but never one that has no heartbeat at all:
     a worker killed between creating a trial and its first heartbeat leaves it RUNNING for ever,
     and the workers waiting on it with it. So a trial this object has seen running without a
-    heartbeat for the grace period (timed here, so clocks of other machines do not matter) is
-    failed too.
+    heartbeat for the storage's grace period (timed here, so clocks of other machines do not
+    matter) is failed too.
     """
 
     def __init__(self) -> None:
@@ -87,13 +89,13 @@ class StaleTrials:
             warnings.simplefilter("ignore")  # "experimental" in Optuna 5
             optuna.storages.fail_stale_trials(study)
         storage = study._storage
-        interval = storage.get_heartbeat_interval() if hasattr(storage, "get_heartbeat_interval") else None
-        if interval is None:
+        backend = getattr(storage, "_backend", storage)
+        if not isinstance(backend, optuna.storages.RDBStorage) or backend.heartbeat_interval is None:
             return
+        grace = backend.grace_period or 2 * backend.heartbeat_interval  # Optuna's own default when unset
         now = time.monotonic()
-        silent = _never_beat(study)
-        self._silent_since = {t: self._silent_since.get(t, now) for t in silent}
-        dead = [t for t, since in self._silent_since.items() if now - since > 3 * interval]
+        self._silent_since = {t: self._silent_since.get(t, now) for t in _never_beat(backend, study._study_id)}
+        dead = [t for t, since in self._silent_since.items() if now - since > grace]
         failed = []
         for trial_id in dead:
             try:
@@ -107,19 +109,16 @@ class StaleTrials:
             callback(study, copy.deepcopy(storage.get_trial(trial_id)))
 
 
-def _never_beat(study) -> set[int]:
-    """Ids of the study's RUNNING trials with no heartbeat recorded (RDB storages only)."""
+def _never_beat(backend, study_id: int) -> set[int]:
+    """Ids of the study's RUNNING trials with no heartbeat recorded, from an RDB storage."""
     import optuna
     import sqlalchemy
     from optuna.storages._rdb import models
 
-    backend = getattr(study._storage, "_backend", study._storage)
-    if not isinstance(backend, optuna.storages.RDBStorage):
-        return set()
     with sqlalchemy.orm.Session(backend.engine) as session:
         rows = (session.query(models.TrialModel.trial_id)
                 .outerjoin(models.TrialHeartbeatModel, models.TrialHeartbeatModel.trial_id == models.TrialModel.trial_id)
-                .filter(models.TrialModel.study_id == study._study_id,
+                .filter(models.TrialModel.study_id == study_id,
                         models.TrialModel.state == optuna.trial.TrialState.RUNNING,
                         models.TrialHeartbeatModel.trial_id.is_(None))
                 .all())
