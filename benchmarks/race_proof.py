@@ -153,23 +153,24 @@ def run_one_race(draw: dict, budget: float, by_key: dict[str, dict], teacher, da
     from kdsearch.search.config import SearchConfig
     from kdsearch.search.race import run_race
 
-    rows = [{"arch": json.dumps(a["arch"], sort_keys=True, separators=(",", ":")), "params": a["params"],
-             "flops": a["flops"], "feasible": True, "score_diswot": a["diswot"], "score_synflow": a["synflow"]}
-            for a in feasible(draw, by_key)]
+    inside = {_arch_text(a): a for a in feasible(draw, by_key)}  # leaderboard rows name archs by their JSON
+    rows = [{"arch": text, "params": a["params"], "flops": a["flops"], "feasible": True, "score_diswot": a["diswot"],
+             "score_synflow": a["synflow"]} for text, a in inside.items()]
     config = SearchConfig(space=draw["space"], race=min(finalists, len(rows)), race_budget=budget,
                           study_name=f"draw{draw['draw']}-b{budget:g}")
     race_dir = work / f"draw{draw['draw']}-b{budget:g}"
     t0 = time.perf_counter()
     result = run_race(rows, teacher, dataset, race_dir, config, train, space_spec=draw["space"], resume=True)
-    winner = json.loads(result.winner["arch"])
-    key = next(a["key"] for a in by_key.values() if a["arch"] == winner)
     record = result.record()
-    key_of = {json.dumps(a["arch"], sort_keys=True, separators=(",", ":")): a["key"] for a in by_key.values()}
-    rungs = [{"key": key_of[f["arch"]], "rungs": f["rungs"]} for f in record["finalists"]]
-    return {"draw": draw["draw"], "budget": budget, "space": draw["space"], "winner": key, "finalist_rungs": rungs,
-            "finalists": len(rows) if len(rows) < finalists else finalists, "spent_steps": record["spent_steps"],
-            "full_steps": record["full_steps"], "rungs": record["rungs"], "seconds": time.perf_counter() - t0,
-            "draw_budget": draw["budget"], "resource": draw["resource"]}
+    return {"draw": draw["draw"], "budget": budget, "space": draw["space"], "winner": inside[result.winner["arch"]]["key"],
+            "finalist_rungs": [{"key": inside[f["arch"]]["key"], "rungs": f["rungs"]} for f in record["finalists"]],
+            "finalists": config.race, "spent_steps": record["spent_steps"], "full_steps": record["full_steps"],
+            "rungs": record["rungs"], "seconds": time.perf_counter() - t0, "draw_budget": draw["budget"],
+            "resource": draw["resource"]}
+
+
+def _arch_text(arch: dict) -> str:
+    return json.dumps(arch["arch"], sort_keys=True, separators=(",", ":"))
 
 
 def append_line(path: Path, row: dict) -> None:
