@@ -16,9 +16,13 @@ archs fall on both sides of it. Rules, each picking among the pool's archs withi
 - ``best-diswot``: the highest DisWOT score, scored as ``kdsearch search`` scores (random teacher,
   64 images, seed 0);
 - ``race@B``: ``kdsearch``'s race (kdsearch.search.race.run_race) really run, ``--race`` finalists
-  by the ``largest`` order, successive halving at budget B × one distillation of the recipe.
+  by the ``largest`` order, successive halving at budget B × one distillation of the recipe,
+  each rung ranked by the sum of training losses so far (TSE, the race's default);
+  ``race-val@B``: the same race ranked by validation top-1 (``--race-rank val``).
   Each finished race is appended to ``benchmarks/race_truth/races.jsonl`` and never run twice,
   so the comparison grows across sittings (``--max-races`` bounds one sitting).
+- ``rung-1 val@B`` / ``rung-1 TSE@B``: the two rank signals compared at equal cost, on the first
+  rung every finalist of a race trains (identical for both ranks: same seeded steps).
 
 Reported per rule: mean regret (best accuracy within the budget minus the pick's), win rate
 against ``largest`` (ties count half), and a paired bootstrap 95 % interval of the mean regret
@@ -147,8 +151,8 @@ def score_archs(space: str, archs: list[dict], teacher, dataset) -> None:
         a["diswot"], a["synflow"] = s["diswot"], s["synflow"]
 
 
-def run_one_race(draw: dict, budget: float, by_key: dict[str, dict], teacher, dataset, train, finalists: int,
-                 work: Path) -> dict:
+def run_one_race(draw: dict, budget: float, rank: str, by_key: dict[str, dict], teacher, dataset, train,
+                 finalists: int, work: Path) -> dict:
     """Really run kdsearch's race on the draw's feasible archs; the winner's key and what it spent."""
     from kdsearch.search.config import SearchConfig
     from kdsearch.search.race import run_race
@@ -156,13 +160,14 @@ def run_one_race(draw: dict, budget: float, by_key: dict[str, dict], teacher, da
     inside = {_arch_text(a): a for a in feasible(draw, by_key)}  # leaderboard rows name archs by their JSON
     rows = [{"arch": text, "params": a["params"], "flops": a["flops"], "feasible": True, "score_diswot": a["diswot"],
              "score_synflow": a["synflow"]} for text, a in inside.items()]
-    config = SearchConfig(space=draw["space"], race=min(finalists, len(rows)), race_budget=budget,
-                          study_name=f"draw{draw['draw']}-b{budget:g}")
-    race_dir = work / f"draw{draw['draw']}-b{budget:g}"
+    name = f"draw{draw['draw']}-b{budget:g}" + ("" if rank == "val" else f"-{rank}")
+    config = SearchConfig(space=draw["space"], race=min(finalists, len(rows)), race_budget=budget, race_rank=rank,
+                          study_name=name)
+    race_dir = work / name
     t0 = time.perf_counter()
     result = run_race(rows, teacher, dataset, race_dir, config, train, space_spec=draw["space"], resume=True)
     record = result.record()
-    return {"draw": draw["draw"], "budget": budget, "space": draw["space"], "winner": inside[result.winner["arch"]]["key"],
+    return {"draw": draw["draw"], "budget": budget, "rank": rank, "space": draw["space"], "winner": inside[result.winner["arch"]]["key"],
             "finalist_rungs": [{"key": inside[f["arch"]]["key"], "rungs": f["rungs"]} for f in record["finalists"]],
             "finalists": config.race, "spent_steps": record["spent_steps"], "full_steps": record["full_steps"],
             "rungs": record["rungs"], "seconds": time.perf_counter() - t0, "draw_budget": draw["budget"],
@@ -195,8 +200,8 @@ def regrets(draws: list[dict], picks: dict[str, list[str | None]], by_key: dict[
 
 
 def analyse(draws: list[dict], picks: dict[str, list[str | None]], by_key: dict[str, dict], *, replicates: int,
-            seed: int) -> dict:
-    """Mean regret, win rate against largest and paired bootstrap intervals, per rule."""
+            seed: int, baseline: str = "largest") -> dict:
+    """Mean regret, win rate against ``baseline`` and paired bootstrap intervals, per rule."""
     acc = {k: statistics.fmean(a["accs"].values()) for k, a in by_key.items() if a["accs"]}
     base = regrets(draws, picks, by_key, acc)
     rng = np.random.default_rng(seed)
@@ -213,22 +218,22 @@ def analyse(draws: list[dict], picks: dict[str, list[str | None]], by_key: dict[
         r = regrets([draws[i] for i in sample], {rule: [keys[i] for i in sample] for rule, keys in picks.items()},
                     by_key, resampled)
         for rule in picks:
-            both = ~np.isnan(r[rule]) & ~np.isnan(r["largest"])
+            both = ~np.isnan(r[rule]) & ~np.isnan(r[baseline])
             boot[rule].append(float(np.mean(r[rule][~np.isnan(r[rule])])) if (~np.isnan(r[rule])).any() else np.nan)
-            diffs[rule].append(float(np.mean(r[rule][both] - r["largest"][both])) if both.any() else np.nan)
+            diffs[rule].append(float(np.mean(r[rule][both] - r[baseline][both])) if both.any() else np.nan)
     out = {}
     for rule, values in base.items():
         done = ~np.isnan(values)
-        keys_rule, keys_largest = picks[rule], picks["largest"]
+        paired = done & ~np.isnan(base[baseline])
         wins = [1.0 if acc[a] > acc[b] else 0.5 if acc[a] == acc[b] else 0.0
-                for a, b, v in zip(keys_rule, keys_largest, values) if not np.isnan(v)]
+                for a, b, ok in zip(picks[rule], picks[baseline], paired) if ok]
         out[rule] = {
             "draws": int(done.sum()),
             "mean_regret": float(np.mean(values[done])) if done.any() else None,
             "mean_regret_ci95": _interval(boot[rule]),
-            "win_rate_vs_largest": float(np.mean(wins)) if wins else None,
-            "regret_minus_largest": float(np.mean(values[done] - base["largest"][done])) if done.any() else None,
-            "regret_minus_largest_ci95": _interval(diffs[rule]),
+            f"win_rate_vs_{baseline}": float(np.mean(wins)) if wins else None,
+            f"regret_minus_{baseline}": float(np.mean(values[paired] - base[baseline][paired])) if paired.any() else None,
+            f"regret_minus_{baseline}_ci95": _interval(diffs[rule]),
         }
     return out
 
@@ -249,17 +254,19 @@ def seed_spread(archs: list[dict]) -> dict:
             "sd_between_archs": statistics.stdev(statistics.fmean(a["accs"].values()) for a in full)}
 
 
-def print_table(stats: dict, title: str) -> None:
+def print_table(stats: dict, title: str, baseline: str = "largest") -> None:
     print(f"\n{title}")
-    print(f"{'rule':22s} {'draws':>5s} {'regret':>8s} {'95% CI':>17s} {'win vs L':>8s} {'Δ vs largest':>13s} {'95% CI':>19s}")
+    print(f"{'rule':22s} {'draws':>5s} {'regret':>8s} {'95% CI':>17s} {'win vs B':>8s} {'Δ vs ' + baseline:>16s} {'95% CI':>19s}")
     for rule, m in stats.items():
         if not m["draws"]:
             print(f"{rule:22s} {0:5d}  (not run yet)")
             continue
         lo, hi = m["mean_regret_ci95"]
-        dlo, dhi = m["regret_minus_largest_ci95"]
-        print(f"{rule:22s} {m['draws']:5d} {m['mean_regret']:8.4f} [{lo:7.4f}, {hi:7.4f}] {m['win_rate_vs_largest']:8.2f} "
-              f"{m['regret_minus_largest']:+13.4f} [{dlo:+8.4f}, {dhi:+8.4f}]")
+        dlo, dhi = m[f"regret_minus_{baseline}_ci95"] or (np.nan, np.nan)
+        diff = m[f"regret_minus_{baseline}"]
+        print(f"{rule:22s} {m['draws']:5d} {m['mean_regret']:8.4f} [{lo:7.4f}, {hi:7.4f}] "
+              f"{m[f'win_rate_vs_{baseline}'] or np.nan:8.2f} {diff if diff is not None else np.nan:+16.4f} "
+              f"[{dlo:+8.4f}, {dhi:+8.4f}]")
 
 
 def main() -> None:
@@ -269,7 +276,8 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=30)
     parser.add_argument("--pool", type=int, default=20)
     parser.add_argument("--race", type=int, default=9, help="finalists per race")
-    parser.add_argument("--race-budgets", default="0.5,1,2")
+    parser.add_argument("--race-budgets", default="0.5,1,2", help="budgets this sitting races at")
+    parser.add_argument("--race-rank", default="tse", choices=("tse", "val"), help="what this sitting's races rank by")
     parser.add_argument("--max-races", type=int, default=0, help="races to run in this sitting (0: none)")
     parser.add_argument("--work", type=Path, default=Path("runs/race_proof"))
     parser.add_argument("--replicates", type=int, default=2000)
@@ -309,31 +317,33 @@ def main() -> None:
     done = {}
     for line in races_path.read_text().splitlines() if races_path.exists() else []:
         row = json.loads(line)
-        done[(row["draw"], row["budget"])] = row
+        done[(row["draw"], row["budget"], row.get("rank", "val"))] = row
     budgets = [float(b) for b in args.race_budgets.split(",")]
-    for (d, budget), row in done.items():
+    for (d, budget, _), row in done.items():
         draw = draws[d] if d < len(draws) else None
         if draw is None or (row["space"], row["draw_budget"]) != (draw["space"], draw["budget"]):
             raise SystemExit(f"{races_path}: draw {d} was made with other draws (same --seed and --pool, please)")
     # This sitting's races: whole draws (every budget) first, draws the ground truth can already
     # judge before the others, the faster space first.
     judged = {d["draw"]: all(by_key[k]["accs"] for k in d["pool"]) for d in draws}
-    todo = sorted(((d, b) for d in draws for b in budgets if (d["draw"], b) not in done),
+    todo = sorted(((d, b) for d in draws for b in budgets if (d["draw"], b, args.race_rank) not in done),
                   key=lambda db: (not judged[db[0]["draw"]], db[0]["space"] != SPACES[0], db[0]["draw"]))
     for draw, budget in todo[: args.max_races]:
-        row = run_one_race(draw, budget, by_key, teacher, dataset, train, args.race, args.work)
+        row = run_one_race(draw, budget, args.race_rank, by_key, teacher, dataset, train, args.race, args.work)
         append_line(races_path, row)
-        done[(draw["draw"], budget)] = row
-        print(f"race draw {draw['draw']} at {budget:g}×: {by_key[row['winner']]['params']:,} params "
+        done[(draw["draw"], budget, args.race_rank)] = row
+        print(f"race draw {draw['draw']} at {budget:g}× by {args.race_rank}: {by_key[row['winner']]['params']:,} params "
               f"({row['spent_steps']}/{row['full_steps']} steps, {row['seconds']:.0f} s)", flush=True)
-    for budget in budgets:
-        picks[f"race@{budget:g}"] = [done[(d["draw"], budget)]["winner"] if (d["draw"], budget) in done else None
-                                     for d in draws]
+    raced = sorted({(b, r) for _, b, r in done}, key=lambda br: (br[1] != "tse", br[0]))
+    for budget, rank in raced:
+        name = f"race@{budget:g}" if rank == "tse" else f"race-{rank}@{budget:g}"
+        picks[name] = [done[(d["draw"], budget, rank)]["winner"] if (d["draw"], budget, rank) in done else None
+                       for d in draws]
 
-    # The two rung signals compared at equal cost: every finalist's first rung, picked by validation
-    # top-1 (what the race ranks by) or by the lowest sum of training losses (TSE).
-    for budget in budgets:
-        rows = [done.get((d["draw"], budget)) for d in draws]
+    # The two rung signals compared at equal cost: every finalist's first rung (trained the same
+    # whatever the race ranks by), picked by validation top-1 or by the lowest sum of training losses.
+    for budget in sorted({b for b, _ in raced}):
+        rows = [done.get((d["draw"], budget, "tse")) or done.get((d["draw"], budget, "val")) for d in draws]
         first = [[(f["key"], f["rungs"][0]) for f in r["finalist_rungs"]] if r else None for r in rows]
         picks[f"rung-1 val@{budget:g}"] = [max(f, key=lambda kr: kr[1]["val_acc"])[0] if f else None for f in first]
         picks[f"rung-1 TSE@{budget:g}"] = [min(f, key=lambda kr: kr[1]["train_loss_sum"])[0] if f else None for f in first]
@@ -351,13 +361,30 @@ def main() -> None:
                        replicates=args.replicates, seed=args.seed) if flops else {}
     if by_flops:
         print_table(by_flops, f"the {len(flops)} draws with a FLOPs budget")
+    # Head to head, what a rung ranks by: TSE against validation top-1, on the same draws.
+    versus = {}
+    for budget in sorted({b for b, _ in raced}):
+        for a, b in ((f"rung-1 TSE@{budget:g}", f"rung-1 val@{budget:g}"), (f"race@{budget:g}", f"race-val@{budget:g}")):
+            both = [i for i in range(len(draws)) if a in picks and b in picks and picks[a][i] and picks[b][i]]
+            if both:
+                m = analyse([draws[i] for i in both], {r: [picks[r][i] for i in both] for r in (a, b)}, by_key,
+                            replicates=args.replicates, seed=args.seed, baseline=b)[a]
+                versus[f"{a} - {b}"] = {"draws": m["draws"], "regret_difference": m[f"regret_minus_{b}"],
+                                        "ci95": m[f"regret_minus_{b}_ci95"], "win_rate": m[f"win_rate_vs_{b}"]}
+    if versus:
+        print("\nTSE against validation top-1 (regret difference; negative: TSE picks better)")
+        for name, m in versus.items():
+            if m["regret_difference"] is not None:
+                lo, hi = m["ci95"]
+                print(f"  {name:32s} {m['draws']:3d} draws {m['regret_difference']:+.4f} [{lo:+.4f}, {hi:+.4f}] "
+                      f"win rate {m['win_rate']:.2f}")
     if args.json:
         args.json.write_text(json.dumps({
             "ground_truth": {s: {"archs": len(a), "students": students[s]} for s, a in truth.items()},
             "seed_spread": spread, "draws": len(draws), "pool": args.pool, "finalists": args.race,
             "recipe": {"epochs": train.epochs, "batch_size": train.batch_size, "lr": train.lr, "schedule": train.schedule,
                        "subset": run_config.data.subset},
-            "rules": stats, "rules_under_flops_budgets": by_flops,
+            "rules": stats, "rules_under_flops_budgets": by_flops, "tse_vs_val": versus,
             "draw_list": [{**{k: v for k, v in d.items() if k != "pool"}, "picks": {r: picks[r][i] for r in picks}}
                           for i, d in enumerate(draws)],
         }, indent=1) + "\n")

@@ -9,7 +9,7 @@ import typer
 from kdsearch.cli import _options as o
 from kdsearch.cli._common import base_config, override
 from kdsearch.cli._console import close, console, make_progress, print_json
-from kdsearch.cli.stages import Race, RaceBudget
+from kdsearch.cli.stages import Race, RaceBudget, RaceRank
 
 __all__ = ["register"]
 
@@ -28,6 +28,7 @@ def run(
     max_params: o.MaxParams = None,
     race: Race = None,
     race_budget: RaceBudget = None,
+    race_rank: RaceRank = None,
     epochs: o.Epochs = None,
     max_memory: Annotated[Optional[str], typer.Option("--max-memory", help="Memory one training step may use, e.g. 6GB (default: 70% of what is free); past it batches train as micro-batches with gradient accumulation.", rich_help_panel=o.RUN)] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for every stage.", rich_help_panel=o.RUN)] = None,
@@ -50,7 +51,8 @@ def run(
     config = override(
         config,
         data={"spec": data, "data_dir": str(data_dir) if data_dir else None, "subset": subset, "image_size": image_size, **sd},
-        search={"space": space, "trials": trials, "max_params": max_params, "race": race, "race_budget": race_budget, **sd},
+        search={"space": space, "trials": trials, "max_params": max_params, "race": race, "race_budget": race_budget,
+                "race_rank": race_rank, **sd},
         distill={"epochs": epochs, "max_memory": max_memory, **dev, **sd},
         teach={"max_memory": max_memory, **dev, **sd},
         quantize={**dev, **sd},

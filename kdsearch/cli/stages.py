@@ -65,6 +65,7 @@ def teach(
 
 
 Race = Annotated[Optional[int], typer.Option("--race", help="After the search, distil this many diverse finalists in a successive-halving race (eta 3) and let it pick the winner; 0: no race.", rich_help_panel=o.SEARCH)]
+RaceRank = Annotated[Optional[str], typer.Option("--race-rank", help="What each rung ranks the finalists by: tse (default: the lowest sum of training losses so far, which picked better on the race benchmark) or val (validation top-1).", rich_help_panel=o.SEARCH)]
 RaceBudget = Annotated[Optional[float], typer.Option("--race-budget", help="The race costs at most this many full distillations of the winner, in optimizer steps (default 1).", rich_help_panel=o.SEARCH)]
 
 
@@ -97,6 +98,7 @@ def search(
     workers: Annotated[Optional[int], typer.Option("--workers", help="Worker processes sharing the study on this machine; on other machines run the same command with --storage URL --resume.", rich_help_panel=o.SEARCH)] = None,
     race: Race = None,
     race_budget: RaceBudget = None,
+    race_rank: RaceRank = None,
     seed: o.Seed = None,
     config_file: o.Config = None,
     resume: o.Resume = False,
@@ -120,6 +122,7 @@ def search(
         "teacher_init": teacher_init, "teacher_feature": teacher_feature, "teacher_classifier": teacher_classifier,
         "proxy_batch": proxy_batch, "storage": storage, "study_name": study_name, "seed": seed,
         "workers": workers, "race": race, "race_budget": race_budget,
+        "race_rank": race_rank,
     }
     if proxy and not objs:
         search_flags["objectives"] = (proxy, *config.search.objectives[1:])

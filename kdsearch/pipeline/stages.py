@@ -174,7 +174,7 @@ def race_stage(run: RunDir, config: RunConfig, dataset, teacher, *, resume: bool
                       config.distill, space_spec=config.search.space, resume=resume, progress=progress)
     race = result.record()
     write_json(run.race / "race.json", race)
-    plot_race_rungs(race["finalists"], race["rungs"], run.race / "rungs.png")
+    plot_race_rungs(race["finalists"], race["rungs"], run.race / "rungs.png", race["rank"])
     progress.note(f"race: spent {race['spent_steps']} optimizer steps = {race['spent_distillations']:.2f} of one "
                   f"distillation ({race['full_steps']} steps; budget {race['budget']:g})")
     return record_race(run.search, race)

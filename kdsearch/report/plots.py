@@ -1,6 +1,7 @@
 """Matplotlib figures written atomically as PNG (Agg backend: no display needed)."""
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -45,24 +46,30 @@ def plot_pareto(rows: Sequence[dict[str, Any]], winner: dict[str, Any], score: s
     plt.close(fig)
 
 
-def plot_race_rungs(finalists: Sequence[dict[str, Any]], rungs: Sequence[int], path: Path) -> None:
-    """Validation top-1 by rung of a race, one line per finalist; the eliminated grey, the winner red.
+def plot_race_rungs(finalists: Sequence[dict[str, Any]], rungs: Sequence[int], path: Path, rank: str = "tse") -> None:
+    """A race by rung, one line per finalist (the eliminated grey, the winner red): validation top-1
+    and the sum of training losses so far; the panel of ``rank`` (what the race ranked by) says so.
 
     ``finalists`` as :meth:`kdsearch.search.race.RaceResult.record` lists them (``rungs``: per rung
-    reached, ``val_acc``; ``state``: complete for the winner, pruned for the eliminated).
+    reached, ``val_acc`` and ``train_loss_sum``; ``state``: complete for the winner, pruned for the eliminated).
     """
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for f in finalists:
         steps = [r["step"] for r in f["rungs"]]
         acc = [r["val_acc"] for r in f["rungs"]]
+        tse = list(itertools.accumulate(r["train_loss_sum"] for r in f["rungs"]))
         won = f["state"] == "complete"
-        ax.plot(steps, acc, marker="o", lw=2.2 if won else 1.2, c="tab:red" if won else "lightgrey",
-                zorder=3 if won else 2, label=f"#{f['finalist']}" + (" (winner)" if won else ""))
-    ax.set(xscale="log" if len(rungs) > 2 else "linear", xticks=list(rungs), xlabel="optimizer steps (rung)",
-           ylabel="validation top-1", title="race: accuracy by rung")
-    ax.set_xticklabels([str(r) for r in rungs])
-    ax.legend(fontsize=7)
+        style = {"marker": "o", "lw": 2.2 if won else 1.2, "c": "tab:red" if won else "lightgrey",
+                 "zorder": 3 if won else 2, "label": f"#{f['finalist']}" + (" (winner)" if won else "")}
+        axes[0].plot(steps, acc, **style)
+        axes[1].plot(steps, tse, **style)
+    for ax, name, label in ((axes[0], "val", "validation top-1"), (axes[1], "tse", "sum of training losses so far")):
+        ax.set(xscale="log" if len(rungs) > 2 else "linear", xticks=list(rungs), xlabel="optimizer steps (rung)",
+               ylabel=label, title=label + (" (ranked by)" if name == rank else ""))
+        ax.set_xticklabels([str(r) for r in rungs])
+    axes[0].legend(fontsize=7)
+    fig.suptitle("race by rung")
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)

@@ -11,7 +11,7 @@ from typing import Sequence
 from kdsearch.distill.config import TrainConfig
 from kdsearch.errors import UsageError
 
-__all__ = ["SearchConfig", "CorrelateConfig", "COST_OBJECTIVES", "SAMPLERS", "PICK_RULES"]
+__all__ = ["SearchConfig", "CorrelateConfig", "COST_OBJECTIVES", "SAMPLERS", "PICK_RULES", "RACE_RANKS"]
 
 COST_OBJECTIVES = ("params", "flops", "latency")  # minimised (see objective_directions); every other objective is a proxy, maximised
 SAMPLERS = ("evolution", "nsga3", "tpe", "random")
@@ -20,6 +20,11 @@ PICK_RULES = {  # name -> what it takes, as the search prints it
     "largest": "the most parameters within the budgets; the proxy breaks ties",
     "best": "the highest proxy score",
     "knee": "the knee of the proxy-vs-params Pareto front",
+}
+
+RACE_RANKS = {  # name -> what a race rung ranks finalists by, as the race records it
+    "tse": "the lowest sum of training losses over every step so far (TSE)",
+    "val": "validation top-1",
 }
 
 
@@ -51,6 +56,7 @@ class SearchConfig:
     race: int = 0  # finalists distilled in a successive-halving race after the search (0: no race)
     race_budget: float = 1.0  # the race costs at most this many full distillations, in optimizer steps
     race_eta: int = 3  # successive halving keeps the best 1/eta of each rung
+    race_rank: str = "tse"  # what a rung ranks finalists by: tse (sum of training losses so far) | val (val top-1)
 
     def __post_init__(self) -> None:
         if self.trials <= 0:
@@ -65,6 +71,8 @@ class SearchConfig:
             raise UsageError(f"--race takes 0 (no race) or at least 2 finalists (got {self.race})")
         if not self.race_budget > 0:
             raise UsageError(f"--race-budget must be positive (got {self.race_budget})")
+        if self.race_rank not in RACE_RANKS:
+            raise UsageError(f"unknown --race-rank {self.race_rank!r}; use {', '.join(RACE_RANKS)}")
         if self.race_eta < 2:
             raise UsageError(f"race_eta must be at least 2 (got {self.race_eta})")
         if self.heartbeat_s <= 0:

@@ -13,12 +13,17 @@ The rules, in the order they apply:
   candidates fill the field, in rule order, only when too few diverse ones exist.
 - **Synchronous successive halving, counted in optimizer steps.** Rung ``k`` ends at
   ``r0 · eta**k`` steps; after every finalist still in the race has reached a rung, the best
-  ``max(1, n // eta)`` by validation top-1 go on (ties: the earlier finalist). ``r0`` is the
+  ``max(1, n // eta)`` go on (ties: the earlier finalist), and the best at the top rung wins.
+  ``r0`` is the
   largest step count for which the whole race costs at most ``race_budget`` × the optimizer
   steps of one full distillation (``distill.epochs`` epochs of ``distill.batch_size``).
+- **Ranked by training loss.** "Best" is, by default, the lowest sum of training losses over
+  every step so far (TSE, Ru et al. 2021; White et al., NeurIPS 2021); ``--race-rank val`` ranks
+  by validation top-1 instead. The race benchmark chose TSE (benchmarks/RESULTS.md): on the same
+  first rungs it picked better than validation top-1, which a small validation split makes noisy.
 - **Optuna's machinery.** The race is an Optuna study (``race/race.db``, or ``--storage`` with the
   study name ``<study_name>-race``); each finalist is an enqueued trial; each rung is a
-  ``trial.report(val_top1, steps)`` and ``trial.should_prune()``. The pruner is
+  ``trial.report(score, steps)`` (:func:`rung_score`, higher is better) and ``trial.should_prune()``. The pruner is
   :class:`SynchronousHalvingPruner`: Optuna's ``SuccessiveHalvingPruner`` is asynchronous (it
   judges a trial against those that reported before it, so the first finalist run always
   reaches the top rung), which would break the budget when finalists train one after another.
@@ -44,7 +49,7 @@ from typing import Any, Sequence
 from kdsearch.arch import Arch
 from kdsearch.errors import SearchError, UsageError
 from kdsearch.progress import NULL_PROGRESS, Progress
-from kdsearch.search.config import SearchConfig
+from kdsearch.search.config import RACE_RANKS, SearchConfig
 from kdsearch.search.storage import GRACE_BEATS, StaleTrials, get_storage
 from kdsearch.search.winner import rank_by_rule
 
@@ -57,6 +62,7 @@ __all__ = [
     "is_degenerate",
     "pick_finalists",
     "plan_race",
+    "rung_score",
     "run_race",
 ]
 
@@ -122,6 +128,7 @@ class RacePlan:
     survivors: tuple[int, ...]  # finalists that train each rung
     full_steps: int  # optimizer steps of one full distillation: the budget's unit
     budget: float  # race_budget: the race may cost this many full distillations
+    rank: str = "tse"  # what a rung ranks by (RACE_RANKS): rung_score
 
     @property
     def planned_steps(self) -> int:
@@ -130,7 +137,7 @@ class RacePlan:
         return sum(n * (r - p) for n, r, p in zip(self.survivors, self.rungs, previous))
 
 
-def plan_race(finalists: int, eta: int, full_steps: int, budget: float) -> RacePlan:
+def plan_race(finalists: int, eta: int, full_steps: int, budget: float, rank: str = "tse") -> RacePlan:
     """The largest rungs ``r0 · eta**k`` whose race costs at most ``budget · full_steps`` steps."""
     survivors = [finalists]
     while survivors[-1] > 1:
@@ -145,7 +152,16 @@ def plan_race(finalists: int, eta: int, full_steps: int, budget: float) -> RaceP
             "lower --race, or distil longer (more epochs or a smaller batch)"
         )
     return RacePlan(finalists, eta, tuple(r0 * eta**k for k in range(len(survivors))), tuple(survivors),
-                    full_steps, budget)
+                    full_steps, budget, rank)
+
+
+def rung_score(rungs: Sequence[dict[str, float]], rank: str) -> float:
+    """What a finalist is ranked by after the rungs it has trained, ``rungs`` (higher is better):
+    minus its sum of training losses over every step so far (``tse``), or its validation top-1 at
+    the last of them (``val``)."""
+    if rank == "val":
+        return float(rungs[-1]["val_acc"])
+    return -float(sum(r["train_loss_sum"] for r in rungs))
 
 
 # ---- the pruner -------------------------------------------------------------------------------
@@ -217,7 +233,8 @@ class _Race:
     stale: StaleTrials = field(default_factory=StaleTrials)  # fails a dead worker's trials
 
     def train_rung(self, arch: Arch, finalist: int, rung: int) -> dict[str, float]:
-        """Distil ``arch`` from the end of rung ``rung - 1`` to the end of ``rung``; its val top-1 and loss sum."""
+        """Distil ``arch`` from the end of rung ``rung - 1`` to the end of ``rung``; its val top-1 and the
+        sum of its training losses over the rung's steps."""
         from kdsearch.data import Dataset
         from kdsearch.distill.checkpoint import load_checkpoint, load_module_state
         from kdsearch.distill.stage import build_student
@@ -263,7 +280,8 @@ class RaceResult:
         """The race as winner.json and race.json record it."""
         return {
             "rule": (f"successive halving (eta {self.plan.eta}) of {self.plan.finalists} diverse finalists by "
-                     "validation top-1 at each rung; rungs in optimizer steps"),
+                     f"{RACE_RANKS[self.plan.rank]} at each rung; rungs in optimizer steps"),
+            "rank": self.plan.rank,
             "eta": self.plan.eta,
             "rungs": list(self.plan.rungs),
             "survivors": list(self.plan.survivors),
@@ -356,7 +374,8 @@ def open_race_study(config: SearchConfig, race_dir: Path, plan: RacePlan, finali
                 study.enqueue_trial({}, user_attrs={"finalist": i, "arch": row["arch"], "params": row["params"]})
         study.set_user_attr("plan", asdict(plan))
     elif saved != _plain(asdict(plan)):
-        raise UsageError(f"the race in {url} was planned differently ({saved['rungs']} steps); start over with --force")
+        raise UsageError(f"the race in {url} was planned differently ({saved['rungs']} steps, ranked by "
+                         f"{saved.get('rank', 'val')}); start over with --force")
     return study, url
 
 
@@ -383,7 +402,7 @@ def run_race(rows: Sequence[dict[str, Any]], teacher, dataset, race_dir: Path, c
     if not finalists:
         raise SearchError("no candidate within the budget has usable scores to race; search longer (--trials)")
     full_steps = train_config.epochs * (len(dataset.train) // train_config.batch_size)
-    plan = plan_race(len(finalists), config.race_eta, full_steps, config.race_budget)
+    plan = plan_race(len(finalists), config.race_eta, full_steps, config.race_budget, config.race_rank)
     study, url = open_race_study(config, race_dir, plan, finalists, resume=resume)
     race = _Race(plan, teacher, dataset, train_config, space_spec, race_dir, progress)
     progress.note(f"race: {len(finalists)} finalists, rungs at {', '.join(map(str, plan.rungs))} optimizer steps "
@@ -429,6 +448,7 @@ def _advance(study, race: _Race, trial, k: int) -> None:
     import optuna
 
     finalist, arch = trial.user_attrs["finalist"], Arch.from_json(trial.user_attrs["arch"])
+    results: list[dict[str, float]] = []
     for j in range(k + 1):
         attrs = study._storage.get_trial(trial._trial_id)
         if f"rung_{j}" not in attrs.user_attrs:
@@ -437,8 +457,9 @@ def _advance(study, race: _Race, trial, k: int) -> None:
             race.progress.advance("race", val_acc=result["val_acc"])
         else:
             result = attrs.user_attrs[f"rung_{j}"]
+        results.append(result)
         if race.plan.rungs[j] not in attrs.intermediate_values:
-            trial.report(result["val_acc"], race.plan.rungs[j])
+            trial.report(rung_score(results, race.plan.rank), race.plan.rungs[j])
         if j < k and trial.should_prune():  # a catching-up trial eliminated at a closed rung
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             return
@@ -487,12 +508,14 @@ def _finalist_records(study, plan: RacePlan) -> dict[int, dict[str, Any]]:
 
 def _rung_line(study, plan: RacePlan, k: int) -> str:
     records = _finalist_records(study, plan).values()
-    at = sorted((r for r in records if r["rung_reached"] >= k), key=lambda r: -r["rungs"][k]["val_acc"])
+    at = sorted((r for r in records if r["rung_reached"] >= k), key=lambda r: -rung_score(r["rungs"][: k + 1], plan.rank))
     parts = []
     for r in at:
         fate = "won" if r["state"] == "complete" else ("out" if r["state"] == "pruned" and r["rung_reached"] == k else "on")
-        parts.append(f"#{r['finalist']} {r['rungs'][k]['val_acc']:.3f} ({fate})")
-    return f"race rung {k + 1}/{len(plan.rungs)} at {plan.rungs[k]} steps: " + ", ".join(parts)
+        loss = sum(x["train_loss_sum"] for x in r["rungs"][: k + 1])
+        parts.append(f"#{r['finalist']} loss {loss:.4g} val {r['rungs'][k]['val_acc']:.3f} ({fate})")
+    return (f"race rung {k + 1}/{len(plan.rungs)} at {plan.rungs[k]} steps, ranked by {plan.rank}: "
+            + ", ".join(parts))
 
 
 def _result(study, plan: RacePlan, finalists: list[dict[str, Any]], url: str) -> RaceResult:
@@ -500,6 +523,6 @@ def _result(study, plan: RacePlan, finalists: list[dict[str, Any]], url: str) ->
     top = [r for r in records if r["rung_reached"] == len(plan.rungs) - 1]
     if not top:
         raise SearchError("the race ended with no finalist at the top rung; see the run log")
-    best = max(top, key=lambda r: (r["rungs"][-1]["val_acc"], -r["finalist"]))
+    best = max(top, key=lambda r: (rung_score(r["rungs"], plan.rank), -r["finalist"]))
     spent = sum(r["rungs"][-1]["step"] for r in records if r["rungs"])
     return RaceResult(finalists[best["finalist"]], records, plan, spent, url, study.study_name)

@@ -118,15 +118,18 @@ def record_race(out_dir: Path, race: dict[str, Any]) -> WinnerRecord:
         for k in range(len(race["rungs"])):
             rungs = f["rungs"] if f else []
             row[f"race_val_acc_{k}"] = rungs[k]["val_acc"] if k < len(rungs) else None
+            row[f"race_tse_{k}"] = sum(r["train_loss_sum"] for r in rungs[: k + 1]) if k < len(rungs) else None
     won = next(f for f in race["finalists"] if f["state"] == "complete" and f["arch"] == race["winner"])
     rows.sort(key=lambda r: r["arch"] != won["arch"])  # stable: the first row is the winner
     write_text(out_dir / "leaderboard.csv", _to_csv(rows))
     previous = WinnerRecord.load(out_dir / WinnerRecord.FILE)
     row = rows[0]
     acc = won["rungs"][-1]["val_acc"]
-    reason = (f"won the race of {len(race['finalists'])} finalists chosen by --pick {previous.rule}: val top-1 "
-              f"{acc:.4f} after {race['rungs'][-1]} steps; the race cost {race['spent_distillations']:.2f} "
-              "distillations")
+    tse = sum(r["train_loss_sum"] for r in won["rungs"])
+    ranked_by = "validation top-1" if race["rank"] == "val" else "lowest sum of training losses"
+    reason = (f"won the race of {len(race['finalists'])} finalists chosen by --pick {previous.rule}, ranked by "
+              f"{ranked_by}: training-loss sum {tse:.4g}, val top-1 {acc:.4f} after {race['rungs'][-1]} steps; "
+              f"the race cost {race['spent_distillations']:.2f} distillations")
     score = f"score_{previous.proxy}"
     fields = {} if row["arch"] == json_dumps(previous.arch) else {
         "arch": Arch.from_json(row["arch"]).to_dict(), "score": row[score], "params": row["params"],

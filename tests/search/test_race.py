@@ -13,7 +13,8 @@ import pytest
 
 from kdsearch.arch import Arch
 from kdsearch.rundir import RunDir, WinnerRecord, read_leaderboard
-from kdsearch.search.race import gene_distance, is_degenerate, pick_finalists, plan_race
+from kdsearch.search.race import (SynchronousHalvingPruner, gene_distance, is_degenerate, pick_finalists, plan_race,
+                                  rung_score)
 
 CONFIG = """\
 search: {trials: 6, population: 4, proxy_batch: 16, heartbeat_s: 1}
@@ -62,6 +63,31 @@ def test_a_race_too_small_for_its_finalists_is_refused():
         plan_race(9, 3, full_steps=10, budget=1.0)
 
 
+def test_a_rung_ranks_by_the_training_loss_so_far_or_by_validation_top1():
+    # finalist 0 ends with the better val top-1 but has the larger sum of training losses over both rungs
+    a = [{"step": 1, "val_acc": 0.5, "train_loss_sum": 3.0}, {"step": 3, "val_acc": 0.8, "train_loss_sum": 4.0}]
+    b = [{"step": 1, "val_acc": 0.6, "train_loss_sum": 1.0}, {"step": 3, "val_acc": 0.7, "train_loss_sum": 5.0}]
+    assert rung_score(b, "tse") > rung_score(a, "tse")  # 6 < 7: the whole run so far counts, not the last rung
+    assert rung_score(a, "val") > rung_score(b, "val")
+    assert rung_score(b[:1], "tse") > rung_score(a[:1], "tse") and rung_score(b[:1], "val") > rung_score(a[:1], "val")
+
+
+@pytest.mark.parametrize("rank", ["tse", "val"])
+def test_the_pruner_keeps_the_best_third_by_what_the_race_reported(tmp_path, rank):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    rungs = (2, 6)
+    study = optuna.create_study(direction="maximize", pruner=SynchronousHalvingPruner(rungs, eta=3))
+    losses, accs = [5.0, 2.0, 9.0, 4.0, 3.0, 7.0], [0.1, 0.6, 0.9, 0.4, 0.3, 0.2]
+    trials = [study.ask() for _ in losses]
+    for i, (t, loss, acc) in enumerate(zip(trials, losses, accs)):
+        t.set_user_attr("finalist", i)
+        t.report(rung_score([{"val_acc": acc, "train_loss_sum": loss}], rank), rungs[0])
+    kept = {i for i, t in enumerate(trials) if not t.should_prune()}
+    assert kept == ({1, 4} if rank == "tse" else {2, 1})
+
+
 @pytest.fixture(scope="module")
 def config_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("race_config") / "run.yaml"
@@ -93,8 +119,12 @@ def test_race_end_to_end(tmp_path, fashion_npz, config_file, cli):
             assert f["rung_reached"] == 0 and len(f["rungs"]) == 1  # eliminated at the lower rung, never trained on
             assert not (run.race / f"finalist-{f['finalist']}" / "rung-1").exists()
         assert all(math.isfinite(r["val_acc"]) and r["train_loss_sum"] > 0 for r in f["rungs"])
+    assert race["rank"] == "tse"  # the default: each rung keeps the lowest sum of training losses
+    first = sorted(states.values(), key=lambda f: (f["rungs"][0]["train_loss_sum"], f["finalist"]))
+    assert first[0]["state"] == "complete" and all(f["state"] == "pruned" for f in first[1:])
     rows = read_leaderboard(run.leaderboard)
     assert rows[0]["arch"] == won[0]["arch"] and rows[0]["race_rung"] == 1
+    assert rows[0]["race_tse_1"] == pytest.approx(sum(r["train_loss_sum"] for r in won[0]["rungs"]))
     assert sum(r["race_finalist"] is not None for r in {r["arch"]: r for r in rows}.values()) == 3
     assert (run.race / "rungs.png").stat().st_size > 0
     archs = [Arch.from_json(f["arch"]) for f in race["finalists"]]
