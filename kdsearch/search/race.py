@@ -42,6 +42,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -431,7 +432,9 @@ def _claim_and_train(study, race: _Race, owned: dict[int, Any], beat: _Heartbeat
     running, waiting = _race_states()[:2]
     race.stale.fail(study)  # a dead worker's trials come back as waiting copies
     while study.get_trials(deepcopy=False, states=(waiting,)):
-        trial = study.ask()
+        with warnings.catch_warnings():  # the race beats for its trials itself (_Heartbeat), not through optimize()
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+            trial = study.ask()
         if "finalist" not in trial.user_attrs:  # another worker took the last waiting finalist first
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             break
