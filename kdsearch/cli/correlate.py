@@ -51,6 +51,7 @@ def correlate(
     from kdsearch.cli._common import base_config, data_flags, override, require_teacher
     from kdsearch.spaces.model_files import load_teacher
     from kdsearch.pipeline import load_run_dataset, save_run_config
+    from kdsearch.pipeline.workspace import opened_run_dir
     from kdsearch.search.correlate import run_correlate, with_train
 
     extra = () if extra_batches is not None and not extra_batches.strip() else _csv(extra_batches, int)
@@ -65,9 +66,10 @@ def correlate(
         dataset = load_run_dataset(config)
         t = load_teacher(spec, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
                          image_size=dataset.image_size)
-        save_run_config(out, replace(config, correlate=c))
-        with capture_library_noise(out / "kdsearch.log"):
-            result = run_correlate(t, dataset, out / "correlate", c, progress=progress)
+        with opened_run_dir(out, resume=True, force=False):  # refused before any student: nothing left behind
+            save_run_config(out, replace(config, correlate=c))
+            with capture_library_noise(out / "kdsearch.log"):
+                result = run_correlate(t, dataset, out / "correlate", c, progress=progress)
     finally:
         close(progress)
     if json_out:

@@ -154,6 +154,8 @@ CASES = {
     "epochs zero": (lambda f: _distill(f, f["arch"]["ok"], "--epochs", "0"), 2, "--epochs"),
     "epochs negative": (lambda f: _distill(f, f["arch"]["ok"], "--epochs", "-3"), 2, "--epochs"),
     "unknown sampler": (lambda f: _search(f, "--sampler", "annealing"), 2, "sampler"),
+    "correlate edge nothing is near": (lambda f: ["correlate", "--teacher", str(f["teacher"]), "--data", f["npz"], "--archs", "12",
+                                                 "--edges", "params=500", "--out", str(f["d"] / "x")], 2, "near the params edge"),
     "unknown race rank": (lambda f: _search(f, "--race", "3", "--race-rank", "vibes"), 2, "--race-rank"),
     "unknown proxy": (lambda f: _search(f, "--proxy", "vibes"), 2, "Known"),
     "unknown loss": (lambda f: _distill(f, f["arch"]["ok"], "--loss", "kd:1,magic:2"), 2, "magic"),
