@@ -48,7 +48,8 @@ def plot_pareto(rows: Sequence[dict[str, Any]], winner: dict[str, Any], score: s
 
 def plot_race_rungs(finalists: Sequence[dict[str, Any]], rungs: Sequence[int], path: Path, rank: str = "tse") -> None:
     """A race by rung, one line per finalist (the eliminated grey, the winner red): validation top-1
-    and the sum of training losses so far; the panel of ``rank`` (what the race ranked by) says so.
+    and the mean training loss over every step so far (at one rung, the order of their sums: TSE);
+    the panel of ``rank`` (what the race ranked by) says so.
 
     ``finalists`` as :meth:`kdsearch.search.race.RaceResult.record` lists them (``rungs``: per rung
     reached, ``val_acc`` and ``train_loss_sum``; ``state``: complete for the winner, pruned for the eliminated).
@@ -58,13 +59,13 @@ def plot_race_rungs(finalists: Sequence[dict[str, Any]], rungs: Sequence[int], p
     for f in finalists:
         steps = [r["step"] for r in f["rungs"]]
         acc = [r["val_acc"] for r in f["rungs"]]
-        tse = list(itertools.accumulate(r["train_loss_sum"] for r in f["rungs"]))
+        tse = [t / s for t, s in zip(itertools.accumulate(r["train_loss_sum"] for r in f["rungs"]), steps)]
         won = f["state"] == "complete"
         style = {"marker": "o", "lw": 2.2 if won else 1.2, "c": "tab:red" if won else "lightgrey",
                  "zorder": 3 if won else 2, "label": f"#{f['finalist']}" + (" (winner)" if won else "")}
         axes[0].plot(steps, acc, **style)
         axes[1].plot(steps, tse, **style)
-    for ax, name, label in ((axes[0], "val", "validation top-1"), (axes[1], "tse", "sum of training losses so far")):
+    for ax, name, label in ((axes[0], "val", "validation top-1"), (axes[1], "tse", "mean training loss so far (TSE ÷ steps)")):
         ax.set(xscale="log" if len(rungs) > 2 else "linear", xticks=list(rungs), xlabel="optimizer steps (rung)",
                ylabel=label, title=label + (" (ranked by)" if name == rank else ""))
         ax.set_xticklabels([str(r) for r in rungs])
