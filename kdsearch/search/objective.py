@@ -70,8 +70,9 @@ def feasible_samples(space, dataset: Dataset, config: SearchConfig, wanted: int,
     The result is remembered for the same space, data shape, budgets and seed: the input checks
     and the search ask the same question (at 224 px, half of a search's set-up).
     """
-    key = (type(space).__name__, space.name, repr(space._genes_by_form), dataset.num_classes, dataset.in_channels, tuple(dataset.image_size), config.seed,
-           config.max_params, config.max_flops, wanted, samples)
+    genes = space.genes_for(space.form_for(dataset.image_size))  # the ranges sampled at this size
+    key = (type(space).__name__, space.name, repr(genes), dataset.num_classes, dataset.in_channels,
+           tuple(dataset.image_size), config.seed, config.max_params, config.max_flops, wanted, samples)
     if key not in _FEASIBLE:
         _FEASIBLE[key] = _feasible_samples(space, dataset, config, wanted, samples)
     found, fraction = _FEASIBLE[key]
