@@ -457,7 +457,8 @@ def _advance(study, race: _Race, trial, k: int) -> None:
         if f"rung_{j}" not in attrs.user_attrs:
             result = race.train_rung(arch, finalist, j)
             trial.set_user_attr(f"rung_{j}", result)
-            race.progress.advance("race", val_acc=result["val_acc"])
+            steps = race.plan.rungs[j] - (race.plan.rungs[j - 1] if j else 0)
+            race.progress.advance("race", train_loss=result["train_loss_sum"] / steps, val_acc=result["val_acc"])
         else:
             result = attrs.user_attrs[f"rung_{j}"]
         results.append(result)
