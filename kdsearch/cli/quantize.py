@@ -8,6 +8,7 @@ import typer
 
 from kdsearch.cli import _options as o
 from kdsearch.cli._console import close, console, make_progress, print_json
+from kdsearch.cli.stages import MaxMemory
 
 __all__ = ["register", "quantize"]
 
@@ -22,6 +23,7 @@ def quantize(
     freeze_observers_after: Annotated[Optional[int], typer.Option("--freeze-observers-after", help="Epochs the quantization ranges adapt before they are fixed (default 1).", rich_help_panel=o.TRAIN)] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for shuffling and augmentation (default 0).", rich_help_panel=o.RUN)] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="auto (CUDA when present), cpu or cuda.", rich_help_panel=o.RUN)] = None,
+    max_memory: MaxMemory = None,
     config_file: o.Config = None,
     resume: o.Resume = False,
     force: o.Force = False,
@@ -43,7 +45,7 @@ def quantize(
         raise UsageError(f"{run_dir} is not a kdsearch run directory (no run.yaml); give the --out of a `kdsearch run`")
     config = run_config(run_dir, config_file, quantize={
         "epochs": epochs, "lr": lr, "batch_size": batch_size, "loss": loss, "freeze_bn_after": freeze_bn_after,
-        "freeze_observers_after": freeze_observers_after, "seed": seed, "device": device})
+        "freeze_observers_after": freeze_observers_after, "seed": seed, "device": device, "max_memory": max_memory})
     progress = make_progress(quiet, json_out)
     try:
         metrics = quantize_command(run_dir, config, resume=resume, force=force, progress=progress)

@@ -55,7 +55,7 @@ def run(
                 "race_rank": race_rank, **sd},
         distill={"epochs": epochs, "max_memory": max_memory, **dev, **sd},
         teach={"max_memory": max_memory, **dev, **sd},
-        quantize={**dev, **sd},
+        quantize={"max_memory": max_memory, **dev, **sd},
         top={"teacher": teacher, "device": device, "qat": qat},
     )
     progress = make_progress(quiet, json_out)

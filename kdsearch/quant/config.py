@@ -26,6 +26,7 @@ class QatConfig:
     augment: bool = True
     recipe: str = "onnx"  # see kdsearch.quant.recipes.QUANTIZERS; "onnx": every conv runs as QLinearConv in ONNX Runtime
     eval_batch_size: int = 512
+    max_memory: str | None = None  # one training step's memory budget (e.g. "6GB"); None: 70 % of what is free
     seed: int = 0
     device: str = "auto"
 
@@ -34,3 +35,7 @@ class QatConfig:
         for name in ("freeze_bn_after", "freeze_observers_after"):
             if getattr(self, name) < 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be 0 or more epochs (got {getattr(self, name)})")
+        if self.max_memory is not None:
+            from kdsearch.memory import parse_memory
+
+            parse_memory(self.max_memory)

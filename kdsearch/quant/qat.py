@@ -114,7 +114,7 @@ def engine_config(config: QatConfig) -> TrainConfig:
         weight_decay=config.weight_decay, schedule="cosine", warmup_epochs=0.0, grad_clip=config.grad_clip,
         loss=config.loss, temperature=config.temperature, augment=config.augment,
         amp=False, channels_last=False, compile=False,  # fake-quantizers train in fp32, on an exported graph
-        eval_batch_size=config.eval_batch_size, seed=config.seed, device=config.device,
+        eval_batch_size=config.eval_batch_size, max_memory=config.max_memory, seed=config.seed, device=config.device,
     )
 
 

@@ -44,6 +44,16 @@ def test_feature_losses_are_refused(fresh_run: Path, quantize) -> None:
         quantize(fresh_run, QatConfig(loss="kd:1,fitnet:1", device="cpu"))
 
 
+def test_qat_refuses_in_one_line_past_max_memory(fresh_run: Path, cli) -> None:
+    code, _, err = cli("quantize", fresh_run, "--max-memory", "1kB", "--epochs", "1", "--quiet")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert "raise --max-memory" in lines[0] and "is available" in lines[0], err  # the guard's refusal, before training
+    assert not (fresh_run / "qat").exists() or not list((fresh_run / "qat").rglob("*.ckpt"))
+    code, _, err = cli("quantize", fresh_run, "--max-memory", "lots", "--quiet")
+    assert code == 2 and "--max-memory" in err and "Traceback" not in err
+
+
 def test_export_qat_without_quantize(fresh_run: Path, cli) -> None:
     code, _, err = cli("export", fresh_run, "--int8", "qat", "--quiet", "--latency-runs", "2")
     assert code == 2 and "kdsearch quantize RUN_DIR" in err and "Traceback" not in err
