@@ -31,6 +31,7 @@ import copy
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -44,7 +45,7 @@ from kdsearch.distill.config import TrainConfig, loss_options_for
 from kdsearch.distill.distributed import DistributedContext
 from kdsearch.distill.evaluate import predict_logits, topk_accuracy
 from kdsearch.distill.losses import CombinedLoss, LossInputs, parse_loss_spec
-from kdsearch.errors import Interrupted, MemoryBudgetError, TrainingError, UsageError
+from kdsearch.errors import Interrupted, KdsearchWarning, MemoryBudgetError, TrainingError, UsageError
 from kdsearch.memory import MemoryBudget, MemoryEstimate, estimate_step_memory, format_bytes, memory_budget
 from kdsearch.models.features import FeatureTap
 from kdsearch.progress import NULL_PROGRESS, Progress
@@ -55,6 +56,8 @@ __all__ = [
     "TeacherTargets",
     "TrainState",
     "build_criterion",
+    "outputs_probabilities",
+    "probabilities_as_logits",
     "build_optimizer",
     "choose_micro_batch",
     "dts_temperature",
@@ -172,6 +175,7 @@ class TeacherTargets:
         self, teacher: nn.Module, paths: list[str], amp_dtype: torch.dtype | None, cache: _TeacherCache | None = None
     ) -> None:
         self.teacher, self.paths, self.amp_dtype, self.cache = teacher, paths, amp_dtype, cache
+        self.probabilities: bool | None = None  # whether the teacher's outputs are a softmax's (see outputs_probabilities)
         self._tap = FeatureTap(teacher, paths if cache is None else [])
 
     @classmethod
@@ -187,7 +191,10 @@ class TeacherTargets:
                     logits.append(teacher(x).float().cpu())
                 for i, p in enumerate(paths):
                     feats[i].append(tap[p].float().cpu())
-        cache = _TeacherCache(torch.cat(logits), [torch.cat(f) for f in feats])
+        outputs = torch.cat(logits)
+        if len(outputs) and outputs_probabilities(outputs[:batch_size]):
+            outputs = probabilities_as_logits(outputs)
+        cache = _TeacherCache(outputs, [torch.cat(f) for f in feats])
         if device.type == "cuda" and cache.nbytes() <= _CACHE_ON_GPU_BYTES:  # no per-step host copies
             cache = _TeacherCache(cache.logits.to(device), [f.to(device) for f in cache.feats])
         return cls(teacher, paths, None, cache)
@@ -207,7 +214,30 @@ class TeacherTargets:
         with torch.inference_mode(), _autocast(x.device, self.amp_dtype):
             t_logits = self.teacher(x)  # (B, K)
         # clone() outside inference mode: ordinary tensors autograd may save
-        return t_logits.float().clone(), [self._tap[p].float().clone() for p in self.paths]
+        if self.probabilities is None:  # decided once, on the first batch: no per-step device sync
+            self.probabilities = outputs_probabilities(t_logits)
+        t_logits = probabilities_as_logits(t_logits.float()) if self.probabilities else t_logits.float()
+        return t_logits.clone(), [self._tap[p].float().clone() for p in self.paths]
+
+
+def outputs_probabilities(out: torch.Tensor) -> bool:
+    """Whether a teacher's output ``(B, K)`` is probabilities: every row non-negative, summing to 1.
+
+    A teacher that ends in a softmax gives them; softening them again would flatten its targets
+    to near-uniform. Their logarithm (:func:`probabilities_as_logits`) is its logits up to a
+    per-row constant, which softmax ignores at every temperature. Warns once when true.
+    """
+    found = out.dim() == 2 and out.shape[1] > 1 and bool((out >= 0).all()) and torch.allclose(
+        out.float().sum(1), torch.ones((), device=out.device), atol=1e-2)
+    if found:
+        warnings.warn("the teacher outputs probabilities (a softmax at its end); kdsearch distils from their "
+                      "logarithm, its logits up to a constant", KdsearchWarning, stacklevel=2)
+    return found
+
+
+def probabilities_as_logits(out: torch.Tensor) -> torch.Tensor:
+    """``log(out)``: logits whose softmax is ``out``, at any temperature the same as the teacher's own."""
+    return out.clamp_min(torch.finfo(out.dtype).tiny).log()
 
 
 @dataclass

@@ -94,6 +94,21 @@ def test_cache_teacher_matches_live_teacher(data, tmp_path):
         assert torch.allclose(a.float(), b.float(), atol=1e-5)
 
 
+@pytest.mark.parametrize("cache", [False, True])
+def test_a_teacher_ending_in_softmax_distils_as_its_logits_do(data, tmp_path, cache):
+    from kdsearch.errors import KdsearchWarning
+
+    teacher = _net(16, seed=1).eval()
+    softmaxed = torch.nn.Sequential(teacher, torch.nn.Softmax(dim=1)).eval()
+    config = TrainConfig(epochs=1, batch_size=64, loss="kd:1", augment=False, seed=1, cache_teacher=cache)
+    from_logits, from_probs = _net(), _net()
+    train(from_logits, data, tmp_path / "logits", config, teacher=teacher)
+    with pytest.warns(KdsearchWarning, match="probabilities"):
+        train(from_probs, data, tmp_path / "probs", config, teacher=softmaxed)
+    for a, b in zip(from_logits.state_dict().values(), from_probs.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-4)
+
+
 @pytest.mark.parametrize("bad", [{"epochs": 0}, {"batch_size": -1}, {"lr": -0.1}, {"optimizer": "lion"}])
 def test_bad_config_is_usage_error(bad):
     with pytest.raises(UsageError):
