@@ -14,9 +14,8 @@ The rules, in the order they apply:
 - **Synchronous successive halving, counted in optimizer steps.** Rung ``k`` ends at
   ``r0 · eta**k`` steps; after every finalist still in the race has reached a rung, the best
   ``max(1, n // eta)`` go on (ties: the earlier finalist), and the best at the top rung wins.
-  ``r0`` is the
-  largest step count for which the whole race costs at most ``race_budget`` × the optimizer
-  steps of one full distillation (``distill.epochs`` epochs of ``distill.batch_size``).
+  ``r0`` is the largest step count for which the whole race costs at most ``race_budget`` × the
+  optimizer steps of one full distillation (``distill.epochs`` epochs of ``distill.batch_size``).
 - **Ranked by training loss.** "Best" is, by default, the lowest sum of training losses over
   every step so far (TSE, Ru et al. 2021; White et al., NeurIPS 2021); ``--race-rank val`` ranks
   by validation top-1 instead. The race benchmark chose TSE (benchmarks/RESULTS.md): on the same
