@@ -193,7 +193,8 @@ def _search(run: RunContents) -> str:
         parts.append(f'<div class="figures">{_figure(png, "Proxy score against parameters; ★ the winner")}</div>')
     rungs_png = run.run_dir / "race" / "rungs.png"
     if rungs_png.is_file():
-        caption = "The race: validation top-1 by rung; the eliminated in grey"
+        caption = ("The race by rung: validation top-1 and mean training loss so far (what it ranked by, unless "
+                   "--race-rank val); the eliminated in grey, the winner in red")
         parts.append(f'<div class="figures">{_figure(rungs_png.read_bytes(), caption)}</div>')
     if run.leaderboard:
         proxy = winner.proxy if winner else next((k[6:] for k in run.leaderboard[0] if k.startswith("score_")), None)
