@@ -68,6 +68,7 @@ def plot_race_rungs(finalists: Sequence[dict[str, Any]], rungs: Sequence[int], p
     for ax, name, label in ((axes[0], "val", "validation top-1"), (axes[1], "tse", "mean training loss so far (TSE ÷ steps)")):
         ax.set(xscale="log" if len(rungs) > 2 else "linear", xticks=list(rungs), xlabel="optimizer steps (rung)",
                ylabel=label, title=label + (" (ranked by)" if name == rank else ""))
+        ax.minorticks_off()  # a log axis would label its minor ticks over the rungs
         ax.set_xticklabels([str(r) for r in rungs])
     axes[0].legend(fontsize=7)
     fig.suptitle("race by rung")
