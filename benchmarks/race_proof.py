@@ -279,6 +279,8 @@ def main() -> None:
     parser.add_argument("--race-budgets", default="0.5,1,2", help="budgets this sitting races at")
     parser.add_argument("--race-rank", default="tse", choices=("tse", "val"), help="what this sitting's races rank by")
     parser.add_argument("--max-races", type=int, default=0, help="races to run in this sitting (0: none)")
+    parser.add_argument("--shard", default="0/1", help="I/N: run every N-th missing race from the I-th, so N "
+                        "processes share a sitting (each appends whole lines to --races)")
     parser.add_argument("--work", type=Path, default=Path("runs/race_proof"))
     parser.add_argument("--replicates", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
@@ -328,7 +330,8 @@ def main() -> None:
     judged = {d["draw"]: all(by_key[k]["accs"] for k in d["pool"]) for d in draws}
     todo = sorted(((d, b) for d in draws for b in budgets if (d["draw"], b, args.race_rank) not in done),
                   key=lambda db: (not judged[db[0]["draw"]], db[0]["space"] != SPACES[0], db[0]["draw"]))
-    for draw, budget in todo[: args.max_races]:
+    i, n = (int(x) for x in args.shard.split("/"))
+    for draw, budget in todo[i::n][: args.max_races]:
         row = run_one_race(draw, budget, args.race_rank, by_key, teacher, dataset, train, args.race, args.work)
         append_line(races_path, row)
         done[(draw["draw"], budget, args.race_rank)] = row
