@@ -56,8 +56,6 @@ __all__ = [
     "TeacherTargets",
     "TrainState",
     "build_criterion",
-    "outputs_probabilities",
-    "probabilities_as_logits",
     "build_optimizer",
     "choose_micro_batch",
     "dts_temperature",
@@ -66,7 +64,9 @@ __all__ = [
     "evaluate",
     "fit",
     "load_batch",
+    "outputs_probabilities",
     "param_groups",
+    "probabilities_as_logits",
     "train_epoch",
     "train_step",
 ]

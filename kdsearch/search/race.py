@@ -64,6 +64,7 @@ __all__ = [
     "plan_race",
     "rung_score",
     "run_race",
+    "training_loss_sum",
 ]
 
 MIN_GENE_DISTANCE = 2  # finalists differ in at least this many genes: one changed gene is a near-copy
@@ -155,13 +156,18 @@ def plan_race(finalists: int, eta: int, full_steps: int, budget: float, rank: st
                     full_steps, budget, rank)
 
 
+def training_loss_sum(rungs: Sequence[dict[str, float]]) -> float:
+    """The sum of training losses over every step of ``rungs`` (a finalist's rungs so far): its TSE."""
+    return float(sum(r["train_loss_sum"] for r in rungs))
+
+
 def rung_score(rungs: Sequence[dict[str, float]], rank: str) -> float:
     """What a finalist is ranked by after the rungs it has trained, ``rungs`` (higher is better):
     minus its sum of training losses over every step so far (``tse``), or its validation top-1 at
     the last of them (``val``)."""
     if rank == "val":
         return float(rungs[-1]["val_acc"])
-    return -float(sum(r["train_loss_sum"] for r in rungs))
+    return -training_loss_sum(rungs)
 
 
 # ---- the pruner -------------------------------------------------------------------------------
@@ -515,7 +521,7 @@ def _rung_line(study, plan: RacePlan, k: int) -> str:
     parts = []
     for r in at:
         fate = "won" if r["state"] == "complete" else ("out" if r["state"] == "pruned" and r["rung_reached"] == k else "on")
-        loss = sum(x["train_loss_sum"] for x in r["rungs"][: k + 1])
+        loss = training_loss_sum(r["rungs"][: k + 1])
         parts.append(f"#{r['finalist']} loss {loss:.4g} val {r['rungs'][k]['val_acc']:.3f} ({fate})")
     return (f"race rung {k + 1}/{len(plan.rungs)} at {plan.rungs[k]} steps, ranked by {plan.rank}: "
             + ", ".join(parts))

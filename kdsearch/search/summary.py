@@ -13,7 +13,7 @@ from kdsearch.arch import Arch
 from kdsearch.errors import BudgetError, SearchError
 from kdsearch.files import write_text
 from kdsearch.rundir import WinnerRecord
-from kdsearch.search.config import SearchConfig
+from kdsearch.search.config import RACE_RANKS, SearchConfig
 from kdsearch.search.winner import explain_winner, pick_winner, rank_by_rule
 
 __all__ = ["SearchResult", "summarise_study", "leaderboard_rows", "rank_leaderboard", "json_dumps", "record_race"]
@@ -108,6 +108,7 @@ def record_race(out_dir: Path, race: dict[str, Any]) -> WinnerRecord:
     """Add the race's columns to ``leaderboard.csv`` (its winner's rows on top) and record the race
     and its winner in ``winner.json``; ``race`` is :meth:`kdsearch.search.race.RaceResult.record`."""
     from kdsearch.rundir import read_leaderboard
+    from kdsearch.search.race import training_loss_sum
 
     rows = read_leaderboard(out_dir / "leaderboard.csv")
     by_arch = {f["arch"]: f for f in race["finalists"]}
@@ -118,17 +119,16 @@ def record_race(out_dir: Path, race: dict[str, Any]) -> WinnerRecord:
         for k in range(len(race["rungs"])):
             rungs = f["rungs"] if f else []
             row[f"race_val_acc_{k}"] = rungs[k]["val_acc"] if k < len(rungs) else None
-            row[f"race_tse_{k}"] = sum(r["train_loss_sum"] for r in rungs[: k + 1]) if k < len(rungs) else None
+            row[f"race_tse_{k}"] = training_loss_sum(rungs[: k + 1]) if k < len(rungs) else None
     won = next(f for f in race["finalists"] if f["state"] == "complete" and f["arch"] == race["winner"])
     rows.sort(key=lambda r: r["arch"] != won["arch"])  # stable: the first row is the winner
     write_text(out_dir / "leaderboard.csv", _to_csv(rows))
     previous = WinnerRecord.load(out_dir / WinnerRecord.FILE)
     row = rows[0]
     acc = won["rungs"][-1]["val_acc"]
-    tse = sum(r["train_loss_sum"] for r in won["rungs"])
-    ranked_by = "validation top-1" if race["rank"] == "val" else "lowest sum of training losses"
+    tse = training_loss_sum(won["rungs"])
     reason = (f"won the race of {len(race['finalists'])} finalists chosen by --pick {previous.rule}, ranked by "
-              f"{ranked_by}: training-loss sum {tse:.4g}, val top-1 {acc:.4f} after {race['rungs'][-1]} steps; "
+              f"{RACE_RANKS[race['rank']]}: training-loss sum {tse:.4g}, val top-1 {acc:.4f} after {race['rungs'][-1]} steps; "
               f"the race cost {race['spent_distillations']:.2f} distillations")
     score = f"score_{previous.proxy}"
     fields = {} if row["arch"] == json_dumps(previous.arch) else {
