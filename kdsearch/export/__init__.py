@@ -16,13 +16,19 @@ __all__ = [
     "check_onnxruntime_install",
     "export_model",
     "export_onnx",
+    "interleaved_latency_ms",
     "latency_ms",
     "onnx_accuracy",
     "ort_session",
     "parity",
     "parity_tolerance",
+    "probe_session",
     "quantize_ptq",
     "read_metadata",
+    "session_options",
+    "speed_text",
+    "speedup",
+    "time_models",
     "torch_latency_ms",
 ]
 
@@ -32,5 +38,7 @@ __getattr__ = lazy_attributes(__name__, {
     "PARITY_RTOL": "runtime", "PROVIDERS": "runtime", "check_onnxruntime_install": "runtime", "latency_ms": "runtime",
     "onnx_accuracy": "runtime", "ort_session": "runtime", "parity": "runtime", "parity_tolerance": "runtime",
     "torch_latency_ms": "runtime",
+    "interleaved_latency_ms": "timing", "probe_session": "timing", "session_options": "timing",
+    "speed_text": "timing", "speedup": "timing", "time_models": "timing",
     "PARITY_MIN_AGREEMENT": "stage", "export_model": "stage",
 })

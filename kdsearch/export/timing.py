@@ -1,0 +1,132 @@
+"""Timing two or more ONNX Runtime models side by side, so their ratio means something.
+
+Latencies taken minutes apart on a shared machine differ by more than the students being
+compared. Every ratio kdsearch reports (``× faster``) is of two medians measured here: the
+sessions run in one loop, each round in a rotated order, after every session has warmed up.
+"""
+from __future__ import annotations
+
+import io
+import time
+import warnings
+from typing import TYPE_CHECKING, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from kdsearch.errors import UsageError
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+
+__all__ = ["interleaved_latency_ms", "probe_session", "session_options", "speedup", "speed_text", "time_models"]
+
+
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    """Quiet ONNX Runtime session options; ``threads`` pins intra-op threads (None: ORT's default, all cores)."""
+    import onnxruntime as ort
+
+    if threads is not None and threads < 1:
+        raise UsageError(f"--latency-threads must be at least 1 (got {threads})")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return options
+
+
+def probe_session(model: nn.Module, input_chw: tuple[int, int, int], *, threads: int | None = 1,
+                  providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> ort.InferenceSession:
+    """A throwaway ONNX Runtime session of ``model`` (eval mode), exported in memory with a dynamic batch.
+
+    The TorchScript exporter (``dynamo=False``) takes a fraction of a second where the dynamo
+    exporter of :func:`kdsearch.export.export_onnx` takes several; fine for timing, not for shipping.
+    """
+    import onnxruntime as ort
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated; fine for a probe
+        torch.onnx.export(model.eval(), (torch.zeros(1, *input_chw),), buffer, dynamo=False,
+                          input_names=["images"], output_names=["logits"],
+                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+    return ort.InferenceSession(buffer.getvalue(), session_options(threads), providers=list(providers))
+
+
+def interleaved_latency_ms(sessions: Mapping[str, ort.InferenceSession], input_shape: tuple[int, ...], *,
+                           runs: int = 100, warmup: int = 10, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Median latency of each session on one random input of ``input_shape``, timed in one loop.
+
+    Every session runs ``warmup`` times first; then each of ``runs`` rounds runs every session
+    once, starting at a different session each round, so slow drifts of the machine (another
+    process, frequency scaling) fall on all of them alike.
+
+    Returns:
+        ``{name: {"p50", "p90", "mean", "runs"}}`` in milliseconds.
+    """
+    if not sessions:
+        raise ValueError("no sessions to time")
+    x = np.random.default_rng(seed).standard_normal(input_shape, dtype=np.float32)
+    names = list(sessions)
+    feeds = {n: {sessions[n].get_inputs()[0].name: x} for n in names}
+    for _ in range(warmup):
+        for n in names:
+            sessions[n].run(None, feeds[n])
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(runs):
+        for i in range(len(names)):
+            n = names[(r + i) % len(names)]
+            t0 = time.perf_counter()
+            sessions[n].run(None, feeds[n])
+            times[n].append((time.perf_counter() - t0) * 1e3)
+    out = {}
+    for n, ts in times.items():
+        t = np.asarray(ts)
+        p50, p90 = np.percentile(t, [50, 90])
+        out[n] = {"p50": float(p50), "p90": float(p90), "mean": float(t.mean()), "runs": len(t)}
+    return out
+
+
+def time_models(models: Mapping[str, nn.Module], input_chw: tuple[int, int, int], *, batches: tuple[int, ...] = (1, 32),
+                threads: int | None = 1, provider: str = "cpu", runs: int = 50, warmup: int = 10,
+                seed: int = 0) -> dict[str, dict[int, float]]:
+    """Median ONNX Runtime latency (ms) of each model at each batch size, all models timed interleaved.
+
+    Models are exported in memory (:func:`probe_session`); at each batch size every model runs
+    in one loop (:func:`interleaved_latency_ms`), so ratios between them are fair.
+
+    Returns:
+        ``{name: {batch: p50_ms}}``.
+    """
+    from kdsearch.export.runtime import PROVIDERS
+    import onnxruntime as ort
+
+    if provider not in PROVIDERS:
+        raise UsageError(f"unknown ONNX Runtime provider {provider!r}; use one of {', '.join(PROVIDERS)}")
+    if PROVIDERS[provider][0] not in ort.get_available_providers():
+        raise UsageError(f"ONNX Runtime provider {provider!r} is not available here "
+                         f"({', '.join(ort.get_available_providers())}); time on cpu or install its runtime")
+    sessions = {n: probe_session(m, input_chw, threads=threads, providers=tuple(PROVIDERS[provider]))
+                for n, m in models.items()}
+    out: dict[str, dict[int, float]] = {n: {} for n in models}
+    for b in batches:
+        timed = interleaved_latency_ms(sessions, (b, *input_chw), runs=runs, warmup=warmup, seed=seed)
+        for n, t in timed.items():
+            out[n][b] = t["p50"]
+    return out
+
+
+def speedup(teacher_ms: float, student_ms: float) -> float:
+    """How many times faster the student is than the teacher (below 1: slower)."""
+    return teacher_ms / max(student_ms, 1e-12)
+
+
+def speed_text(ratio: float | None) -> str:
+    """``3.2× faster`` or ``1.4× slower`` (never ``0.7× faster``); ``—`` when unknown."""
+    if ratio is None or not ratio > 0:
+        return "—"
+    if ratio >= 1:
+        return f"{ratio:.1f}× faster"
+    return f"{1 / ratio:.1f}× slower"
