@@ -8,7 +8,7 @@ test instead of silently blanking a report cell::
     runs/<name>/
       run.yaml  kdsearch.log  summary.json  report.html
       teacher/  model.json model.safetensors metrics.json (TrainMetrics) curves.png
-      search/   study.db leaderboard.csv winner.json (WinnerRecord) pareto.png
+      search/   study.db leaderboard.csv winner.json (WinnerRecord) speed.json (SpeedRecord) pareto.png
       race/     the short-distillation race of the finalists
       distill/  student.json student.safetensors metrics.json (TrainMetrics) curves.png last.ckpt
       qat/      qat.json qat.safetensors metrics.json (QatMetrics) curves.png last.ckpt
@@ -31,6 +31,7 @@ __all__ = [
     "TrainMetrics",
     "QatMetrics",
     "WinnerRecord",
+    "SpeedRecord",
     "ExportedFile",
     "ExportRecord",
     "INT8_MODES",
@@ -97,6 +98,10 @@ class RunDir:
     @property
     def winner(self) -> Path:
         return self.search / WinnerRecord.FILE
+
+    @property
+    def speed(self) -> Path:
+        return self.search / SpeedRecord.FILE
 
     @property
     def leaderboard(self) -> Path:
@@ -232,6 +237,28 @@ class WinnerRecord(Record):
     config: dict[str, Any]  # the resolved SearchConfig
     reason: str = ""  # one line: why this candidate won under ``rule``
     race: dict[str, Any] | None = None  # the short-distillation race that chose it (kdsearch.search.race); None: no race
+    speedup: dict[str, float] | None = None  # batch ("1", "32") -> measured speed-up over the teacher (search/speed.json)
+
+
+@dataclass(frozen=True)
+class SpeedRecord(Record):
+    """``search/speed.json``: the teacher timed at the start of the search, and the candidates timed against it.
+
+    Every speed-up is the ratio of two ONNX Runtime medians from one interleaved loop
+    (:mod:`kdsearch.export.timing`), at each batch in ``batches``.
+    """
+
+    FILE: ClassVar[str] = "speed.json"
+
+    provider: str  # ONNX Runtime provider: cpu | cuda | tensorrt
+    threads: int | None  # intra-op threads (None: ONNX Runtime's default)
+    batches: list[int]  # [1, latency batch]
+    teacher_ms: dict[str, float]  # batch -> the teacher's p50 latency when the search started
+    speedup_budget: float | None  # --speedup: the least speed-up the student must reach at every batch
+    timed: list[dict[str, Any]]  # finalists timed for real: arch, arch_key, params, flops, score,
+    #   predicted_ms/ms/speedup {batch: value}, meets_budget
+    replaced: list[str]  # one line per winner replaced because its real timing missed the budget
+    table: dict[str, Any] | None = None  # the latency model used for every candidate: its cache path per batch
 
 
 @dataclass(frozen=True)
