@@ -5,6 +5,12 @@ state, workspaces) plus a part per image (the activations autograd saves, the tr
 the widest layer). :func:`estimate_step_memory` runs the real step at two small batches,
 measures each peak and extrapolates that line; :func:`memory_budget` says how much may be used.
 
+How much there is (:func:`available_memory`): the smaller of the host's ``MemAvailable`` and
+what this process's memory cgroups still allow (:func:`cgroup_room`: a container's limit, v2
+``memory.max`` or v1 ``memory.limit_in_bytes``, minus what the cgroup uses that the kernel
+cannot drop, i.e. usage less inactive page cache). A container's limit is where the kernel's
+OOM killer acts, whatever the host has free.
+
 How a peak is measured (:func:`measure_peak`):
 
 - CUDA: ``torch.cuda.max_memory_allocated`` above what was allocated before the step; the
@@ -28,6 +34,7 @@ import math
 import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
 from kdsearch.errors import UsageError
@@ -41,6 +48,8 @@ __all__ = [
     "DEFAULT_SHARE",
     "MemoryBudget",
     "MemoryEstimate",
+    "available_memory",
+    "cgroup_room",
     "estimate_step_memory",
     "format_bytes",
     "measure_peak",
@@ -75,24 +84,44 @@ def format_bytes(n: float) -> str:
 
 @dataclass(frozen=True)
 class MemoryBudget:
-    """The bytes a step may use, and where that number came from (for messages)."""
+    """The bytes a stage may use, and where that number came from (for messages)."""
 
     nbytes: int
-    source: str  # "--max-memory" or "70% of the available memory"
+    source: str  # "--max-memory" or "70% of the available memory", and who shares it
+
+    def less(self, nbytes: int, what: str) -> MemoryBudget:
+        """What is left once ``nbytes`` are held by ``what`` (e.g. the teacher cache), never below 0."""
+        return MemoryBudget(max(0, self.nbytes - nbytes), f"{self.source}, less {format_bytes(nbytes)} for {what}")
 
 
-def memory_budget(max_memory: str | None, device: torch.device) -> MemoryBudget:
-    """``--max-memory`` when given; else :data:`DEFAULT_SHARE` of the memory free on ``device`` now."""
+def memory_budget(max_memory: str | None, device: torch.device, processes: int = 1) -> MemoryBudget:
+    """``--max-memory`` when given; else :data:`DEFAULT_SHARE` of the memory free on ``device`` now.
+
+    ``processes``: how many processes of this run share it (``search --workers N``); each gets
+    an equal part.
+    """
     if max_memory is not None:
-        return MemoryBudget(parse_memory(max_memory), "--max-memory")
-    if device.type == "cuda":
+        nbytes, source = parse_memory(max_memory), "--max-memory"
+    elif device.type == "cuda":
         import torch
 
         free, _ = torch.cuda.mem_get_info(device)
-        where = "free GPU memory"
+        nbytes, source = int(DEFAULT_SHARE * free), f"{DEFAULT_SHARE:.0%} of the free GPU memory"
     else:
-        free, where = _mem_available(), "available memory"
-    return MemoryBudget(int(DEFAULT_SHARE * free), f"{DEFAULT_SHARE:.0%} of the {where}")
+        free, where = available_memory()
+        nbytes, source = int(DEFAULT_SHARE * free), f"{DEFAULT_SHARE:.0%} of the {where}"
+    if processes > 1:
+        nbytes, source = nbytes // processes, f"{source}, shared by {processes} processes"
+    return MemoryBudget(nbytes, source)
+
+
+def available_memory() -> tuple[int, str]:
+    """The host's ``MemAvailable`` or, when smaller, what the memory cgroups allow; with words for messages."""
+    host = _mem_available()
+    room = cgroup_room(_CGROUP_ROOT, _PROC_SELF_CGROUP)
+    if room is not None and room < host:
+        return room, "memory the cgroup limit leaves"
+    return host, "available memory"
 
 
 def _mem_available() -> int:
@@ -103,6 +132,77 @@ def _mem_available() -> int:
                 if line.startswith("MemAvailable:"):
                     return int(line.split()[1]) * 1024
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+_CGROUP_ROOT = Path("/sys/fs/cgroup")
+_PROC_SELF_CGROUP = Path("/proc/self/cgroup")
+_NO_LIMIT = 1 << 60  # cgroup v1 writes "no limit" as a number near 2**63
+
+
+def cgroup_room(root: Path = _CGROUP_ROOT, proc_cgroup: Path = _PROC_SELF_CGROUP) -> int | None:
+    """Bytes this process may still allocate before a memory cgroup's limit; None when none is set.
+
+    Every cgroup from this process's own up to ``root`` is read, v2 (``memory.max``,
+    ``memory.current``, ``inactive_file`` of ``memory.stat``) and v1 (``memory.limit_in_bytes``,
+    ``memory.usage_in_bytes``, ``total_inactive_file``); the tightest limit counts. Inactive page
+    cache is left out of the usage: the kernel drops it before it kills. When the path in
+    ``/proc/self/cgroup`` is not under ``root`` (a container with its own cgroup namespace
+    mounted there), ``root`` itself is this process's cgroup.
+    """
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        lines = []
+    paths: dict[str, str] = {}  # "v2" or "v1" -> the cgroup's path inside its hierarchy
+    for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if controllers == "":
+            paths["v2"] = path
+        elif "memory" in controllers.split(","):
+            paths["v1"] = path
+    rooms: list[int] = []
+    hierarchies = [("v2", root, "memory.max", "memory.current", "inactive_file"),
+                   ("v1", root / "memory", "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")]
+    for version, mount, limit_file, usage_file, inactive_key in hierarchies:
+        if version == "v2" and not (mount / "cgroup.controllers").is_file():
+            continue
+        if not mount.is_dir():
+            continue
+        for folder in _cgroup_chain(mount, paths.get(version, "/")):
+            room = _cgroup_folder_room(folder, limit_file, usage_file, inactive_key)
+            if room is not None:
+                rooms.append(room)
+    return min(rooms) if rooms else None
+
+
+def _cgroup_chain(mount: Path, path: str) -> list[Path]:
+    """The cgroup folders from the process's own up to ``mount``."""
+    own = mount / path.strip("/") if path.strip("/") else mount
+    if not own.is_dir():
+        own = mount
+    chain = [own]
+    while chain[-1] != mount and mount in chain[-1].parents:
+        chain.append(chain[-1].parent)
+    return chain
+
+
+def _cgroup_folder_room(folder: Path, limit_file: str, usage_file: str, inactive_key: str) -> int | None:
+    """``limit - (usage - inactive page cache)`` of one cgroup folder; None without a limit or its files."""
+    try:
+        limit_text = (folder / limit_file).read_text().strip()
+        if limit_text == "max" or int(limit_text) >= _NO_LIMIT:
+            return None
+        usage = int((folder / usage_file).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    inactive = 0
+    with contextlib.suppress(OSError, ValueError):
+        for line in (folder / "memory.stat").read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == inactive_key:
+                inactive = int(value)
+                break
+    return max(0, int(limit_text) - max(0, usage - inactive))
 
 
 class _Peak:
