@@ -275,15 +275,27 @@ class ExportedFile(Record):
     accuracy: float
     latency_ms: dict[str, dict[str, float]]  # "batch_1" -> {"p50": ..., "p90": ..., ...}
     calib_images: int | None = None  # PTQ: the training images that calibrated it
+    speedup: dict[str, float] | None = None  # batch ("1", "32") -> times faster than the teacher (below 1: slower),
+    #   both timed in one interleaved loop; None: no teacher was timed
+    speedup_vs_fp32: dict[str, float] | None = None  # int8 files: batch -> times faster than the fp32 student, same loop
 
     def to_dict(self) -> dict[str, Any]:
         data = super().to_dict()
-        if data["calib_images"] is None:  # only PTQ files have one
-            del data["calib_images"]
+        for key in ("calib_images", "speedup", "speedup_vs_fp32"):  # only the files they apply to have one
+            if data[key] is None:
+                del data[key]
         return data
 
     def p50(self, batch: int) -> float | None:
         return self.latency_ms.get(f"batch_{batch}", {}).get("p50")
+
+    def speedup_at(self, batch: int) -> float | None:
+        """Times faster than the teacher at ``batch`` (timed interleaved with it); None when not timed."""
+        return (self.speedup or {}).get(str(batch))
+
+    def speedup_vs_fp32_at(self, batch: int) -> float | None:
+        """An int8 file: times faster than the fp32 student at ``batch``; None for the fp32 file."""
+        return (self.speedup_vs_fp32 or {}).get(str(batch))
 
     @property
     def min_top1_agreement(self) -> float | None:
@@ -307,6 +319,9 @@ class ExportRecord(Record):
     student_digest: str | None = None  # SHA-256 of the exported student's weights: int8 files of another student are not kept
     input_size: list[int] | None = None  # (C, H, W) the student expects (also in each file's ONNX metadata)
     teacher: dict[str, Any] | None = None  # the teacher in ONNX Runtime: path, size_bytes, latency_ms; or {"error": why}
+    timing: dict[str, Any] | None = None  # how every latency was taken: batches, threads, runs, warmup (one
+    #   interleaved loop per batch over the teacher and every file); None: an export.json of an older version
+    recommended: str | None = None  # the file to ship: fp32, unless an int8 file is faster than it at every batch
 
     def __post_init__(self) -> None:
         files = {k: v if isinstance(v, ExportedFile) else ExportedFile.from_dict(v, f"export.json files.{k}")
@@ -320,6 +335,16 @@ class ExportRecord(Record):
     def teacher_p50(self, batch: int) -> float | None:
         """The teacher's ONNX Runtime p50 latency at ``batch``; None when it was not measured."""
         return ((self.teacher or {}).get("latency_ms") or {}).get(f"batch_{batch}", {}).get("p50")
+
+    @property
+    def latency_batches(self) -> tuple[int, ...]:
+        """The batch sizes every file was timed at: 1 and the throughput batch."""
+        return tuple((self.timing or {}).get("batches") or (1, 32))
+
+    @property
+    def shipped(self) -> ExportedFile:
+        """The file to ship: :attr:`recommended`, or the fp32 file."""
+        return self.files.get(self.recommended or "fp32", self.fp32)
 
 
 # search/leaderboard.csv: one row per scored trial, in the order of the rule that chose the winner

@@ -239,7 +239,9 @@ def export(
     opset: Annotated[Optional[int], typer.Option("--opset", help="ONNX opset (18 or more).", rich_help_panel=o.OUT)] = None,
     provider: Annotated[Optional[str], typer.Option("--provider", help="ONNX Runtime provider: cpu, cuda or tensorrt (falls back to cpu with a warning).", rich_help_panel=o.OUT)] = None,
     calib_images: Annotated[Optional[int], typer.Option("--calib-images", help="Training images that calibrate PTQ.", rich_help_panel=o.OUT)] = None,
-    latency_runs: Annotated[Optional[int], typer.Option("--latency-runs", help="Timed runs per latency figure.", rich_help_panel=o.OUT)] = None,
+    latency_runs: Annotated[Optional[int], typer.Option("--latency-runs", help="Timed rounds per batch size; each round runs the teacher and every file once, interleaved.", rich_help_panel=o.OUT)] = None,
+    latency_batch: Annotated[Optional[int], typer.Option("--latency-batch", help="Throughput batch timed beside batch 1 (default: the run's search.latency_batch, 32).", rich_help_panel=o.OUT)] = None,
+    latency_threads: Annotated[Optional[int], typer.Option("--latency-threads", help="ONNX Runtime threads when timing (default: the run's search.latency_threads, 1: one core of an edge CPU).", rich_help_panel=o.OUT)] = None,
     config_file: o.Config = None,
     json_out: o.Json = False,
     quiet: o.Quiet = False,
@@ -254,7 +256,8 @@ def export(
     from kdsearch.pipeline import export_command
 
     config = run_config(run_dir, config_file, export={"int8": int8, "opset": opset, "provider": provider, "calib_images": calib_images,
-                                      "latency_runs": latency_runs})
+                                      "latency_runs": latency_runs, "latency_batch": latency_batch,
+                                      "latency_threads": latency_threads})
     progress = make_progress(quiet, json_out)
     try:
         record = export_command(run_dir, config, progress=progress)

@@ -26,8 +26,10 @@ class ExportConfig:
     opset: int = 18
     provider: str = "cpu"  # cpu | cuda | tensorrt
     calib_images: int = 256  # training images that calibrate post-training quantization
-    latency_runs: int = 100
-    teacher_latency: bool = True  # also export the teacher (export/teacher.onnx) and time it the same way
+    latency_runs: int = 100  # interleaved rounds per batch size: each times the teacher and every file once
+    teacher_latency: bool = True  # also export the teacher (export/teacher.onnx) and time it in the same loop
+    latency_batch: int | None = None  # the throughput batch timed beside batch 1 (None: the search's, default 32)
+    latency_threads: int | None = None  # ONNX Runtime threads when timing (None: the search's, default 1)
 
     def __post_init__(self) -> None:
         parse_int8(self.int8)
@@ -37,6 +39,9 @@ class ExportConfig:
             raise UsageError(f"unknown --provider {self.provider!r}; use cpu, cuda or tensorrt")
         if self.calib_images <= 0 or self.latency_runs <= 0:
             raise UsageError("--calib-images and --latency-runs must be positive")
+        for flag, value in (("--latency-batch", self.latency_batch), ("--latency-threads", self.latency_threads)):
+            if value is not None and value < 1:
+                raise UsageError(f"{flag} must be at least 1 (got {value})")
 
     @property
     def int8_modes(self) -> tuple[str, ...]:

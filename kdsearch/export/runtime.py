@@ -61,8 +61,10 @@ def _import_ort():  # noqa: ANN202 - the module itself
     return onnxruntime
 
 
-def ort_session(path: Path, provider: str = "cpu") -> tuple[ort.InferenceSession, str]:
-    """Open ``path`` in ONNX Runtime on ``provider`` (``cpu|cuda|tensorrt``).
+def ort_session(path: Path, provider: str = "cpu", options: ort.SessionOptions | None = None
+                ) -> tuple[ort.InferenceSession, str]:
+    """Open ``path`` in ONNX Runtime on ``provider`` (``cpu|cuda|tensorrt``), with session ``options``
+    (:func:`kdsearch.export.timing.session_options`: the thread count latencies are timed with).
 
     The providers list is always passed explicitly. When the requested provider is not built
     into this onnxruntime, or ONNX Runtime silently fell back (its libraries or the GPU are
@@ -81,7 +83,7 @@ def ort_session(path: Path, provider: str = "cpu") -> tuple[ort.InferenceSession
     wanted = [p for p in PROVIDERS[provider] if p in available] or ["CPUExecutionProvider"]
     with captured_output() as chatter:
         try:
-            session = ort.InferenceSession(str(path), providers=wanted)
+            session = ort.InferenceSession(str(path), options, providers=wanted)
         except Exception as e:  # noqa: BLE001 - ORT raises its own pybind exception types
             raise ExportError(f"ONNX Runtime could not load {path}: {e}; re-export the model") from None
     used = _SHORT_NAME.get(session.get_providers()[0], session.get_providers()[0])

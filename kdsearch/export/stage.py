@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -12,14 +14,13 @@ import torch
 from torch import nn
 
 from kdsearch.devices import resolve_device
-from kdsearch.errors import ExportError, UsageError
+from kdsearch.errors import ExportError, KdsearchWarning, UsageError
 from kdsearch.export.config import parse_int8
 from kdsearch.export.onnx_export import export_onnx, kdsearch_version
 from kdsearch.export.ptq import quantize_ptq
 from kdsearch.export.runtime import (
     PARITY_RTOL,
     compare_logits,
-    latency_ms,
     onnx_accuracy,
     ort_logits,
     ort_session,
@@ -27,12 +28,13 @@ from kdsearch.export.runtime import (
     torch_latency_ms,
     torch_logits,
 )
+from kdsearch.export.timing import interleaved_latency_ms, session_options, speed_text, speedup
 from kdsearch.files import write_text
 from kdsearch.rundir import INT8_MODES, ExportedFile, ExportRecord
 
-__all__ = ["LATENCY_BATCHES", "PARITY_MIN_AGREEMENT", "export_model", "measure_teacher"]
+__all__ = ["LATENCY_WARMUP", "PARITY_MIN_AGREEMENT", "export_model", "export_teacher", "recommend_file"]
 
-LATENCY_BATCHES = (1, 32)
+LATENCY_WARMUP = 10  # untimed runs of every session before the timed rounds at each batch size
 PARITY_MIN_AGREEMENT = 0.999  # fp32 gate on decisive top-1 agreement; max |diff| is gated by PARITY_RTOL
 
 
@@ -45,11 +47,60 @@ def _file_entry(path: Path, out_dir: Path, opset: int, provider_used: str) -> di
     }
 
 
-def _measure(session: Any, input_chw: tuple[int, ...], images: torch.Tensor, labels: torch.Tensor, runs: int) -> dict:
-    return {
-        "accuracy": onnx_accuracy(session, images, labels),
-        "latency_ms": {f"batch_{b}": latency_ms(session, (b, *input_chw), runs=runs) for b in LATENCY_BATCHES},
-    }
+def _threads_text(threads: int | None) -> str:
+    return "ONNX Runtime's default threads" if threads is None else f"{threads} thread" + ("s" if threads > 1 else "")
+
+
+def _time_side_by_side(paths: Mapping[str, Path], input_chw: tuple[int, ...], batches: tuple[int, ...], *,
+                       provider: str, threads: int | None, runs: int) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Every file's latency at every batch, all files timed in one interleaved loop per batch.
+
+    Returns ``({name: {"batch_B": {"p50", ...}}}, {name: provider used})``.
+    """
+    opened = {name: ort_session(path, provider, options=session_options(threads)) for name, path in paths.items()}
+    sessions = {name: session for name, (session, _) in opened.items()}
+    latency: dict[str, dict[str, Any]] = {name: {} for name in paths}
+    for b in batches:
+        timed = interleaved_latency_ms(sessions, (b, *input_chw), runs=runs, warmup=LATENCY_WARMUP)
+        for name, stats in timed.items():
+            latency[name][f"batch_{b}"] = stats
+    return latency, {name: used for name, (_, used) in opened.items()}
+
+
+def _ratios(faster_than: Mapping[str, Any], file: Mapping[str, Any], batches: tuple[int, ...]) -> dict[str, float]:
+    """batch -> how many times ``file`` is faster than ``faster_than`` (both ``latency_ms`` dicts of one loop)."""
+    return {str(b): speedup(faster_than[f"batch_{b}"]["p50"], file[f"batch_{b}"]["p50"]) for b in batches}
+
+
+def recommend_file(files: Mapping[str, ExportedFile]) -> str:
+    """The file to ship: ``fp32``, unless an int8 file is faster than it at every timed batch (then the
+    most accurate such file; the larger speed-up at batch 1 breaks a tie). int8 that is slower than
+    fp32 on this machine saves only disk space."""
+    faster = [kind for kind, f in files.items()
+              if kind != "fp32" and f.speedup_vs_fp32 and all(r > 1 for r in f.speedup_vs_fp32.values())]
+    if not faster:
+        return "fp32"
+    return max(faster, key=lambda k: (files[k].accuracy, files[k].speedup_vs_fp32_at(1) or 0.0))
+
+
+def _speed_lines(record: ExportRecord, threads: int | None) -> list[str]:
+    """One line per int8 file slower than fp32, and one when the file to ship is slower than the teacher."""
+    batches = record.latency_batches
+    where = f"in ONNX Runtime ({record.fp32.provider_used}, {_threads_text(threads)}), timed side by side"
+    lines = []
+    for kind, f in record.files.items():
+        slower = [b for b in batches if (f.speedup_vs_fp32_at(b) or 1.0) < 1]
+        if kind != "fp32" and slower:
+            at = " and ".join(f"{speed_text(f.speedup_vs_fp32_at(b))} at batch {b}" for b in slower)
+            lines.append(f"{f.path} (int8, {kind}) is {at} than {record.fp32.path} (fp32) {where}; "
+                         f"ship {record.shipped.path}")
+    shipped = record.shipped
+    slower = [b for b in batches if (shipped.speedup_at(b) or 1.0) < 1]
+    if slower:
+        at = " and ".join(f"{speed_text(shipped.speedup_at(b))} at batch {b}" for b in slower)
+        lines.append(f"the student ({shipped.path}) is {at} than its teacher {where}; a shallower student, "
+                     "or a search under --speedup, is faster")
+    return lines
 
 
 def _check_fp32_parity(result: dict[str, dict[str, float]]) -> None:
@@ -82,6 +133,8 @@ def export_model(
     parity_batch: int = 8,
     parity_images: int = 64,
     latency_runs: int = 100,
+    latency_batch: int = 32,
+    latency_threads: int | None = 1,
     metadata: Mapping[str, str] | None = None,
     keep: Mapping[str, ExportedFile] | None = None,
     student_digest: str | None = None,
@@ -108,12 +161,21 @@ def export_model(
         keep: int8 entries of an earlier export of the same student that this call does not
             remake; their files are kept and listed again. Other int8 leftovers are removed.
         student_digest: recorded in export.json, so a later export can tell whether ``keep`` applies.
-        teacher: the teacher's ONNX Runtime figures (:func:`measure_teacher`), recorded beside the student's.
+        teacher: the teacher's ONNX file (:func:`export_teacher`: its ``path`` in ``out_dir``), timed in
+            the same loop as the student's files; or ``{"error": why}``, recorded as it is.
         provider: ONNX Runtime provider ``cpu|cuda|tensorrt``; falls back to CPU with a warning.
         device: where PyTorch eager latency and accuracy run (``auto`` picks CUDA when present);
             parity always compares on CPU, where both sides compute exact float32.
         parity_images: how many validation images the parity checks use.
-        latency_runs: timed runs per latency figure, after 10 warm-up runs.
+        latency_runs: timed rounds per batch size, after :data:`LATENCY_WARMUP` warm-up runs; each
+            round runs the teacher and every file once, in a rotated order, so every speed-up
+            (``speedup``, ``speedup_vs_fp32``) is the ratio of two medians from one loop.
+        latency_batch: the throughput batch timed beside batch 1.
+        latency_threads: ONNX Runtime intra-op threads when timing (None: its default, all cores);
+            accuracy and parity run with the default.
+
+    An int8 file slower than the fp32 one, or a file to ship slower than the teacher, gets one
+    :class:`~kdsearch.errors.KdsearchWarning` line; ``recommended`` names the file to ship.
 
     Raises:
         ExportError: the fp32 parity check failed; the file is renamed ``<name>.failed.onnx``.
@@ -125,6 +187,9 @@ def export_model(
         raise UsageError("int8='qat' needs qat_model (the converted PT2E model from the qat stage); or use int8='ptq'")
     if "ptq" in modes and (calib_images is None or len(calib_images) == 0):
         raise UsageError("int8='ptq' needs calib_images (normalised training images); or use int8='none'")
+    if latency_batch < 1 or (latency_threads is not None and latency_threads < 1):
+        raise UsageError(f"--latency-batch and --latency-threads must be at least 1 "
+                         f"(got {latency_batch} and {latency_threads})")
     if val_images.ndim != 4 or len(val_images) != len(val_labels) or len(val_images) == 0:
         raise UsageError(
             f"val_images must be (N, C, H, W) with one label each; "
@@ -166,12 +231,12 @@ def export_model(
             path.unlink(missing_ok=True)
 
     session, used = (cpu_session, "cpu") if provider == "cpu" else ort_session(fp32_path, provider)
-    say(f"measuring {fp32_path.name} on {used}: accuracy on {len(val_images)} images, latency ({latency_runs} runs)")
+    say(f"measuring {fp32_path.name} on {used}: accuracy on {len(val_images)} images")
     files: dict[str, Any] = {
         "fp32": {
             **_file_entry(fp32_path, out_dir, opset, used),
             "parity": fp32_parity,
-            **_measure(session, input_chw, val_images, val_labels, latency_runs),
+            "accuracy": onnx_accuracy(session, val_images, val_labels),
         }
     }
 
@@ -195,28 +260,46 @@ def export_model(
         for key in ("tolerance", "decisive_top1_agreement"):  # terms of the fp32 gate; int8 is reported, not gated
             agreement.pop(key)
         int8_session, int8_used = (int8_cpu, "cpu") if provider == "cpu" else ort_session(int8_path, provider)
-        say(f"measuring {int8_path.name} on {int8_used}")
+        say(f"measuring {int8_path.name} on {int8_used}: accuracy")
         files[mode] = {
             **_file_entry(int8_path, out_dir, opset, int8_used),
             "parity": {
                 "reference": "pytorch_fp32" if mode == "ptq" else "pytorch_qat",
                 f"batch_{parity_batch}": agreement,
             },
-            **_measure(int8_session, input_chw, val_images, val_labels, latency_runs),
+            "accuracy": onnx_accuracy(int8_session, val_images, val_labels),
         }
         if mode == "ptq":
             files[mode]["calib_images"] = len(calib)
 
-    say(f"timing PyTorch eager on {dev} for comparison")
+    files.update({mode: entry.to_dict() for mode, entry in keep.items() if (out_dir / entry.path).is_file()})
+    batches = tuple(dict.fromkeys((1, latency_batch)))
+    teacher = dict(teacher) if teacher else None
+    timed = {kind: out_dir / entry["path"] for kind, entry in files.items()}
+    if teacher and "path" in teacher:
+        timed = {"teacher": out_dir / teacher["path"], **timed}
+    say(f"timing {', '.join(p.name for p in timed.values())} side by side at batch "
+        f"{' and '.join(map(str, batches))} ({latency_runs} interleaved rounds, {_threads_text(latency_threads)})")
+    latency, used_by = _time_side_by_side(timed, input_chw, batches, provider=provider, threads=latency_threads,
+                                          runs=latency_runs)
+    if teacher and "path" in teacher:
+        teacher.update(provider_used=used_by["teacher"], latency_ms=latency["teacher"])
+    for kind, entry in files.items():
+        for key in ("speedup", "speedup_vs_fp32"):  # a kept file's ratios came from another loop
+            entry.pop(key, None)
+        entry["latency_ms"] = latency[kind]
+        if teacher and "path" in teacher:
+            entry["speedup"] = _ratios(latency["teacher"], latency[kind], batches)
+        if kind != "fp32":
+            entry["speedup_vs_fp32"] = _ratios(latency["fp32"], latency[kind], batches)
+
+    say(f"timing PyTorch eager on {dev} for reference")
     fp32_model.to(dev)
     pytorch = {
         "device": str(dev),
         "accuracy": float(np.mean(torch_logits(fp32_model, val_images, 256).argmax(1) == val_labels.numpy())),
-        "latency_ms": {
-            f"batch_{b}": torch_latency_ms(fp32_model, (b, *input_chw), runs=latency_runs) for b in LATENCY_BATCHES
-        },
+        "latency_ms": {f"batch_{b}": torch_latency_ms(fp32_model, (b, *input_chw), runs=latency_runs) for b in batches},
     }
-    files.update({mode: entry.to_dict() for mode, entry in keep.items() if (out_dir / entry.path).is_file()})
     report = {
         "kdsearch_version": meta["kdsearch_version"],
         "opset": opset,
@@ -233,48 +316,44 @@ def export_model(
         "student_digest": student_digest,
         "input_size": list(input_chw),
         "teacher": teacher,
+        "timing": {"batches": list(batches), "threads": latency_threads, "runs": latency_runs,
+                   "warmup": LATENCY_WARMUP, "interleaved": True},
     }
     write_text(out_dir / "export.log", "\n".join(logs) + "\n")
     record = ExportRecord.from_dict(report)
+    record = dataclasses.replace(record, recommended=recommend_file(record.files))
+    for line in _speed_lines(record, latency_threads):
+        say(line)
+        warnings.warn(line, KdsearchWarning, stacklevel=2)
     record.save(out_dir / ExportRecord.FILE)
     say(f"wrote {out_dir / 'export.json'}")
     return record.to_dict()
 
 
-def measure_teacher(
+def export_teacher(
     teacher: nn.Module,
     input_chw: tuple[int, ...],
     out_dir: Path,
     *,
     opset: int = 18,
-    provider: str = "cpu",
-    latency_runs: int = 100,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """The teacher's ONNX Runtime latency at the student's batch sizes, for the comparison an
-    edge user asks for first. Writes ``out_dir/teacher.onnx``.
+    """Write ``out_dir/teacher.onnx``, for :func:`export_model` to time beside the student's files
+    (the comparison an edge user asks for first).
 
-    Returns ``{"path", "size_bytes", "provider_used", "latency_ms"}``, or ``{"error": why}`` when
-    the teacher cannot be exported (a teacher the ONNX exporter does not support is not an error
-    of the student's export).
+    Returns ``{"path", "size_bytes"}``, or ``{"error": why}`` when the teacher cannot be exported
+    (a teacher the ONNX exporter does not support is not an error of the student's export).
     """
     say = progress or (lambda _msg: None)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     path = Path(out_dir) / "teacher.onnx"
     model = copy.deepcopy(teacher).float().cpu().eval()
     sample = torch.randn(2, *input_chw, generator=torch.Generator().manual_seed(0))  # (2, C, H, W)
-    say(f"exporting {path.name} to time the teacher in ONNX Runtime")
+    say(f"exporting {path.name} to time the teacher beside the student in ONNX Runtime")
     try:
         export_onnx(model, sample, path, opset=opset)
     except Exception as e:  # noqa: BLE001 - any exporter failure: reported, the student's export goes on
         path.unlink(missing_ok=True)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         return {"error": f"the teacher could not be exported to ONNX ({first[:200]})"}
-    session, used = ort_session(path, provider)
-    say(f"measuring {path.name} on {used}")
-    return {
-        "path": path.name,
-        "size_bytes": path.stat().st_size,
-        "provider_used": used,
-        "latency_ms": {f"batch_{b}": latency_ms(session, (b, *input_chw), runs=latency_runs) for b in LATENCY_BATCHES},
-    }
+    return {"path": path.name, "size_bytes": path.stat().st_size}

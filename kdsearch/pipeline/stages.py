@@ -21,7 +21,7 @@ from kdsearch.distill.assistant import Candidate, assistant_stage
 from kdsearch.distill.losses import CombinedLoss
 from kdsearch.distill.stage import distill_student, student_space, train_teacher
 from kdsearch.errors import ConfigError, UsageError
-from kdsearch.export.stage import export_model, measure_teacher
+from kdsearch.export.stage import export_model, export_teacher
 from kdsearch.files import write_json
 from kdsearch.models.zoo import MODELS, create_model, model_arch
 from kdsearch.pipeline.config import RunConfig
@@ -270,9 +270,8 @@ def export_stage(run: RunDir, config: RunConfig, dataset, *, progress: Progress 
         module = teacher.module
         if Path(teacher.source).suffix == ".pt2":  # the unflattened program can be neither deep-copied nor exported
             module = torch.export.load(teacher.source).module()  # the flat graph module can
-        teacher_figures = measure_teacher(module, (dataset.in_channels, *dataset.image_size), run.export,
-                                          opset=e.opset, provider=e.provider, latency_runs=e.latency_runs,
-                                          progress=progress.note)
+        teacher_figures = export_teacher(module, (dataset.in_channels, *dataset.image_size), run.export,
+                                         opset=e.opset, progress=progress.note)
     calib = dataset.train.images[: e.calib_images]
     metadata = {
         "arch": json.dumps(meta.get("arch")),
@@ -293,6 +292,8 @@ def export_stage(run: RunDir, config: RunConfig, dataset, *, progress: Progress 
         opset=e.opset,
         provider=e.provider,
         latency_runs=e.latency_runs,
+        latency_batch=latency_batch(config),
+        latency_threads=latency_threads(config),
         metadata=metadata,
         keep=keep,
         student_digest=digest,
@@ -300,6 +301,20 @@ def export_stage(run: RunDir, config: RunConfig, dataset, *, progress: Progress 
         progress=progress.note,
     )
     return ExportRecord.load(run.export_record)
+
+
+def latency_batch(config: RunConfig) -> int:
+    """The throughput batch the export times beside batch 1: ``export.latency_batch``, else the search's."""
+    if config.export.latency_batch is not None:
+        return config.export.latency_batch
+    return getattr(config.search, "latency_batch", 32)
+
+
+def latency_threads(config: RunConfig) -> int | None:
+    """ONNX Runtime threads the export times with: ``export.latency_threads``, else the search's."""
+    if config.export.latency_threads is not None:
+        return config.export.latency_threads
+    return getattr(config.search, "latency_threads", 1)
 
 
 def _previous_export(run: RunDir) -> ExportRecord | None:
@@ -318,12 +333,13 @@ def summary_for(run: RunDir, dataset, teacher, teacher_metrics: TrainMetrics | N
     teacher_params = sum(p.numel() for p in teacher.module.parameters())
     teacher_flops = count_flops(teacher.module, (dataset.in_channels, h, w))
     teacher_acc = (teacher_metrics.val_acc if teacher_metrics else None) or student_metrics.teacher_val_acc
-    fp32 = export.fp32
+    fp32, shipped = export.fp32, export.shipped
+    batches = export.latency_batches
     return {
         "run_dir": str(run.root),
         "dataset": dataset.name,
         "teacher": {"source": teacher.source, "val_acc": teacher_acc, "params": teacher_params, "flops": teacher_flops,
-                    "onnx_latency_ms_b1": export.teacher_p50(1), "onnx_latency_ms_b32": export.teacher_p50(32)},
+                    **{f"onnx_latency_ms_b{b}": export.teacher_p50(b) for b in batches}},
         "student": {
             "arch": winner.arch,
             "val_acc": student_metrics.val_acc,
@@ -337,8 +353,11 @@ def summary_for(run: RunDir, dataset, teacher, teacher_metrics: TrainMetrics | N
             "path": str(run.export / fp32.path),
             "val_acc": fp32.accuracy,
             "top1_agreement": fp32.min_top1_agreement,
-            "latency_ms_b1": fp32.p50(1),
-            "latency_ms_b32": fp32.p50(32),
+            "latency_batch": batches[-1],
+            **{f"latency_ms_b{b}": fp32.p50(b) for b in batches},
+            **{f"speedup_b{b}": fp32.speedup_at(b) for b in batches},  # over the teacher, timed side by side
+            "recommended": shipped.path,  # fp32 unless an int8 file is faster at every batch
+            **{f"recommended_speedup_b{b}": shipped.speedup_at(b) for b in batches},
             "input_size": export.input_size,
             "pytorch_latency_ms_b1": export.pytorch_eager["latency_ms"]["batch_1"]["p50"],
         },
