@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import kdsearch.memory
-from kdsearch.memory import cgroup_room, memory_budget
+from kdsearch.memory import memory_budget
 
 CPU = torch.device("cpu")
 GB = 10**9
@@ -30,6 +30,12 @@ def _v1(root: Path, path: str, limit: int, usage: int, inactive: int = 0) -> Non
     (folder / "memory.limit_in_bytes").write_text(f"{limit}\n")
     (folder / "memory.usage_in_bytes").write_text(f"{usage}\n")
     (folder / "memory.stat").write_text(f"inactive_file 0\ntotal_rss {usage}\ntotal_inactive_file {inactive}\n")
+
+
+def cgroup_room(root: Path, proc: Path) -> int | None:
+    from kdsearch.memory import cgroup_room as room
+
+    return room(root, proc)
 
 
 def _proc(tmp_path: Path, text: str) -> Path:
@@ -77,8 +83,8 @@ def test_the_default_budget_respects_a_container_limit_below_the_hosts_free_memo
     root = tmp_path / "cg"
     _v2(root, "/", f"{8 * GB}", 3 * GB)  # a container limited to 8 GB, 3 GB of it in use
     monkeypatch.setattr(kdsearch.memory, "_mem_available", lambda: 100 * GB)  # the host has plenty
-    monkeypatch.setattr(kdsearch.memory, "_CGROUP_ROOT", root)
-    monkeypatch.setattr(kdsearch.memory, "_PROC_SELF_CGROUP", _proc(tmp_path, "0::/\n"))
+    monkeypatch.setattr(kdsearch.memory, "_CGROUP_ROOT", root, raising=False)
+    monkeypatch.setattr(kdsearch.memory, "_PROC_SELF_CGROUP", _proc(tmp_path, "0::/\n"), raising=False)
     budget = memory_budget(None, CPU)
     assert budget.nbytes == int(0.7 * 5 * GB) and "cgroup" in budget.source
     monkeypatch.setattr(kdsearch.memory, "_mem_available", lambda: 2 * GB)  # the host is the tighter one
@@ -88,6 +94,6 @@ def test_the_default_budget_respects_a_container_limit_below_the_hosts_free_memo
 @pytest.mark.parametrize("max_memory", [None, "6GB"])
 def test_processes_of_one_run_share_the_budget(monkeypatch, max_memory):
     monkeypatch.setattr(kdsearch.memory, "_mem_available", lambda: 10 * GB)
-    monkeypatch.setattr(kdsearch.memory, "cgroup_room", lambda *a: None)
+    monkeypatch.setattr(kdsearch.memory, "cgroup_room", lambda *a: None, raising=False)
     one, four = memory_budget(max_memory, CPU), memory_budget(max_memory, CPU, processes=4)
     assert four.nbytes == one.nbytes // 4 and "shared by 4 processes" in four.source

@@ -9,14 +9,23 @@ The module reads top to bottom the way the loop runs:
 2. set-up: :func:`build_criterion`, :func:`build_optimizer`, :class:`TeacherTargets` (live or cached);
 3. the checkpoint: :class:`TrainState`, saved and restored in one place;
 4. one step: :func:`train_step`; one epoch: :func:`train_epoch` (both read the :class:`Setup` built once);
-5. memory: :func:`estimate_train_memory` (a probe step at 2 and 4 images) and :func:`choose_micro_batch`;
+5. memory: :func:`estimate_train_memory` (a probe step at 2 and 4 images), :func:`choose_micro_batch`,
+   :func:`estimate_inference_memory`, :func:`teacher_cache_bytes` and :func:`choose_eval_batch`;
 6. evaluation: :func:`evaluate`;
 7. the loop: :func:`fit`.
 
-Before the first step :func:`fit` checks that one step fits in ``--max-memory`` (default 70 %
-of the memory free now, see :mod:`kdsearch.memory`); when it does not, each batch is split into
-micro-batches whose gradients accumulate into one optimizer step (the same effective batch,
-schedule and, without BatchNorm, the same weights), or the run stops before any work.
+Before the first step :func:`fit` sizes the whole run to ``--max-memory`` (default 70 % of
+the memory free now, see :mod:`kdsearch.memory`), not one step alone:
+
+- the training step: when it does not fit, each batch is split into micro-batches whose
+  gradients accumulate into one optimizer step (the same effective batch, schedule and,
+  without BatchNorm, the same weights), or the run stops before any work;
+- the teacher cache (``--cache-teacher``: logits and feature maps of the whole training set,
+  sized from one image): kept only when it fits beside the step, else the teacher runs live
+  each step, and a note says so;
+- evaluation (validation, the teacher's validation pass, the cache pass, the test prediction):
+  its batch, at most ``eval_batch_size``, is the largest whose forward pass fits in what the
+  step's fixed part and the cache leave, measured by the same kind of probe.
 
 On CUDA a step runs under AMP (bf16 where supported, else fp16 with a GradScaler) in
 channels_last; uint8 batches are pinned, copied with ``non_blocking=True`` and normalised on
@@ -57,9 +66,11 @@ __all__ = [
     "TrainState",
     "build_criterion",
     "build_optimizer",
+    "choose_eval_batch",
     "choose_micro_batch",
     "dts_temperature",
     "epoch_batches",
+    "estimate_inference_memory",
     "estimate_train_memory",
     "evaluate",
     "fit",
@@ -180,23 +191,32 @@ class TeacherTargets:
 
     @classmethod
     def cached(
-        cls, teacher: nn.Module, paths: list[str], data: ImageSet, dataset: Dataset, device: torch.device, batch_size: int
+        cls, teacher: nn.Module, paths: list[str], data: ImageSet, dataset: Dataset, device: torch.device,
+        batch_size: int, on_device: bool | None = None,
     ) -> TeacherTargets:
-        """Run the teacher once over ``data`` (unaugmented) and keep its outputs."""
-        logits, feats = [], [[] for _ in paths]
+        """Run the teacher once over ``data`` (unaugmented) and keep its outputs.
+
+        ``on_device``: keep the cache on a CUDA ``device`` (no per-step host copies); None: when
+        it is at most 1 GiB. The cache is filled in place, so the pass holds it once, not twice.
+        """
+        if on_device is None:
+            on_device = device.type == "cuda" and teacher_cache_bytes(teacher, paths, data, dataset, device) \
+                <= _CACHE_ON_GPU_BYTES
+        home = device if on_device else torch.device("cpu")
+        cache: _TeacherCache | None = None
         with torch.inference_mode():
             for start in range(0, len(data), batch_size):
                 x = normalize(data.images[start : start + batch_size].to(device), dataset.mean, dataset.std)
                 with FeatureTap(teacher, paths) as tap:
-                    logits.append(teacher(x).float().cpu())
-                for i, p in enumerate(paths):
-                    feats[i].append(tap[p].float().cpu())
-        outputs = torch.cat(logits)
-        if len(outputs) and outputs_probabilities(outputs[:batch_size]):
-            outputs = probabilities_as_logits(outputs)
-        cache = _TeacherCache(outputs, [torch.cat(f) for f in feats])
-        if device.type == "cuda" and cache.nbytes() <= _CACHE_ON_GPU_BYTES:  # no per-step host copies
-            cache = _TeacherCache(cache.logits.to(device), [f.to(device) for f in cache.feats])
+                    out = [teacher(x)] + [tap[p] for p in paths]  # (B, K), then each feature map
+                if cache is None:
+                    cache = _TeacherCache(*_empty_like_rows(out, len(data), home))
+                for whole, part in zip([cache.logits, *cache.feats], out):
+                    whole[start : start + len(x)] = part.float()
+        if cache is None:
+            cache = _TeacherCache(torch.empty(0, 0), [torch.empty(0) for _ in paths])
+        elif len(data) and outputs_probabilities(cache.logits[:batch_size]):
+            cache = _TeacherCache(probabilities_as_logits(cache.logits), cache.feats)
         return cls(teacher, paths, None, cache)
 
     def __enter__(self) -> TeacherTargets:
@@ -218,6 +238,26 @@ class TeacherTargets:
             self.probabilities = outputs_probabilities(t_logits)
         t_logits = probabilities_as_logits(t_logits.float()) if self.probabilities else t_logits.float()
         return t_logits.clone(), [self._tap[p].float().clone() for p in self.paths]
+
+
+def _empty_like_rows(
+    parts: list[torch.Tensor], rows: int, device: torch.device
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Float32 tensors of ``rows`` rows shaped like each of ``parts`` past its first dimension."""
+    made = [torch.empty((rows, *p.shape[1:]), dtype=torch.float32, device=device) for p in parts]
+    return made[0], made[1:]
+
+
+def teacher_cache_bytes(
+    teacher: nn.Module, paths: list[str], data: ImageSet, dataset: Dataset, device: torch.device
+) -> int:
+    """Bytes :meth:`TeacherTargets.cached` keeps for ``data``: one image's float32 logits and feature maps, times N."""
+    if len(data) == 0:
+        return 0
+    with torch.inference_mode(), FeatureTap(teacher, paths) as tap:
+        x = normalize(data.images[:1].to(device), dataset.mean, dataset.std)
+        per_image = teacher(x).numel() + sum(tap[p].numel() for p in paths)
+    return 4 * per_image * len(data)
 
 
 def outputs_probabilities(out: torch.Tensor) -> bool:
@@ -344,6 +384,8 @@ class Setup:
     steps_per_epoch: int
     ckpt_path: Path
     micro_batch: int = 0  # images per forward/backward; 0 or >= the batch: the whole batch at once
+    eval_batch: int = 0  # images per evaluation forward (at most config.eval_batch_size); 0: not sized yet
+    cache_place: str | None = None  # the teacher cache's home: "device", "host", or None (live teacher)
     memory: dict[str, Any] = field(default_factory=dict)  # the memory check's numbers, for the history
 
 
@@ -556,36 +598,135 @@ def choose_micro_batch(
     return -(-batch_size // steps)  # the size of the near-equal slices train_step cuts
 
 
-def _check_memory(run: Setup, state: TrainState, progress: Progress) -> None:
-    """Pick ``run.micro_batch`` (rank 0 decides for every rank) and note it when the batch is split."""
-    config, dist = run.config, run.dist
-    choice: tuple[int, MemoryEstimate, MemoryBudget] | str | None = None
-    if dist.is_main:
-        budget = memory_budget(config.max_memory, run.device)
-        if run.device.type != "cuda" and config.max_memory is None:
-            budget = MemoryBudget(budget.nbytes // dist.world_size, budget.source)  # the ranks share one host's memory
-        estimate = estimate_train_memory(run, state)
-        keep = next((h["micro_batch"] for h in reversed(state.history) if "micro_batch" in h), None)
-        try:
-            choice = (choose_micro_batch(estimate, budget, config.batch_size, keep), estimate, budget)
-        except MemoryBudgetError as e:
-            choice = str(e)
-    choice = dist.broadcast(choice)
-    if isinstance(choice, str):
-        raise MemoryBudgetError(choice)
-    assert choice is not None
-    micro, estimate, budget = choice
+def estimate_inference_memory(
+    model: nn.Module, images: torch.Tensor, dataset: Dataset, device: torch.device, channels_last: bool = False
+) -> MemoryEstimate:
+    """The peak memory of one evaluation forward (eval mode, ``inference_mode``) as a line in the batch.
+
+    Measured on the first 2 and 4 of ``images`` (uint8 ``(N, C, H, W)``) as :func:`predict_logits`
+    runs them; the model's training flag is restored.
+    """
+    was_training = model.training
+    model.eval()
+
+    def step(batch: int) -> None:
+        with torch.inference_mode():
+            x = normalize(images[:batch].to(device), dataset.mean, dataset.std)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            model(x)
+
+    try:
+        return estimate_step_memory(step, device, (2, 4) if len(images) >= 4 else (1, 2))
+    finally:
+        model.train(was_training)
+
+
+def choose_eval_batch(estimates: list[MemoryEstimate], budget: MemoryBudget, batch_size: int) -> int:
+    """``batch_size`` when every model's evaluation forward fits in ``budget``, else the largest batch that does (≥ 1)."""
+    fits = min([batch_size] + [e.largest_batch(budget.nbytes) for e in estimates])
+    return max(1, fits)
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """How a run fits its memory budget; rank 0 decides it for every rank."""
+
+    micro_batch: int
+    eval_batch: int
+    cache_place: str | None  # "device", "host", or None: the teacher runs live (or no cache was asked for)
+    step_bytes: int  # one step at the full batch
+    cache_bytes: int  # the teacher cache (0: none asked for)
+    budget: MemoryBudget
+    notes: tuple[str, ...] = ()
+
+
+def plan_memory(
+    run: Setup, state: TrainState, teacher: nn.Module | None, t_paths: list[str], budget: MemoryBudget
+) -> MemoryPlan:
+    """Size the micro-batch, the teacher cache and the evaluation batch to ``budget`` (see the module doc).
+
+    Raises:
+        MemoryBudgetError: not even the smallest micro-batch fits.
+    """
+    config, dataset, device = run.config, run.dataset, run.device
+    estimate = estimate_train_memory(run, state)
+    keep = next((h["micro_batch"] for h in reversed(state.history) if "micro_batch" in h), None)
+    micro = choose_micro_batch(estimate, budget, config.batch_size, keep)
+    step_bytes = estimate.at(config.batch_size)
+    notes = []
     steps = len(_micro_batches(config.batch_size, micro))
-    run.micro_batch = micro
-    run.memory = {"micro_batch": micro, "accumulation_steps": steps,
-                  "memory_estimate_bytes": estimate.at(config.batch_size), "memory_budget_bytes": budget.nbytes}
     if steps > 1:
-        progress.note(
-            f"one training step at batch {config.batch_size} needs ≈ {format_bytes(estimate.at(config.batch_size))} "
+        notes.append(
+            f"one training step at batch {config.batch_size} needs ≈ {format_bytes(step_bytes)} "
             f"but {format_bytes(budget.nbytes)} is available ({budget.source}): each batch trains as {steps} "
             f"micro-batches of ≤ {micro} with gradient accumulation (same effective batch and schedule; "
             f"BatchNorm sees {micro} images at a time)"
         )
+
+    # the teacher cache: kept only beside the step as it was chosen, never at the cost of smaller micro-batches
+    cache_place, cache_bytes, held = None, 0, 0
+    if teacher is not None and config.cache_teacher:
+        cache_bytes = teacher_cache_bytes(teacher, t_paths, dataset.train, dataset, device)
+        room = budget.nbytes - estimate.at(micro)
+        if device.type == "cuda" and cache_bytes <= min(room, _CACHE_ON_GPU_BYTES):
+            cache_place, held = "device", cache_bytes
+        elif device.type == "cuda" and cache_bytes <= memory_budget(None, torch.device("cpu")).nbytes:
+            cache_place = "host"  # host memory, outside the GPU's budget
+        elif device.type != "cuda" and cache_bytes <= room:
+            cache_place, held = "host", cache_bytes
+        else:
+            where = "the host's" if device.type == "cuda" else f"{format_bytes(max(0, room))} the training step leaves of"
+            notes.append(
+                f"caching the teacher's outputs for {len(dataset.train)} training images (logits and "
+                f"{len(t_paths)} feature maps) needs ≈ {format_bytes(cache_bytes)}, more than {where} "
+                f"{format_bytes(budget.nbytes)} ({budget.source}): the teacher runs live at each step instead"
+            )
+
+    # evaluation holds the cache and the step's fixed part (gradients, optimizer state) while it runs
+    eval_budget = budget.less(held + int(estimate.slack * estimate.fixed), "training state and teacher cache")
+    models = [state.model] + ([teacher] if teacher is not None else [])
+    estimates = [estimate_inference_memory(m, dataset.val.images if len(dataset.val) else dataset.train.images,
+                                           dataset, device, run.channels_last) for m in models]
+    eval_batch = choose_eval_batch(estimates, eval_budget, config.eval_batch_size)
+    if eval_batch < config.eval_batch_size:
+        need = max(e.at(config.eval_batch_size) for e in estimates)
+        notes.append(
+            f"evaluation at batch {config.eval_batch_size} needs ≈ {format_bytes(need)} but "
+            f"{format_bytes(eval_budget.nbytes)} is available ({eval_budget.source}): evaluating "
+            f"{eval_batch} images at a time"
+        )
+    return MemoryPlan(micro, eval_batch, cache_place, step_bytes, cache_bytes, budget, tuple(notes))
+
+
+def _check_memory(
+    run: Setup, state: TrainState, teacher: nn.Module | None, t_paths: list[str], progress: Progress
+) -> None:
+    """Set ``run``'s micro-batch, evaluation batch and cache place from :func:`plan_memory` (rank 0 decides)."""
+    config, dist = run.config, run.dist
+    plan: MemoryPlan | str | None = None
+    if dist.is_main:
+        # ranks on one host's CPU share its memory; on CUDA each rank has its own GPU
+        ranks = dist.world_size if run.device.type != "cuda" and config.max_memory is None else 1
+        budget = memory_budget(config.max_memory, run.device, processes=ranks)
+        try:
+            plan = plan_memory(run, state, teacher, t_paths, budget)
+        except MemoryBudgetError as e:
+            plan = str(e)
+    plan = dist.broadcast(plan)
+    if isinstance(plan, str):
+        raise MemoryBudgetError(plan)
+    assert plan is not None
+    run.micro_batch, run.eval_batch, run.cache_place = plan.micro_batch, plan.eval_batch, plan.cache_place
+    run.memory = {"micro_batch": plan.micro_batch, "accumulation_steps": len(_micro_batches(config.batch_size,
+                                                                                            plan.micro_batch)),
+                  "memory_estimate_bytes": plan.step_bytes, "memory_budget_bytes": plan.budget.nbytes,
+                  "eval_batch": plan.eval_batch}
+    if config.cache_teacher and teacher is not None:
+        run.memory["teacher_cache"] = plan.cache_place or "live"
+        run.memory["teacher_cache_bytes"] = plan.cache_bytes
+    for note in plan.notes:
+        progress.note(note)
 
 
 def _out_of_memory(run: Setup, where: str) -> MemoryBudgetError:
@@ -723,7 +864,7 @@ def fit(
     run = Setup(config, dataset, device, dist, amp_dtype, channels_last, augment, train_model,
                 FeatureTap(model, s_paths), s_paths, targets, steps_per_epoch, ckpt_path)
     try:
-        _check_memory(run, state, progress)
+        _check_memory(run, state, teacher, t_paths, progress)
     except torch.OutOfMemoryError:
         raise _out_of_memory(run, "the memory probe") from None
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -732,11 +873,11 @@ def fit(
     teacher_val_logits = None
     if teacher is not None and dist.is_main:
         teacher_val_logits = predict_logits(teacher, dataset.val.images, dataset.mean, dataset.std, device=device,
-                                            batch_size=config.eval_batch_size, channels_last=channels_last)
-    if teacher is not None and config.cache_teacher:
+                                            batch_size=run.eval_batch, channels_last=channels_last)
+    if teacher is not None and run.cache_place is not None:
         progress.note("caching the teacher's outputs for the training set")
         targets = run.teacher = TeacherTargets.cached(teacher, t_paths, dataset.train, dataset, device,
-                                                      config.eval_batch_size)
+                                                      run.eval_batch, on_device=run.cache_place == "device")
 
     # -- the loop: train, evaluate, checkpoint; NaN stops it (above), Ctrl-C leaves the last epoch saved
     progress.start("epochs", f"{phases.label}epochs", config.epochs)
@@ -748,7 +889,7 @@ def fit(
                 metrics: dict[str, Any] | None = None
                 if dist.is_main:
                     phases.before_eval(model)
-                    metrics = {**evaluate(model, dataset, device, config.eval_batch_size, channels_last,
+                    metrics = {**evaluate(model, dataset, device, run.eval_batch, channels_last,
                                           teacher_val_logits), **train_metrics}
                 metrics = dist.broadcast(metrics)
                 assert metrics is not None

@@ -60,7 +60,9 @@ def _finish(
                 "params": sum(p.numel() for p in model.parameters()), **extra, "history": result.get("history", [])}
     test_acc = None
     if dataset.test is not None:
-        logits = predict_logits(model, dataset.test.images, dataset.mean, dataset.std)
+        history = result.get("history") or [{}]
+        batch = history[-1].get("eval_batch", 512)  # the evaluation batch the engine sized to the budget
+        logits = predict_logits(model, dataset.test.images, dataset.mean, dataset.std, batch_size=batch)
         test_acc = topk_accuracy(logits, dataset.test.labels)
     metrics = {
         "val_acc": result.get("val_acc"),

@@ -99,6 +99,7 @@ def proxy_batch_that_fits(
     seed: int,
     *,
     max_memory: str | None = None,
+    processes: int = 1,
     progress: Progress = NULL_PROGRESS,
 ) -> int:
     """``batch_size`` when one forward and backward of each of ``models`` fits in memory, else the largest batch that does.
@@ -107,7 +108,8 @@ def proxy_batch_that_fits(
     the larger of the models' needs is compared with the budget (``max_memory``, default 70 %
     of the free memory). Each model's need is measured on batches of 2 and 4 and extrapolated
     (:func:`kdsearch.memory.estimate_step_memory`); a proxy that runs several passes per score
-    may need more. A lowered batch is said in one note.
+    may need more. ``processes``: how many search workers score at once on this machine; each
+    gets an equal part of the budget. A lowered batch is said in one note.
 
     Raises:
         MemoryBudgetError: not even a batch of 8 (or ``batch_size``, when smaller) fits.
@@ -125,7 +127,7 @@ def proxy_batch_that_fits(
         return step
 
     device = device_of(models[0])
-    budget = memory_budget(max_memory, device)
+    budget = memory_budget(max_memory, device, processes=processes)
     needs = []
     for model in models:
         model_device = device_of(model)

@@ -84,11 +84,12 @@ def run_search(
         progress.note(f"{feasible_fraction:.0%} of sampled {space.name} candidates meet the budget")
 
     teacher_module = teacher.module if config.teacher_init == "pretrained" else teacher.fresh_copy(config.seed)
-    # the proxy batch must fit in memory for the teacher and the first generation's largest candidate
+    # the proxy batch must fit in memory for the teacher and the first generation's largest candidate,
+    # in each of the --workers processes that score at once
     largest = build_candidate(space, largest_candidate(space, initial, dataset), dataset.num_classes,
                               dataset.in_channels, config.seed)
     proxy_batch = proxy_batch_that_fits([teacher_module, largest], dataset, config.proxy_batch, config.seed,
-                                        progress=progress)
+                                        processes=config.workers, progress=progress)
     batch = fixed_batch(dataset, proxy_batch, config.seed)
     parts = locate_parts(teacher_module, batch[0], feature=config.teacher_feature, classifier=config.teacher_classifier)
     stats = teacher_stats(proxies, teacher_module, batch, parts)

@@ -151,3 +151,64 @@ def test_accumulating_runs_resume_to_the_same_weights(data, tmp_path):
     assert all(h["accumulation_steps"] >= 2 for h in result["history"])
     for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def _resnet(width: int) -> nn.Module:
+    from kdsearch.models.resnet_cifar import ResNetCifar
+
+    torch.manual_seed(0)
+    return ResNetCifar([1, 1, 1], [width] * 3, num_classes=10, in_channels=1)
+
+
+def test_evaluation_is_sized_to_the_budget_not_run_at_eval_batch_size(data, tmp_path, monkeypatch):
+    """A budget that holds the training step but not a forward pass of 512 images evaluates in smaller batches."""
+    import kdsearch.distill.engine as engine
+    from kdsearch.distill.engine import estimate_inference_memory
+
+    batches: list[int] = []
+    real = engine.predict_logits
+    monkeypatch.setattr(engine, "predict_logits", lambda *a, **k: (batches.append(k["batch_size"]), real(*a, **k))[1])
+    probe = _fit(_resnet(8), data, tmp_path / "probe", TrainConfig(epochs=1, batch_size=16, loss="ce",
+                                                                   max_memory="100GB"))
+    assert probe["history"][0]["eval_batch"] == 512 and batches == [512]
+    need_512 = estimate_inference_memory(_resnet(8), data.val.images, data, CPU).at(512)
+    budget = int(1.05 * probe["history"][0]["memory_estimate_bytes"])
+    assert need_512 > budget  # the case this test is about: the step fits, evaluation at 512 would not
+
+    batches.clear()
+    notes = Notes()
+    result = _fit(_resnet(8), data, tmp_path / "tight", TrainConfig(epochs=1, batch_size=16, loss="ce",
+                                                                    max_memory=str(budget)), notes)
+    [entry] = result["history"]
+    assert entry["accumulation_steps"] == 1 and 1 <= entry["eval_batch"] < 512
+    assert batches == [entry["eval_batch"]]
+    assert estimate_inference_memory(_resnet(8), data.val.images, data, CPU).at(entry["eval_batch"]) <= budget
+    assert [n for n in notes.notes if "evaluation at batch 512" in n and f"{entry['eval_batch']} images" in n]
+
+
+def test_the_teacher_cache_is_counted_and_skipped_when_it_does_not_fit_beside_the_step(data, tmp_path):
+    """--cache-teacher keeps logits and feature maps of every training image: sized first, live when too big."""
+    from kdsearch.distill.engine import TeacherTargets, teacher_cache_bytes
+    from kdsearch.distill.trainer import train
+
+    config = TrainConfig(epochs=1, batch_size=64, loss="kd:1,ce:1,at:1", augment=False, cache_teacher=True,
+                         max_memory="100GB")
+    roomy = train(_resnet(8), data, tmp_path / "roomy", config, teacher=_resnet(16))
+    [entry] = roomy["history"]
+    assert entry["teacher_cache"] == "host"
+    teacher = _resnet(16).eval()
+    paths = ["layer2"]
+    one_map = teacher_cache_bytes(teacher, paths, data.train, data, CPU)
+    built = TeacherTargets.cached(teacher, paths, data.train, data, CPU, 64).cache
+    assert built is not None and built.nbytes() == one_map  # the one-image estimate is exact
+    cache = entry["teacher_cache_bytes"]
+    assert cache > 4 * 10 * len(data.train)  # feature maps, not only the logits
+
+    notes = Notes()
+    tight = str(entry["memory_estimate_bytes"] + cache // 2)  # the step fits, the step and the cache do not
+    result = train(_resnet(8), data, tmp_path / "tight", TrainConfig(**{**config.__dict__, "max_memory": tight}),
+                   teacher=_resnet(16), progress=notes)
+    [entry] = result["history"]
+    assert entry["teacher_cache"] == "live" and entry["accumulation_steps"] == 1
+    assert [n for n in notes.notes if "caching the teacher's outputs" in n and "live" in n]
+    assert result["val_acc"] == pytest.approx(roomy["val_acc"], abs=0.02)  # the same training, teacher live

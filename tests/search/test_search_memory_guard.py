@@ -78,3 +78,27 @@ def test_search_stops_before_any_work_when_even_a_small_proxy_batch_cannot_fit(m
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "proxy batch of 16" in lines[0] and "Traceback" not in err
     assert not (out / "search" / "study.db").exists() and not (out / "study.db").exists()
+
+
+def test_each_of_n_workers_gets_a_nth_of_the_budget(data):
+    models = _models()
+    budget = str(int(1.5 * _need_at(models, data, 64)))  # fits one process's batch of 64, not two processes'
+    assert proxy_batch_that_fits(models, data, 64, 0, max_memory=budget) == 64
+    assert 8 <= proxy_batch_that_fits(_models(), data, 64, 0, max_memory=budget, processes=2) < 64
+
+
+def test_search_with_workers_sizes_the_proxy_batch_for_all_of_them(monkeypatch, tmp_path, fashion_npz, cli):
+    import kdsearch.memory
+
+    shared: list[int] = []
+    real = kdsearch.memory.memory_budget
+
+    def budget(max_memory, device, processes=1):
+        shared.append(processes)
+        return real("1kB", device, processes)  # too little for anything: the search stops before starting workers
+
+    monkeypatch.setattr(kdsearch.memory, "memory_budget", budget)
+    code, _, err = cli("search", "--teacher", "resnet8", "--data", f"npz:{fashion_npz}", "--subset", "256",
+                       "--trials", "4", "--population", "2", "--workers", "3", "--out", tmp_path / "s", "--quiet")
+    assert code == 2, err
+    assert shared == [3] and "shared by 3 processes" in err
