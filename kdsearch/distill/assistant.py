@@ -102,9 +102,10 @@ def distill_with_assistant(
         ta_metrics = distill_student(assistant, teacher, dataset, ta_dir, config, resume=resume, space_spec=space_spec,
                                      progress=progress, weights_name="model", keep_module=True)
         ta_module = ta_metrics.pop("module")
+    ta_space = student_space(assistant, space_spec)
     ta_teacher = Teacher(ta_module, str(ta_dir), True, assistant, None,
                          {"num_classes": dataset.num_classes, "in_channels": dataset.in_channels,
-                          "family": student_space(assistant, space_spec).family})
+                          "family": ta_space.family, "space": ta_space.definition})
     metrics = distill_student(arch, ta_teacher, dataset, out_dir, config, resume=resume, space_spec=space_spec,
                               progress=progress,
                               extra={"assistant": {"arch": assistant.to_dict(), "params": _count(ta_module),

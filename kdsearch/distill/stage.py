@@ -17,11 +17,12 @@ from kdsearch.rundir import TrainMetrics
 from kdsearch.models.teacher import Teacher
 from kdsearch.spaces.model_files import save_model_dir
 from kdsearch.progress import NULL_PROGRESS, Progress
+from kdsearch.spaces.base import SearchSpace
 
 __all__ = ["distill_student", "train_teacher", "build_student"]
 
 
-def student_space(arch: Arch, space_spec: str | None = None):
+def student_space(arch: Arch, space_spec: str | None = None) -> SearchSpace:
     """The space ``arch`` belongs to; ``space_spec`` (name or YAML) is needed for a user's space."""
     from kdsearch.spaces.catalog import family_space
     from kdsearch.spaces import load_space
@@ -51,7 +52,7 @@ def _finish(
     arch: Arch | None,
     model_name: str | None,
     extra: dict[str, Any],
-    family: str | None = None,
+    space: SearchSpace | None = None,
 ) -> dict[str, Any]:
     from kdsearch.distill.distributed import is_main_process
 
@@ -80,7 +81,7 @@ def _finish(
         arch=arch,
         model_name=model_name,
         trained=True,
-        family=family,
+        space=space,
         extra={
             "val_acc": metrics["val_acc"],
             "test_acc": test_acc,
@@ -125,7 +126,7 @@ def distill_student(
         **(extra or {}),
     }
     metrics = _finish(student, dataset, out_dir, result, weights_name=weights_name, arch=arch, model_name=None,
-                      extra=info, family=student_space(arch, space_spec).family)
+                      extra=info, space=student_space(arch, space_spec))
     if keep_module:
         metrics["module"] = student
     return metrics

@@ -186,7 +186,7 @@ def quantize_student(
     state = {k: v.detach().cpu().clone().contiguous() for k, v in prepared.state_dict().items()}
     with atomic_path(out_dir / QAT_WEIGHTS) as tmp:
         save_file(state, str(tmp))
-    keep = ("arch", "family", "model", "num_classes", "in_channels", "normalization")
+    keep = ("arch", "space", "family", "model", "num_classes", "in_channels", "normalization")
     write_json(out_dir / QAT_META, {"student": {k: student_meta.get(k) for k in keep}, "recipe": config.recipe,
                                     "image_size": list(dataset.image_size), "config": asdict(config)})
     fake_quant_acc = topk_accuracy(predict_logits(prepared, val.images, dataset.mean, dataset.std), val.labels)

@@ -28,6 +28,7 @@ both forms need an entry unless the YAML states its form.
 """
 from __future__ import annotations
 
+import copy
 import math
 import random
 import re
@@ -135,7 +136,8 @@ class SearchSpace(ABC):
     with known archs (``study.enqueue_trial``), :meth:`build` once per candidate.
 
     Args:
-        config: the parsed YAML (see the module docstring).
+        config: the parsed YAML (see the module docstring); kept as :attr:`definition`, which
+            :func:`space_from_config` turns back into the same space.
         source: where ``config`` came from, for error messages.
     """
 
@@ -145,6 +147,9 @@ class SearchSpace(ABC):
     def __init__(self, config: Mapping[str, Any], source: str = "<config>") -> None:
         self.source = source
         _check_top_level(config, source)
+        # kept with every run and model file that names an arch of this space, so the arch
+        # rebuilds where the YAML is not (moved, deleted, another machine)
+        self.definition: dict[str, Any] = copy.deepcopy(dict(config))
         self.name: str = config["name"]
         self.description: str = config.get("description") or ""
         if not isinstance(self.description, str):

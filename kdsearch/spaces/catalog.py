@@ -90,26 +90,39 @@ def space_for_arch(arch: Arch, spec: str | Path | None = None) -> SearchSpace:
 
 
 def family_space(arch: Arch, family: str | None = None) -> SearchSpace:
-    """A built-in space able to build ``arch``: its own, or one of the same family.
+    """A space able to build ``arch``: its own built-in space, else (given the arch's ``family``)
+    that family's built-in ranges under the arch's space name.
 
-    Building checks only the family's rules, so an arch from a user's YAML (recorded with
-    its ``family``) rebuilds without that YAML.
+    Building checks only the family's rules, not a YAML's ranges, so an arch of a user's
+    space rebuilds from its family alone; files kdsearch writes keep the whole space
+    definition instead (see :func:`build_from_description`).
     """
     try:
         return space_for_arch(arch)
     except SpaceError:
+        if family is None:
+            raise
         for name in builtin_space_names():
             space = load_space(name)
-            if family is not None and space.family == family:
-                return space
+            if space.family == family:
+                return space_from_config({**space.definition, "name": arch.space},
+                                         f"{space.source} (the {family} family, for {arch.space!r})")
         raise
 
 
 def build_from_description(desc: dict[str, Any], num_classes: int, in_channels: int) -> nn.Module:
-    """Build a network from ``{"arch": {...}, "family": ...}`` or ``{"model": "resnet20"}`` (model.json's keys)."""
+    """Build a network from model.json's keys: ``{"arch": {...}, "space": {...}, "family": ...}`` or ``{"model": "resnet20"}``.
+
+    ``space`` is the definition of the arch's space (:attr:`SearchSpace.definition`), so an arch
+    of a user's YAML builds without that file; records without it fall back to ``family``.
+    """
     if desc.get("arch"):
         arch = Arch.from_dict(desc["arch"])
-        return family_space(arch, desc.get("family")).build(arch, num_classes=num_classes, in_channels=in_channels)
+        if desc.get("space"):
+            space = space_from_config(desc["space"], "(the space definition saved with the model)")
+        else:
+            space = family_space(arch, desc.get("family"))
+        return space.build(arch, num_classes=num_classes, in_channels=in_channels)
     if desc.get("model"):
         from kdsearch.models.zoo import create_model
 

@@ -18,12 +18,13 @@ from kdsearch.arch import Arch
 from kdsearch.errors import ConfigError, ModelError, UsageError
 from kdsearch.files import atomic_path, read_json, write_json
 from kdsearch.models.teacher import TORCHSCRIPT_SUFFIXES, Teacher, check_io, load_teacher_file
+from kdsearch.spaces.base import SearchSpace
 from kdsearch.spaces.catalog import build_from_description, family_space
 
 __all__ = ["load_teacher", "save_model_dir", "load_model_dir"]
 
 
-_MODEL_JSON_KEYS = {"family", "arch", "model", "num_classes", "in_channels", "trained", "val_acc", "test_acc", "dataset",
+_MODEL_JSON_KEYS = {"family", "space", "arch", "model", "num_classes", "in_channels", "trained", "val_acc", "test_acc", "dataset",
                     "kdsearch_version", "normalization", "epochs"}
 
 
@@ -38,9 +39,13 @@ def save_model_dir(
     trained: bool = True,
     extra: dict[str, Any] | None = None,
     weights_name: str = "model",
-    family: str | None = None,
+    space: SearchSpace | None = None,
 ) -> None:
-    """Write ``<weights_name>.json`` (architecture + metadata) and ``<weights_name>.safetensors``."""
+    """Write ``<weights_name>.json`` (architecture + metadata) and ``<weights_name>.safetensors``.
+
+    ``space``, the space ``arch`` comes from, is saved whole (its definition), so the arch
+    rebuilds without the space's YAML; left out, the arch's built-in space is looked up.
+    """
     from safetensors.torch import save_file
 
     from kdsearch import __version__
@@ -51,7 +56,8 @@ def save_model_dir(
         save_file(state, str(tmp))
     meta: dict[str, Any] = {
         "arch": arch.to_dict() if arch else None,
-        "family": family or (family_space(arch).family if arch else None),
+        "space": space.definition if space is not None else None,
+        "family": (space or family_space(arch)).family if arch else None,
         "model": model_name,
         "num_classes": num_classes,
         "in_channels": in_channels,
@@ -100,7 +106,7 @@ def load_teacher(spec: str, *, num_classes: int, in_channels: int, image_size: t
             raise UsageError(f"teacher directory {path} has no model.json; give a kdsearch model directory (from `kdsearch teach`)")
         module, meta = load_model_dir(path)
         arch = Arch.from_dict(meta["arch"]) if meta.get("arch") else None
-        description = {key: meta.get(key) for key in ("arch", "model", "family")}
+        description = {key: meta.get(key) for key in ("arch", "space", "model", "family")}
         teacher = Teacher(module, spec, bool(meta.get("trained", True)), arch, meta.get("model"), meta,
                           rebuild=functools.partial(build_from_description, description, meta["num_classes"],
                                                     meta["in_channels"]))
