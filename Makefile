@@ -1,21 +1,37 @@
 # Two commands do all the set-up on a fresh machine:
-#   make run    creates .venv, installs kdsearch (torch pinned to 2.13.0 unless TORCH=... is given),
-#               gets Fashion-MNIST and runs the quick preset end to end into runs/quick
+#   make run    creates .venv, installs torch ($(TORCH)) and kdsearch, gets Fashion-MNIST and runs the
+#               quick preset end to end into runs/quick with the demo teacher in teachers/
+#               (TEACHER=train: train the teacher too; TEACHER=DIR: another teacher)
 #   make test   the same set-up, then the import-layer contracts (lint-imports) and the test suite (what CI runs)
+# TORCH is handed to pip as it is, so it may carry pip options, e.g.
+#   make run TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+# A different TORCH reinstalls torch in the existing .venv.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
+TEACHER ?= teachers/fashion-mnist-resnet20
 RUN_DIR ?= runs/quick
 PYTEST_ARGS ?=
 BIN := $(VENV)/bin
 DATA_DIR := /usr/share/datasets/fashion-mnist
+# one stamp per TORCH value: changing TORCH makes the stamp missing, so torch is installed again
+TORCH_STAMP := $(VENV)/.torch-$(shell printf '%s' '$(TORCH)' | cksum | cut -d' ' -f1)
+TEACHER_ARG := $(if $(filter train,$(TEACHER)),,--teacher $(TEACHER))
 
 .PHONY: setup data run test clean
 
-$(BIN)/kdsearch: pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH)"
+
+# uninstall first: a torch of the same version from another index (CPU or CUDA) would count as installed
+$(TORCH_STAMP): | $(BIN)/python
+	$(BIN)/python -m pip uninstall -q -y torch 2>/dev/null || true
+	$(BIN)/python -m pip install -q $(TORCH)
+	rm -f $(VENV)/.torch-*
+	touch $@
+
+$(BIN)/kdsearch: pyproject.toml $(TORCH_STAMP)
 	$(BIN)/python -m pip install -q -e ".[dev,postgres,dashboard]"
 	touch $@
 
@@ -29,7 +45,7 @@ data:
 	fi
 
 run: setup data
-	$(BIN)/kdsearch run --data fashion-mnist --preset quick --out $(RUN_DIR) --resume
+	$(BIN)/kdsearch run --data fashion-mnist --preset quick $(TEACHER_ARG) --out $(RUN_DIR) --resume
 
 test: setup data
 	$(BIN)/lint-imports
