@@ -6,7 +6,7 @@ import json
 import pytest
 
 from kdsearch.search.summary import rank_leaderboard
-from kdsearch.search.winner import explain_winner, pick_winner, rank_by_rule
+from kdsearch.search.winner import LARGEST_COST, explain_winner, pick_winner, rank_by_rule
 
 FRONT = [
     {"arch": "a", "score": 1.0, "params": 10},
@@ -72,6 +72,41 @@ def test_reasons_say_why_in_numbers():
     assert best == "highest diswot score (3) of 2 candidates within the budget"
     front = [{**r, "arch": r["arch"], "score_diswot": r["score"]} for r in FRONT]
     assert explain_winner(front[1], front, "score_diswot", "knee").startswith("knee of the diswot-vs-params Pareto front (4 points): 100 params")
+
+
+def _timed(arch, params, flops, b1, b32):
+    return {**_row(arch, params, 1.0), "flops": flops, "speedup_b1": b1, "speedup_b32": b32}
+
+
+def test_largest_counts_parameters_under_a_speed_up_budget():
+    # the measure that picked best on the race benchmark's ground truth (benchmarks/speed_rules.py)
+    assert LARGEST_COST == "params"
+    fast_enough = [_timed("deep", 30_000, 19_000_000, 4.4, 4.1), _timed("wide", 36_000, 9_000_000, 5.2, 4.3)]
+    assert pick_winner(fast_enough, "score_diswot", "largest")["arch"] == "wide"
+
+
+def test_a_speed_up_budget_reads_with_the_measured_speed_ups_and_the_measure():
+    rows = [_timed("deep", 30_000, 19_000_000, 4.4, 4.1), _timed("wide", 36_000, 9_000_000, 5.2, 4.3)]
+    reason = explain_winner(rows[1], rows, "score_diswot", "largest", budgets={"speedup": 4.0, "params": None})
+    assert reason == ("largest within the budget (≥ 4.0× faster than the teacher: 5.2× at batch 1, 4.3× at batch 32): "
+                      "36,000 params; diswot breaks ties")
+    both = explain_winner(rows[1], rows, "score_diswot", "largest", budgets={"params": 40_000, "speedup": 4.0})
+    assert both == ("largest within the budget (≥ 4.0× faster than the teacher: 5.2× at batch 1, 4.3× at batch 32): "
+                    "36,000 of 40,000 params; diswot breaks ties")
+    by_flops = explain_winner(rows[0], rows, "score_diswot", "largest", cost="flops", budgets={"speedup": 4.0})
+    assert by_flops.endswith("): 19,000,000 FLOPs; diswot breaks ties")
+    # not yet timed: the budget is still named, without figures
+    untimed = {k: v for k, v in rows[1].items() if not k.startswith("speedup_b")}
+    assert explain_winner(untimed, [untimed], "score_diswot", "largest", budgets={"speedup": 4.0}).startswith(
+        "largest within the budget (≥ 4.0× faster than the teacher): 36,000 params")
+
+
+def test_every_budget_set_is_named_in_the_reason():
+    row = {**_row("a", 29_370, 1.0), "flops": 9_500_000, "latency_ms": 0.21}
+    reason = explain_winner(row, [row], "score_diswot", "largest",
+                            budgets={"params": 34_000, "flops": 10_000_000, "latency": 0.25})
+    assert reason == ("largest within the budget (9,500,000 of 10,000,000 FLOPs; 0.21 of 0.25 ms): "
+                      "29,370 of 34,000 params; diswot breaks ties")
 
 
 def test_the_terminal_leaderboard_follows_the_rule_and_stars_the_winner():
