@@ -265,7 +265,7 @@ def print_table(stats: dict, title: str, baseline: str = "largest") -> None:
         dlo, dhi = m[f"regret_minus_{baseline}_ci95"] or (np.nan, np.nan)
         diff = m[f"regret_minus_{baseline}"]
         print(f"{rule:22s} {m['draws']:5d} {m['mean_regret']:8.4f} [{lo:7.4f}, {hi:7.4f}] "
-              f"{m[f'win_rate_vs_{baseline}'] or np.nan:8.2f} {diff if diff is not None else np.nan:+16.4f} "
+              f"{m[f'win_rate_vs_{baseline}'] if m[f'win_rate_vs_{baseline}'] is not None else np.nan:8.2f} {diff if diff is not None else np.nan:+16.4f} "
               f"[{dlo:+8.4f}, {dhi:+8.4f}]")
 
 
