@@ -8,38 +8,48 @@ import typer
 from rich.table import Table
 
 from kdsearch.cli import _options as o
-from kdsearch.cli._console import console, print_json
+from kdsearch.cli._console import console, err_console, print_json
 
 __all__ = ["register", "report", "doctor"]
 
 
 
 def _report_tables(figures: dict[str, Any]) -> list[Table]:
+    from kdsearch.ratios import points_text, speed_text
     from kdsearch.report.tables import fmt_int, fmt_ms, fmt_pct
 
     t, s = figures["teacher"], figures["student"]
     main = Table(title="teacher against student")
-    for col in ("", "teacher", "student"):
+    for col in ("", "teacher", "student", "student vs teacher"):
         main.add_column(col, justify="left" if not col else "right")
-    main.add_row("val top-1", fmt_pct(t["val_acc"]), fmt_pct(s["val_acc"]))
-    main.add_row("params", fmt_int(t["params"]), fmt_int(s["params"]))
-    main.add_row("FLOPs", fmt_int(t["flops"]), fmt_int(s["flops"]))
+    main.add_row("val top-1", fmt_pct(t["val_acc"]), fmt_pct(s["val_acc"]),
+                 points_text(s["val_acc"], t["val_acc"]) if s["val_acc"] is not None and t["val_acc"] is not None else "")
+    main.add_row("params", fmt_int(t["params"]), fmt_int(s["params"]), "")
+    main.add_row("FLOPs", fmt_int(t["flops"]), fmt_int(s["flops"]), "")
     if figures["qat"]:
-        main.add_row("val top-1 after QAT (int8)", "", fmt_pct(figures["qat"]["int8_val_acc"]))
-    fp32 = (figures["export"] or {}).get("fp32")
-    if fp32:
-        for batch in (1, 32):
-            main.add_row(f"ONNX Runtime p50 b={batch} (fp32)", fmt_ms(t.get(f"onnx_latency_ms_b{batch}")),
-                         fmt_ms(fp32[f"latency_ms_b{batch}"]))
+        main.add_row("val top-1 after QAT (int8)", "", fmt_pct(figures["qat"]["int8_val_acc"]), "")
+    exported = figures["export"] or {}
+    shipped_kind = next((kind for kind, f in exported.items() if f["recommended"]), None)
+    batches = list(dict.fromkeys((1, figures["latency_batch"] or 32)))
+    if shipped_kind:
+        shipped = exported[shipped_kind]
+        for batch in batches:
+            main.add_row(f"ONNX Runtime p50 b={batch} ({shipped_kind}, {shipped['path']})",
+                         fmt_ms(t.get(f"onnx_latency_ms_b{batch}")), fmt_ms(shipped[f"latency_ms_b{batch}"]),
+                         speed_text(shipped[f"speedup_b{batch}"]))
     tables = [main]
-    if figures["export"]:
-        deploy = Table(title="deployment (ONNX Runtime)")
-        for col in ("file", "val top-1", "agreement", "p50 b=1", "p50 b=32", "size", "provider"):
+    if exported:
+        deploy = Table(title="deployment (ONNX Runtime; ★ the file to ship)")
+        columns = ["file", "val top-1", "agreement", *(f"p50 b={b}" for b in batches),
+                   *(f"vs teacher b={b}" for b in batches), *(f"vs fp32 b={b}" for b in batches), "size", "provider"]
+        for col in columns:
             deploy.add_column(col, justify="left" if col == "file" else "right")
-        for kind, f in figures["export"].items():
-            deploy.add_row(f"{kind}: {f['path']}", fmt_pct(f["accuracy"]), fmt_pct(f["top1_agreement"]),
-                           fmt_ms(f["latency_ms_b1"]), fmt_ms(f["latency_ms_b32"]), fmt_int(f["size_bytes"]) + "B",
-                           str(f["provider"] or ""))
+        for kind, f in exported.items():
+            deploy.add_row(("★ " if f["recommended"] else "") + f"{kind}: {f['path']}", fmt_pct(f["accuracy"]),
+                           fmt_pct(f["top1_agreement"]), *(fmt_ms(f[f"latency_ms_b{b}"]) for b in batches),
+                           *(speed_text(f[f"speedup_b{b}"]) for b in batches),
+                           *((speed_text(f[f"speedup_vs_fp32_b{b}"]) if kind != "fp32" else "") for b in batches),
+                           fmt_int(f["size_bytes"]) + "B", str(f["provider"] or ""))
         tables.append(deploy)
     return tables
 
@@ -61,6 +71,8 @@ def report(
     base_config(config_file)  # a project-wide config file works with every command; a broken one is an error
 
     result = write_report(run_dir, out)
+    for line in result["speed_warnings"]:  # int8 slower than fp32, or the student slower than its teacher
+        err_console.print(f"warning: {line}", highlight=False, soft_wrap=True, markup=False)
     if json_out:
         print_json(result)
         return

@@ -28,8 +28,9 @@ from kdsearch.export.runtime import (
     torch_latency_ms,
     torch_logits,
 )
-from kdsearch.export.timing import interleaved_latency_ms, session_options, speed_text, speedup
+from kdsearch.export.timing import interleaved_latency_ms, session_options, speedup
 from kdsearch.files import write_text
+from kdsearch.ratios import export_speed_warnings, threads_text
 from kdsearch.rundir import INT8_MODES, ExportedFile, ExportRecord
 
 __all__ = ["LATENCY_WARMUP", "PARITY_MIN_AGREEMENT", "export_model", "export_teacher", "recommend_file"]
@@ -45,10 +46,6 @@ def _file_entry(path: Path, out_dir: Path, opset: int, provider_used: str) -> di
         "opset": opset,
         "provider_used": provider_used,
     }
-
-
-def _threads_text(threads: int | None) -> str:
-    return "ONNX Runtime's default threads" if threads is None else f"{threads} thread" + ("s" if threads > 1 else "")
 
 
 def _time_side_by_side(paths: Mapping[str, Path], input_chw: tuple[int, ...], batches: tuple[int, ...], *,
@@ -81,26 +78,6 @@ def recommend_file(files: Mapping[str, ExportedFile]) -> str:
     if not faster:
         return "fp32"
     return max(faster, key=lambda k: (files[k].accuracy, files[k].speedup_vs_fp32_at(1) or 0.0))
-
-
-def _speed_lines(record: ExportRecord, threads: int | None) -> list[str]:
-    """One line per int8 file slower than fp32, and one when the file to ship is slower than the teacher."""
-    batches = record.latency_batches
-    where = f"in ONNX Runtime ({record.fp32.provider_used}, {_threads_text(threads)}), timed side by side"
-    lines = []
-    for kind, f in record.files.items():
-        slower = [b for b in batches if (f.speedup_vs_fp32_at(b) or 1.0) < 1]
-        if kind != "fp32" and slower:
-            at = " and ".join(f"{speed_text(f.speedup_vs_fp32_at(b))} at batch {b}" for b in slower)
-            lines.append(f"{f.path} (int8, {kind}) is {at} than {record.fp32.path} (fp32) {where}; "
-                         f"ship {record.shipped.path}")
-    shipped = record.shipped
-    slower = [b for b in batches if (shipped.speedup_at(b) or 1.0) < 1]
-    if slower:
-        at = " and ".join(f"{speed_text(shipped.speedup_at(b))} at batch {b}" for b in slower)
-        lines.append(f"the student ({shipped.path}) is {at} than its teacher {where}; a shallower student, "
-                     "or a search under --speedup, is faster")
-    return lines
 
 
 def _check_fp32_parity(result: dict[str, dict[str, float]]) -> None:
@@ -279,7 +256,7 @@ def export_model(
     if teacher and "path" in teacher:
         timed = {"teacher": out_dir / teacher["path"], **timed}
     say(f"timing {', '.join(p.name for p in timed.values())} side by side at batch "
-        f"{' and '.join(map(str, batches))} ({latency_runs} interleaved rounds, {_threads_text(latency_threads)})")
+        f"{' and '.join(map(str, batches))} ({latency_runs} interleaved rounds, {threads_text(latency_threads)})")
     latency, used_by = _time_side_by_side(timed, input_chw, batches, provider=provider, threads=latency_threads,
                                           runs=latency_runs)
     if teacher and "path" in teacher:
@@ -322,7 +299,7 @@ def export_model(
     write_text(out_dir / "export.log", "\n".join(logs) + "\n")
     record = ExportRecord.from_dict(report)
     record = dataclasses.replace(record, recommended=recommend_file(record.files))
-    for line in _speed_lines(record, latency_threads):
+    for line in export_speed_warnings(record):
         say(line)
         warnings.warn(line, KdsearchWarning, stacklevel=2)
     record.save(out_dir / ExportRecord.FILE)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from kdsearch.errors import UsageError
+from kdsearch.ratios import speed_text, speedup  # re-exported: worded where torch is not imported (the report)
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -117,16 +118,3 @@ def time_models(models: Mapping[str, nn.Module], input_chw: tuple[int, int, int]
             out[n][b] = t["p50"]
     return out
 
-
-def speedup(teacher_ms: float, student_ms: float) -> float:
-    """How many times faster the student is than the teacher (below 1: slower)."""
-    return teacher_ms / max(student_ms, 1e-12)
-
-
-def speed_text(ratio: float | None) -> str:
-    """``3.2× faster`` or ``1.4× slower`` (never ``0.7× faster``); ``—`` when unknown."""
-    if ratio is None or not ratio > 0:
-        return "—"
-    if ratio >= 1:
-        return f"{ratio:.1f}× faster"
-    return f"{1 / ratio:.1f}× slower"

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from kdsearch.files import write_text
+from kdsearch.ratios import points_text, speed_text
 from kdsearch.report.summary import RunContents, key_figures, read_run
 from kdsearch.report.tables import fmt_int, fmt_ms, fmt_pct
 
@@ -110,9 +111,12 @@ def _cards(figures: dict[str, Any]) -> str:
         cards.append(("parameters", fmt_int(s["params"]), f"{t['params'] / s['params']:.1f}× fewer than the teacher"))
     elif s["params"]:
         cards.append(("parameters", fmt_int(s["params"]), ""))
-    fp32 = exp.get("fp32")
-    if fp32 and fp32["latency_ms_b1"] is not None:
-        cards.append(("ONNX latency b=1", fmt_ms(fp32["latency_ms_b1"]), f"p50, {fp32['provider'] or ''}"))
+    shipped = next((f for f in exp.values() if f["recommended"]), None)
+    if shipped and shipped["latency_ms_b1"] is not None:
+        vs = speed_text(shipped["speedup_b1"])
+        cards.append(("ONNX latency b=1", fmt_ms(shipped["latency_ms_b1"]),
+                      f"p50 of {shipped['path']}, {shipped['provider'] or ''}"
+                      + (f"; {vs} than the teacher" if shipped["speedup_b1"] is not None else "")))
     search = figures["search"]
     if search:
         cards.append(("candidates scored", str(search["unique_candidates"]),
@@ -126,9 +130,14 @@ def _cards(figures: dict[str, Any]) -> str:
 
 def _comparison(run: RunContents, figures: dict[str, Any]) -> str:
     t, s = figures["teacher"], figures["student"]
-    rows = [
+    teacher_name = (run.teacher_model or {}).get("model") or ((run.summary or {}).get("teacher") or {}).get("source") or ""
+    rows = []
+    if s["arch"] is not None:
+        note = "" if s["is_search_winner"] or run.winner is None else "distilled with --student, not the search's winner"
+        rows.append(["architecture", str(teacher_name), _genes(s["arch"]), note])
+    rows += [
         ["val top-1", fmt_pct(t["val_acc"]), fmt_pct(s["val_acc"]),
-         f"{100 * (s['val_acc'] - t['val_acc']):+.2f} pp" if s["val_acc"] is not None and t["val_acc"] is not None else "–"],
+         points_text(s["val_acc"], t["val_acc"]) if s["val_acc"] is not None and t["val_acc"] is not None else "–"],
         ["test top-1", fmt_pct(run.teacher.test_acc if run.teacher else None), fmt_pct(s["test_acc"]), ""],
         ["params", fmt_int(t["params"]), fmt_int(s["params"]),
          f"{t['params'] / s['params']:.1f}× fewer" if t["params"] and s["params"] else "–"],
@@ -147,16 +156,22 @@ def _comparison(run: RunContents, figures: dict[str, Any]) -> str:
         lat = eager.get("latency_ms", {})
         rows.append([f"latency b=1, PyTorch eager ({eager.get('device', '?')})", "",
                      fmt_ms(lat.get("batch_1", {}).get("p50")), ""])
-        for batch in (1, 32):
+        for batch in export.latency_batches:
             teacher_ms = export.teacher_p50(batch)
             for kind, f in export.files.items():
-                student_ms = f.p50(batch)
-                speedup = f"{teacher_ms / student_ms:.1f}× faster" if teacher_ms and student_ms and kind == "fp32" else ""
+                vs = speed_text(f.speedup_at(batch)) if f.speedup_at(batch) is not None else ""
+                if kind != "fp32" and f.speedup_vs_fp32_at(batch) is not None:
+                    vs += f"{'; ' if vs else ''}{speed_text(f.speedup_vs_fp32_at(batch))} than fp32"
                 rows.append([f"latency b={batch}, ONNX Runtime {kind} ({f.provider_used})",
-                             fmt_ms(teacher_ms) if kind == "fp32" else "", fmt_ms(student_ms), speedup])
+                             fmt_ms(teacher_ms), fmt_ms(f.p50(batch)), vs])
         if export.teacher and "error" in export.teacher:
             rows.append(["teacher latency", export.teacher["error"], "", ""])
-    return _table(["", "teacher", "student", "student vs teacher"], rows)
+    warn = "".join(f'<p class="warn">{_e(line)}</p>' for line in figures["speed_warnings"])
+    note = ""
+    if run.export is not None and run.export.timing:
+        note = ('<p class="muted">Speed ratios: ONNX Runtime medians of the teacher and each file timed side by side '
+                f'(one interleaved loop per batch, {_e(run.export.timing.get("runs"))} rounds after warm-up).</p>')
+    return _table(["", "teacher", "student", "student vs teacher"], rows) + note + warn
 
 
 def _pareto_png(run: RunContents) -> bytes | None:
@@ -177,6 +192,73 @@ def _pareto_png(run: RunContents) -> bytes | None:
         path = Path(tmp) / "pareto.png"
         plot_pareto(unique, winner_row, score, path)
         return path.read_bytes()
+
+
+def _latency_columns(rows: Sequence[dict[str, Any]]) -> list[tuple[str, str, Any]]:
+    """The leaderboard's latency columns that hold a value: ``(column, title, render)``, batch 1 first."""
+    batches = sorted({int(k.rsplit("_b", 1)[1]) for r in rows for k in r
+                      if k.startswith(("pred_ms_b", "ms_b", "speedup_b")) and k.rsplit("_b", 1)[1].isdigit()})
+    ms = lambda v: f"{v:.3f}" if isinstance(v, (int, float)) else ""  # noqa: E731
+    speed = lambda v: speed_text(v) if isinstance(v, (int, float)) else ""  # noqa: E731
+    columns = [(f"pred_ms_b{b}", f"predicted ms b={b}", ms) for b in batches]
+    columns += [(f"ms_b{b}", f"measured ms b={b}", ms) for b in batches]
+    columns += [(f"speedup_b{b}", f"vs teacher b={b}", speed) for b in batches]
+    return [c for c in columns if any(isinstance(r.get(c[0]), (int, float)) for r in rows)]
+
+
+def _speed_figure(run: RunContents, figures: dict[str, Any]) -> str:
+    """The accuracy-speed trade-off: measured speed-ups (the slower of batch 1 and the throughput batch)."""
+    export, speed, winner = run.export, run.speed, run.winner
+    batches = export.latency_batches if export is not None else tuple(speed.batches) if speed is not None else (1, 32)
+
+    def slowest(ups: dict[str, float] | None) -> float | None:  # the budget must hold at every batch
+        values = [(ups or {}).get(str(b)) for b in batches]
+        return min(values) if all(isinstance(v, (int, float)) and v > 0 for v in values) else None
+
+    trained: list[dict[str, Any]] = []
+    measured: dict[str, dict[str, float]] = {}  # arch key -> speed-ups of candidates timed during the search
+    for t in (speed.timed if speed is not None else []):
+        measured[t["arch_key"]] = t["speedup"]
+    for r in run.leaderboard:
+        ups = {str(b): r.get(f"speedup_b{b}") for b in batches}
+        if all(isinstance(v, (int, float)) for v in ups.values()):
+            measured.setdefault(r["arch"], ups)
+    shipped = export.shipped if export is not None else None
+    if shipped is not None and shipped.speedup:
+        if figures["teacher"]["val_acc"] is not None:
+            trained.append({"label": "teacher", "kind": "teacher", "speedup": 1.0, "val_acc": figures["teacher"]["val_acc"]})
+        trained.append({"label": shipped.path, "kind": "student", "speedup": slowest(shipped.speedup),
+                        "val_acc": shipped.accuracy})
+    race = (winner.race or {}) if winner is not None else {}
+    for f in race.get("finalists", []):
+        ups = measured.get(f["arch"])
+        if ups is not None and f.get("rungs"):
+            trained.append({"label": f"#{f['finalist']}", "kind": "finalist", "speedup": slowest(ups),
+                            "val_acc": f["rungs"][-1]["val_acc"]})
+    winner_key = json.dumps(winner.arch, sort_keys=True, separators=(",", ":")) if winner is not None else None
+    candidates = [{"speedup": slowest(t["speedup"]), "score": t["score"], "winner": t["arch_key"] == winner_key}
+                  for t in (speed.timed if speed is not None else []) if t.get("score") is not None]
+    trained = [p for p in trained if p["speedup"] is not None]  # a batch not timed: no point
+    candidates = [c for c in candidates if c["speedup"] is not None]
+    if not any(p["kind"] != "teacher" for p in trained) and not candidates:
+        return ""
+    from kdsearch.report.plots import plot_speed_accuracy
+
+    budget = speed.speedup_budget if speed is not None else (run.config.get("search") or {}).get("speedup")
+    xlabel = f"speed-up over the teacher (the slower of b={' and b='.join(map(str, batches))})"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "speed.png"
+        plot_speed_accuracy(trained, candidates, path, proxy=winner.proxy if winner else "proxy",
+                            budget=budget if isinstance(budget, (int, float)) else None, xlabel=xlabel)
+        png = path.read_bytes()
+    caption = ("Accuracy against speed. x: speed-up over the teacher in ONNX Runtime at the slower of batch "
+               f"{' and batch '.join(map(str, batches))}, each the ratio of two medians timed side by side with the "
+               "teacher (the shipped file at export, search candidates when the search ran). Left: validation top-1 "
+               "of the teacher, the shipped file" + (" and the race finalists (at the last rung each reached: "
+               "shorter training than the shipped student)" if race else "") + ". "
+               + ("Right: proxy score of the candidates timed during the search, never trained. " if candidates else "")
+               + ("Dashed: the --speedup budget." if isinstance(budget, (int, float)) else ""))
+    return f'<div class="figures">{_figure(png, caption)}</div>'
 
 
 def _search(run: RunContents) -> str:
@@ -202,14 +284,20 @@ def _search(run: RunContents) -> str:
         unique = list({r["arch"]: r for r in reversed(run.leaderboard)}.values())[::-1]  # the file's order: the rule's
         winner_key = json.dumps(winner.arch, sort_keys=True, separators=(",", ":")) if winner else None
         top = unique[:_LEADERBOARD_TOP]
+        latency = _latency_columns(run.leaderboard)
         rows = [[str(i + 1), ("★ " if r["arch"] == winner_key else "") + _genes(r["arch"]),
                  f"{r[key]:.5g}" if isinstance(r.get(key), float) else "–", fmt_int(r.get("params")),
-                 fmt_int(r.get("flops")), "yes" if r.get("feasible") else "no"] for i, r in enumerate(top)]
+                 fmt_int(r.get("flops")), *(render(r.get(column)) for column, _, render in latency),
+                 "yes" if r.get("feasible") else "no"] for i, r in enumerate(top)]
         classes = ["winner" if r["arch"] == winner_key else "" for r in top]
         order = f"in the order of rule {_e(winner.rule)}" if winner else f"by {_e(proxy)}"
         parts.append(f"<h3>Leaderboard: top {len(top)} of {len(unique)} unique candidates, {order}</h3>")
-        parts.append(_table(["#", "architecture", str(proxy), "params", "FLOPs", "within budget"], rows, classes,
-                            genes_col=1))
+        parts.append(_table(["#", "architecture", str(proxy), "params", "FLOPs", *(title for _, title, _ in latency),
+                             "within budget"], rows, classes, genes_col=1))
+        if latency:
+            parts.append('<p class="muted">Predicted latency: the latency model\'s estimate (ONNX Runtime, the '
+                         'search\'s threads); measured latency and speed-up: the candidate timed for real, side by '
+                         'side with the teacher; empty where a candidate was not timed.</p>')
     return _section("Search", "".join(parts), "search")
 
 
@@ -225,10 +313,15 @@ def _curves(run: RunContents) -> str:
 def _deployment(run: RunContents) -> str:
     if run.export is None:
         return ""
+    export = run.export
+    batches = export.latency_batches
+    timed_with_teacher = any(f.speedup for f in export.files.values())
+    int8 = any(kind != "fp32" for kind in export.files)
     rows, classes = [], []
-    rule = run.export.parity_rule
+    rule = export.parity_rule
     need = rule.get("min_top1_agreement")
-    for kind, f in run.export.files.items():
+    shipped = export.shipped
+    for kind, f in export.files.items():
         diffs = [p["max_abs_diff"] for p in f.parity.values() if isinstance(p, dict) and "max_abs_diff" in p]
         agreement = f.min_top1_agreement
         rows.append([
@@ -236,26 +329,46 @@ def _deployment(run: RunContents) -> str:
             fmt_pct(f.accuracy),
             fmt_pct(agreement) if agreement is not None else "–",
             f"{max(diffs):.2e}" if diffs else "–",
-            fmt_ms(f.p50(1)),
-            fmt_ms(f.p50(32)),
+            *(fmt_ms(f.p50(b)) for b in batches),
+            *((speed_text(f.speedup_at(b)) for b in batches) if timed_with_teacher else ()),
+            *(((speed_text(f.speedup_vs_fp32_at(b)) if kind != "fp32" else "") for b in batches) if int8 else ()),
             fmt_int(f.size_bytes) + "B",
             f.provider_used,
+            "★" if f.path == shipped.path else "",
         ])
         classes.append("" if agreement is None or need is None or agreement >= need else "warn")
-    eager = run.export.pytorch_eager
+    teacher = export.teacher or {}
+    if teacher.get("latency_ms"):
+        rows.append([f"teacher: {teacher.get('path', '')}", "", "", "", *(fmt_ms(export.teacher_p50(b)) for b in batches),
+                     *(("1×" for _ in batches) if timed_with_teacher else ()), *(("" for _ in batches) if int8 else ()),
+                     fmt_int(teacher.get("size_bytes")) + "B" if teacher.get("size_bytes") else "",
+                     str(teacher.get("provider_used", "")), ""])
+        classes.append("")
+    eager = export.pytorch_eager
     if eager:
         lat = eager.get("latency_ms", {})
         rows.append([f"PyTorch eager (reference, {eager.get('device', '')})", fmt_pct(eager.get("accuracy")), "", "",
-                     fmt_ms(lat.get("batch_1", {}).get("p50")), fmt_ms(lat.get("batch_32", {}).get("p50")), "", ""])
+                     *(fmt_ms(lat.get(f"batch_{b}", {}).get("p50")) for b in batches),
+                     *(("" for _ in batches) if timed_with_teacher else ()), *(("" for _ in batches) if int8 else ()),
+                     "", "", ""])
         classes.append("")
     note = ""
     if rule:
         note = (f'<p class="muted">Parity: ONNX Runtime ({_e(rule.get("provider"))}) against PyTorch on '
                 f'{_e(rule.get("images"))} images; top-1 agreement must be ≥ {fmt_pct(need)}. Latency is the median '
-                f'(p50) of timed runs after warm-up.</p>')
-    table = _table(["file", "val top-1", "top-1 agreement", "max |Δlogit|", "p50 b=1", "p50 b=32", "size", "provider"],
-                   rows, classes)
-    return _section("Deployment (ONNX)", table + note, "deploy")
+                f'(p50) of timed runs after warm-up; the teacher and every file are timed side by side, one '
+                f'interleaved loop per batch, and each speed-up is the ratio of two medians of that loop. PyTorch '
+                f'eager is timed apart, for reference only.</p>')
+    if int8:
+        slower = [f.path for kind, f in export.files.items()
+                  if kind != "fp32" and any((f.speedup_vs_fp32_at(b) or 1.0) < 1 for b in batches)]
+        why = (f" ({', '.join(slower)} {'is' if len(slower) == 1 else 'are'} slower than fp32 on this machine: "
+               "int8 saves disk space here, not time)" if slower and shipped.path == export.fp32.path else "")
+        note += f'<p><b>Recommended: {_e(shipped.path)}</b> ★{_e(why)}.</p>'
+    header = ["file", "val top-1", "top-1 agreement", "max |Δlogit|", *(f"p50 b={b}" for b in batches),
+              *((f"vs teacher b={b}" for b in batches) if timed_with_teacher else ()),
+              *((f"vs fp32 b={b}" for b in batches) if int8 else ()), "size", "provider", "ship"]
+    return _section("Deployment (ONNX)", _table(header, rows, classes) + note, "deploy")
 
 
 def _correlate(run: RunContents) -> str:
@@ -276,8 +389,10 @@ def render_report(run: RunContents) -> str:
     overview = _cards(figures)
     if run.teacher is not None or run.winner is not None or run.distill is not None:
         overview += "<h3>Teacher against student</h3>" + _comparison(run, figures)
+    speed = _speed_figure(run, figures)
     body = [
         _section("Overview", overview or '<p class="muted">No stage has finished in this run yet.</p>', "overview"),
+        _section("Accuracy against speed", speed, "speed") if speed else "",
         _search(run),
         _curves(run),
         _deployment(run),

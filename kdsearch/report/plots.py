@@ -5,7 +5,7 @@ import itertools
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["plot_pareto", "plot_proxy_scatter", "plot_race_rungs"]
+__all__ = ["plot_pareto", "plot_proxy_scatter", "plot_race_rungs", "plot_speed_accuracy"]
 
 
 def _pyplot():
@@ -104,5 +104,51 @@ def plot_proxy_scatter(
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     fig.colorbar(points, ax=axes, label="log10 params", shrink=0.6)
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_speed_accuracy(trained: Sequence[dict[str, Any]], candidates: Sequence[dict[str, Any]], path: Path, *,
+                        proxy: str = "proxy", budget: float | None = None, xlabel: str = "speed-up over the teacher") -> None:
+    """The accuracy-speed trade-off, speed-ups measured in ONNX Runtime side by side with the teacher (log x).
+
+    Left: validation top-1 against speed-up for the networks that were trained (``trained``:
+    ``label``, ``kind`` teacher | student | finalist, ``speedup``, ``val_acc``). Right, when there
+    are any: proxy score against speed-up for the search candidates timed for real, which were
+    never trained (``candidates``: ``speedup``, ``score``, ``winner``). A dashed line marks ``budget``.
+    """
+    plt = _pyplot()
+    panels = 2 if candidates else 1
+    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4), squeeze=False)
+    left = axes[0][0]
+    style = {"teacher": {"marker": "s", "s": 90, "c": "black", "zorder": 4},
+             "student": {"marker": "*", "s": 260, "c": "tab:red", "zorder": 5},
+             "finalist": {"marker": "o", "s": 36, "c": "tab:blue", "alpha": 0.7, "zorder": 3}}
+    labelled: set[str] = set()
+    for p in trained:
+        kind = p["kind"]
+        name = {"teacher": "teacher", "student": "shipped student", "finalist": "race finalists"}[kind]
+        left.scatter([p["speedup"]], [p["val_acc"]], label=None if name in labelled else name, **style[kind])
+        labelled.add(name)
+        if kind != "finalist":
+            left.annotate(p["label"], (p["speedup"], p["val_acc"]), textcoords="offset points", xytext=(6, -12),
+                          fontsize=7)
+    left.set(xscale="log", xlabel=xlabel, ylabel="validation top-1", title="trained networks")
+    if candidates:
+        right = axes[0][1]
+        others = [c for c in candidates if not c.get("winner")]
+        right.scatter([c["speedup"] for c in others], [c["score"] for c in others], s=24, alpha=0.7,
+                      c="tab:blue", label="timed candidates")
+        won = [c for c in candidates if c.get("winner")]
+        if won:
+            right.scatter([c["speedup"] for c in won], [c["score"] for c in won], marker="*", s=220, c="tab:red",
+                          zorder=5, label="search winner")
+        right.set(xscale="log", xlabel=xlabel, ylabel=proxy, title="search candidates timed (not trained)")
+    for ax in axes[0]:
+        ax.axvline(1.0, c="grey", lw=0.8, ls=":")
+        if budget is not None:
+            ax.axvline(budget, c="tab:orange", lw=1.5, ls="--", label=f"budget {budget:g}×")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
     _save(fig, path)
     plt.close(fig)

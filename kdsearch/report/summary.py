@@ -10,11 +10,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdsearch.errors import ConfigError, UsageError
+from kdsearch.errors import ConfigError, KdsearchError, UsageError
 from kdsearch.files import read_json
-from kdsearch.rundir import ExportRecord, QatMetrics, RunDir, TrainMetrics, WinnerRecord, read_leaderboard
+from kdsearch.ratios import export_speed_warnings
+from kdsearch.rundir import (
+    ExportRecord,
+    QatMetrics,
+    RunDir,
+    SpeedRecord,
+    TrainMetrics,
+    WinnerRecord,
+    read_leaderboard,
+)
 
-__all__ = ["RunContents", "read_run", "key_figures"]
+__all__ = ["RunContents", "read_run", "key_figures", "trained_student"]
 
 
 @dataclass
@@ -27,8 +36,10 @@ class RunContents:
     teacher: TrainMetrics | None = None  # teacher/metrics.json
     teacher_model: dict[str, Any] | None = None  # teacher/model.json
     winner: WinnerRecord | None = None  # search/winner.json
+    speed: SpeedRecord | None = None  # search/speed.json: the teacher and the finalists timed during the search
     leaderboard: list[dict[str, Any]] = field(default_factory=list)  # search/leaderboard.csv, in the winner rule's order
     distill: TrainMetrics | None = None  # distill/metrics.json
+    student_model: dict[str, Any] | None = None  # distill/student.json: the student that was trained (its arch)
     qat: QatMetrics | None = None  # qat/metrics.json
     export: ExportRecord | None = None  # export/export.json
     summary: dict[str, Any] | None = None  # summary.json (written by `kdsearch run`)
@@ -74,9 +85,11 @@ def read_run(run_dir: Path) -> RunContents:
     contents.teacher = TrainMetrics.load_optional(run.teacher_metrics)
     contents.teacher_model = _optional_json(run.teacher / "model.json")
     contents.winner = WinnerRecord.load_optional(run.winner)
+    contents.speed = SpeedRecord.load_optional(run.speed)
     if run.leaderboard.is_file():
         contents.leaderboard = read_leaderboard(run.leaderboard)
     contents.distill = TrainMetrics.load_optional(run.distill_metrics)
+    contents.student_model = _optional_json(run.student_json)
     contents.qat = QatMetrics.load_optional(run.qat_metrics)
     contents.export = ExportRecord.load_optional(run.export_record)
     contents.summary = _optional_json(run.summary)
@@ -90,30 +103,99 @@ def read_run(run_dir: Path) -> RunContents:
     return contents
 
 
+def _arch_key(arch: Any) -> str:
+    return json.dumps(arch, sort_keys=True, separators=(",", ":"))
+
+
+def _input_size(run: RunContents) -> list[int] | None:
+    """(C, H, W) the student takes: from export.json, else summary.json."""
+    if run.export is not None and run.export.input_size:
+        return list(run.export.input_size)
+    return ((run.summary or {}).get("onnx") or {}).get("input_size")
+
+
+def _counted_flops(model: dict[str, Any], input_size: list[int] | None) -> int | None:
+    """FLOPs of the network ``distill/student.json`` describes; None when it cannot be built here."""
+    if not input_size or not isinstance(model.get("num_classes"), int) or not isinstance(model.get("in_channels"), int):
+        return None
+    from kdsearch.proxies import count_flops
+    from kdsearch.spaces.catalog import build_from_description
+
+    try:
+        network = build_from_description(model, model["num_classes"], model["in_channels"])
+    except KdsearchError:
+        return None
+    return count_flops(network, tuple(input_size))
+
+
+def trained_student(run: RunContents) -> dict[str, Any]:
+    """The arch, params and FLOPs of the student that was distilled (``distill/student.json``), which
+    ``kdsearch distill --student`` makes another than the search's winner; the winner before a distillation."""
+    winner, model = run.winner, run.student_model or {}
+    summary_student = (run.summary or {}).get("student") or {}
+    arch = model.get("arch") or (winner.arch if winner else summary_student.get("arch"))
+    if arch is None:
+        return {"arch": None, "params": run.distill.params if run.distill else None, "flops": None,
+                "is_search_winner": False}
+    key = _arch_key(arch)
+    is_winner = winner is not None and key == _arch_key(winner.arch)
+    params = run.distill.params if run.distill else (winner.params if is_winner else None)
+    if is_winner:
+        flops = winner.flops
+    else:
+        row = next((r for r in run.leaderboard if r.get("arch") == key and r.get("flops") is not None), None)
+        if row is not None:
+            flops = row["flops"]
+        elif summary_student.get("arch") is not None and _arch_key(summary_student["arch"]) == key:
+            flops = summary_student.get("flops")
+        else:
+            flops = _counted_flops(model, _input_size(run))
+    return {"arch": arch, "params": params, "flops": flops, "is_search_winner": is_winner}
+
+
+def _file_figures(export: ExportRecord, kind: str) -> dict[str, Any]:
+    f = export.files[kind]
+    batches = export.latency_batches
+    figures = {"path": f.path, "accuracy": f.accuracy, "top1_agreement": f.min_top1_agreement,
+               **{f"latency_ms_b{b}": f.p50(b) for b in batches},
+               **{f"speedup_b{b}": f.speedup_at(b) for b in batches},  # over the teacher, timed side by side
+               "size_bytes": f.size_bytes, "provider": f.provider_used, "recommended": f.path == export.shipped.path}
+    if kind != "fp32":
+        figures.update({f"speedup_vs_fp32_b{b}": f.speedup_vs_fp32_at(b) for b in batches})
+    return figures
+
+
 def key_figures(run: RunContents) -> dict[str, Any]:
-    """The numbers a person looks for first; None where the stage did not run."""
+    """The numbers a person looks for first; None where the stage did not run.
+
+    Every speed-up is one ``export.json`` records: the ratio of two ONNX Runtime medians timed
+    side by side; none is computed here from latencies taken apart.
+    """
     s = run.summary or {}
     teacher = s.get("teacher", {})
-    student = s.get("student", {})
     winner, distill = run.winner, run.distill
     teacher_acc = teacher.get("val_acc")
     if teacher_acc is None:
         teacher_acc = run.teacher.val_acc if run.teacher else (distill.teacher_val_acc if distill else None)
     teacher_params = teacher.get("params", run.teacher.params if run.teacher else None)
-    student_params = student.get("params") or (winner.params if winner else (distill.params if distill else None))
+    student = trained_student(run)
     figures: dict[str, Any] = {
         "stages": run.stages,
         "teacher": {"val_acc": teacher_acc, "params": teacher_params, "flops": teacher.get("flops")},
         "student": {
-            "arch": winner.arch if winner else student.get("arch"),
+            "arch": student["arch"],
+            "is_search_winner": student["is_search_winner"],
             "val_acc": distill.val_acc if distill else None,
             "test_acc": distill.test_acc if distill else None,
-            "params": student_params,
-            "flops": student.get("flops", winner.flops if winner else None),
+            "params": student["params"],
+            "flops": student["flops"],
         },
         "search": None,
         "qat": None,
         "export": None,
+        "latency_batch": None,
+        "recommended": None,
+        "speed_warnings": [],
     }
     if winner is not None:
         figures["search"] = {"proxy": winner.proxy, "score": winner.score, "rule": winner.rule, "reason": winner.reason,
@@ -123,19 +205,12 @@ def key_figures(run: RunContents) -> dict[str, Any]:
         figures["qat"] = {"fp32_val_acc": run.qat.fp32_val_acc, "fake_quant_val_acc": run.qat.fake_quant_val_acc,
                           "int8_val_acc": run.qat.int8_val_acc}
     if run.export is not None:
-        figures["export"] = {
-            kind: {
-                "path": f.path,
-                "accuracy": f.accuracy,
-                "top1_agreement": f.min_top1_agreement,
-                "latency_ms_b1": f.p50(1),
-                "latency_ms_b32": f.p50(32),
-                "size_bytes": f.size_bytes,
-                "provider": f.provider_used,
-            }
-            for kind, f in run.export.files.items()
-        }
-        figures["teacher"]["onnx_latency_ms_b1"] = run.export.teacher_p50(1)
-        figures["teacher"]["onnx_latency_ms_b32"] = run.export.teacher_p50(32)
-        figures["student"]["input_size"] = run.export.input_size
+        export = run.export
+        figures["export"] = {kind: _file_figures(export, kind) for kind in export.files}
+        for b in export.latency_batches:
+            figures["teacher"][f"onnx_latency_ms_b{b}"] = export.teacher_p50(b)
+        figures["student"]["input_size"] = export.input_size
+        figures["latency_batch"] = export.latency_batches[-1]
+        figures["recommended"] = export.shipped.path
+        figures["speed_warnings"] = export_speed_warnings(export)
     return json.loads(json.dumps(figures, default=str))  # plain JSON types only

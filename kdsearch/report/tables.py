@@ -6,6 +6,8 @@ from typing import Any, Sequence
 
 from rich.table import Table
 
+from kdsearch.ratios import points_text, speed_text
+
 __all__ = ["summary_table", "leaderboard_table", "export_table", "fmt_int", "fmt_pct", "fmt_ms"]
 
 
@@ -37,27 +39,34 @@ def _ms(x: float | None) -> str:
 
 
 def summary_table(summary: dict[str, Any]) -> Table:
-    """Teacher against student: accuracy, size, cost, latency."""
+    """Teacher against student: accuracy (difference in points), size, cost, latency.
+
+    Speed ratios are the ones ``summary.json`` records: each of two latencies timed side by
+    side (``speedup_b<batch>``); latencies timed apart (PyTorch eager) get no ratio.
+    """
     t, s, onnx = summary["teacher"], summary["student"], summary["onnx"]
     table = Table(title=f"kdsearch run: {summary['run_dir']}")
     table.add_column("")
     table.add_column("teacher", justify="right")
     table.add_column("student", justify="right")
     table.add_column("ratio", justify="right")
-    table.add_row("val top-1", _pct(t["val_acc"]), _pct(s["val_acc"]),
-                  f"{(s['val_acc'] or 0) - (t['val_acc'] or 0):+.2%}" if t["val_acc"] else "–")
+    table.add_row("val top-1", _pct(t["val_acc"]), _pct(s["val_acc"]), points_text(s["val_acc"], t["val_acc"]))
     table.add_row("params", fmt_int(t["params"]), fmt_int(s["params"]), f"{summary['reduction']['params']:.1f}× fewer")
     table.add_row("FLOPs", fmt_int(t["flops"]), fmt_int(s["flops"]), f"{summary['reduction']['flops']:.1f}× fewer")
     table.add_row("ONNX val top-1", "", _pct(onnx["val_acc"]), f"agreement {_pct(onnx['top1_agreement'])}")
-    table.add_row("latency b=1 (PyTorch → ORT)", "", f"{_ms(onnx['pytorch_latency_ms_b1'])} → {_ms(onnx['latency_ms_b1'])}",
-                  f"{onnx['pytorch_latency_ms_b1'] / max(onnx['latency_ms_b1'], 1e-9):.1f}× faster")
-    for batch in (1, 32):
+    table.add_row("latency b=1, PyTorch eager", "", _ms(onnx["pytorch_latency_ms_b1"]), "")
+    for batch in dict.fromkeys((1, onnx.get("latency_batch", 32))):
         teacher_ms, student_ms = t.get(f"onnx_latency_ms_b{batch}"), onnx.get(f"latency_ms_b{batch}")
         if teacher_ms is not None and student_ms:
-            table.add_row(f"ONNX Runtime p50 b={batch}", _ms(teacher_ms), _ms(student_ms),
-                          f"{teacher_ms / student_ms:.1f}× faster")
+            table.add_row(f"ONNX Runtime p50 b={batch} (fp32)", _ms(teacher_ms), _ms(student_ms),
+                          speed_text(onnx.get(f"speedup_b{batch}")))
+    recommended = onnx.get("recommended")
+    if recommended and not str(onnx.get("path", "")).endswith(recommended):
+        speeds = ", ".join(f"{speed_text(onnx.get(f'recommended_speedup_b{b}'))} at b={b}"
+                           for b in dict.fromkeys((1, onnx.get("latency_batch", 32))))
+        table.add_row("file to ship (int8, faster than fp32)", "", recommended, speeds)
     timings = ", ".join(f"{k} {v:.0f}s" for k, v in summary["timings_s"].items())
-    table.caption = f"wall time: {timings}"
+    table.caption = f"speed ratios: ONNX Runtime medians timed side by side; wall time: {timings}"
     return table
 
 
@@ -85,20 +94,41 @@ def leaderboard_table(rows: Sequence[dict[str, Any]], proxy: str, winner: dict[s
 
 
 def export_table(report: dict[str, Any]) -> Table:
-    """One row per exported file: accuracy, parity, latency, size."""
+    """One row per exported file (★ the one to ship) and the teacher: accuracy, parity, latency, speed-ups
+    over the teacher and, for int8, over fp32 (every ratio of two medians from one interleaved loop), size."""
+    batches = list(dict.fromkeys((report.get("timing") or {}).get("batches") or (1, 32)))
     table = Table(title="ONNX export")
-    for col in ("file", "val top-1", "top-1 agreement", "p50 b=1", "p50 b=32", "size", "provider"):
+    columns = ["file", "val top-1", "top-1 agreement", *(f"p50 b={b}" for b in batches),
+               *(f"vs teacher b={b}" for b in batches), *(f"vs fp32 b={b}" for b in batches), "size", "provider"]
+    for col in columns:
         table.add_column(col, justify="right" if col != "file" else "left")
+    teacher = report.get("teacher") or {}
+    if teacher.get("latency_ms"):
+        lat = teacher["latency_ms"]
+        table.add_row(f"teacher: {teacher.get('path', '')}", "", "",
+                      *(_ms(lat.get(f"batch_{b}", {}).get("p50")) for b in batches), *([""] * 2 * len(batches)),
+                      fmt_int(teacher.get("size_bytes")) + "B" if teacher.get("size_bytes") else "",
+                      str(teacher.get("provider_used", "")))
+    recommended = report.get("recommended")
     for kind, f in report["files"].items():
-        agreement = min((p["top1_agreement"] for p in f.get("parity", {}).values() if isinstance(p, dict)), default=None)
+        agreement = min((p["top1_agreement"] for p in f.get("parity", {}).values() if isinstance(p, dict)
+                         and "top1_agreement" in p), default=None)
         lat = f.get("latency_ms", {})
+        vs_fp32 = f.get("speedup_vs_fp32") or {}
         table.add_row(
-            f"{kind}: {f['path']}",
+            ("★ " if kind == recommended else "") + f"{kind}: {f['path']}",
             _pct(f.get("accuracy")),
             _pct(agreement),
-            _ms(lat.get("batch_1", {}).get("p50")),
-            _ms(lat.get("batch_32", {}).get("p50")),
+            *(_ms(lat.get(f"batch_{b}", {}).get("p50")) for b in batches),
+            *(speed_text((f.get("speedup") or {}).get(str(b))) for b in batches),
+            *((speed_text(vs_fp32.get(str(b))) if kind != "fp32" else "") for b in batches),
             fmt_int(f.get("size_bytes")) + "B",
             str(f.get("provider_used", "")),
         )
+    timing = report.get("timing") or {}
+    if timing:
+        threads = timing.get("threads")
+        table.caption = (f"★ the file to ship (fp32 unless int8 is faster at every batch); latencies: medians of "
+                         f"{timing.get('runs')} interleaved rounds, "
+                         f"{'default' if threads is None else threads} ONNX Runtime thread(s)")
     return table

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from kdsearch.rundir import ExportRecord, QatMetrics, RunDir, TrainMetrics, WinnerRecord
+from kdsearch.rundir import ExportRecord, QatMetrics, RunDir, SpeedRecord, TrainMetrics, WinnerRecord
 
 WINNER_ARCH = {"space": "resnet_cifar", "genes": {"block": "basic", "depths": [1, 1, 1], "widths": [8, 16, 32]}}
 
@@ -25,6 +25,16 @@ CANDIDATES = [
     (3, [8, 8, 8], -0.50, 5_000, 1_000_000, True),
     (4, [12, 12, 24], -0.10, 15_000, 4_000_000, True),
 ]
+
+
+# The quick demo's ONNX Runtime medians (ms), timed side by side: the student is slower than its
+# teacher at batch 1, faster at batch 32; its PTQ twin is slower than fp32 at both.
+TEACHER_MS = {1: 0.587, 32: 9.51}
+FP32_MS = {1: 0.841, 32: 7.38}
+PTQ_MS = {1: 1.2, 32: 8.0}
+# trial -> (predicted ms, measured ms) per batch, for the candidates the search timed ("speed" stage)
+TIMED = {1: ({1: 0.30, 32: 3.0}, {1: 0.32, 32: 3.1}), 0: ({1: 0.20, 32: 2.0}, {1: 0.19, 32: 2.2})}
+RACE_FINALISTS = {1: 0.84, 0: 0.86}  # trial -> val top-1 at the last rung reached
 
 
 def arch_key(widths: list[int]) -> str:
@@ -41,7 +51,11 @@ def write_png(path: Path, size: tuple[int, int], seed: int) -> np.ndarray:
 
 
 def build_run(root: Path, stages: tuple[str, ...] = ("teacher", "search", "distill", "export")) -> Path:
-    """A run directory with the artifacts of ``stages`` (run.yaml always)."""
+    """A run directory with the artifacts of ``stages`` (run.yaml always).
+
+    ``speed``: the search timed candidates (leaderboard latency columns, search/speed.json) and the
+    export timed the teacher beside each file; ``race``: winner.json holds a race of two finalists.
+    """
     root.mkdir(parents=True, exist_ok=True)
     (root / "run.yaml").write_text("data:\n  spec: npz:/x.npz  # <script>alert(1)</script>\nseed: 0\n")
     if "teacher" in stages:
@@ -52,13 +66,33 @@ def build_run(root: Path, stages: tuple[str, ...] = ("teacher", "search", "disti
         (root / "search").mkdir()
         buf = io.StringIO()
         w = csv.writer(buf)
-        w.writerow(["trial", "arch", "score_diswot", "params", "flops", "latency_ms", "feasible", "reused"])
+        speed = ["pred_ms_b1", "pred_ms_b32", "ms_b1", "ms_b32", "speedup_b1", "speedup_b32"] if "speed" in stages else []
+        w.writerow(["trial", "arch", "score_diswot", "params", "flops", "latency_ms", *speed, "feasible", "reused"])
         for trial, widths, score, params, flops, feasible in sorted(CANDIDATES, key=lambda c: -c[2]):
-            w.writerow([trial, arch_key(widths), score, params, flops, "", feasible, False])
+            predicted, measured = TIMED.get(trial, ({}, {}))
+            cells = [predicted.get(1, ""), predicted.get(32, ""), measured.get(1, ""), measured.get(32, ""),
+                     *(TEACHER_MS[b] / measured[b] if measured else "" for b in (1, 32))] if speed else []
+            w.writerow([trial, arch_key(widths), score, params, flops, "", *cells, feasible, False])
         (root / "search" / "leaderboard.csv").write_text(buf.getvalue())
+        race = None
+        if "race" in stages:
+            finalists = [{"arch": arch_key(next(c[1] for c in CANDIDATES if c[0] == trial)), "finalist": i,
+                          "rung_reached": 1 if trial == 1 else 0, "state": "complete" if trial == 1 else "pruned",
+                          "rungs": [{"step": 10, "val_acc": acc, "train_loss_sum": 5.0}]}
+                         for i, (trial, acc) in enumerate(RACE_FINALISTS.items())]
+            race = {"rank": "tse", "rungs": [10, 30], "finalists": finalists, "winner": arch_key([8, 16, 32])}
         WinnerRecord(arch=WINNER_ARCH, rule="best", proxy="diswot", score=-0.05, params=20_000, flops=5_000_000,
                      latency_ms=None, trial=1, complete_trials=5, unique_candidates=5, feasible_candidates=4,
-                     config={}, reason="best proxy score within the budgets").save(RunDir(root).winner)
+                     config={}, reason="best proxy score within the budgets", race=race).save(RunDir(root).winner)
+        if "speed" in stages:
+            score = {c[0]: c[2] for c in CANDIDATES}
+            SpeedRecord(provider="cpu", threads=1, batches=[1, 32], teacher_ms={str(b): v for b, v in TEACHER_MS.items()},
+                        speedup_budget=1.5, replaced=[], timed=[
+                            {"arch_key": arch_key(next(c[1] for c in CANDIDATES if c[0] == trial)), "trial": trial,
+                             "score": score[trial], "predicted_ms": {str(b): v for b, v in predicted.items()},
+                             "ms": {str(b): v for b, v in measured.items()},
+                             "speedup": {str(b): TEACHER_MS[b] / v for b, v in measured.items()}, "meets_budget": True}
+                            for trial, (predicted, measured) in TIMED.items()]).save(RunDir(root).speed)
         write_png(root / "search" / "pareto.png", (80, 50), 2)
     if "distill" in stages:
         (root / "distill").mkdir()
@@ -84,11 +118,24 @@ def build_run(root: Path, stages: tuple[str, ...] = ("teacher", "search", "disti
             files["qat"] = {"path": "student.qat.onnx", "size_bytes": 27_000, "opset": 18, "provider_used": "cpu",
                             "accuracy": 0.8411, "parity": {"batch_8": {"max_abs_diff": 0.01, "top1_agreement": 1.0}},
                             "latency_ms": {"batch_1": {"p50": 0.12}, "batch_32": {"p50": 1.7}}}
+        timed = {}
+        if "speed" in stages:  # timed side by side with the teacher, as the export stage records it
+            p50 = lambda ms: {f"batch_{b}": {"p50": v} for b, v in ms.items()}  # noqa: E731
+            files["fp32"].update(latency_ms=p50(FP32_MS), speedup={str(b): TEACHER_MS[b] / FP32_MS[b] for b in (1, 32)})
+            files["ptq"].update(latency_ms=p50(PTQ_MS), speedup={str(b): TEACHER_MS[b] / PTQ_MS[b] for b in (1, 32)},
+                                speedup_vs_fp32={str(b): FP32_MS[b] / PTQ_MS[b] for b in (1, 32)})
+            files.pop("qat", None)
+            timed = {"teacher": {"path": "teacher.onnx", "size_bytes": 300_000, "provider_used": "cpu",
+                                 "latency_ms": p50(TEACHER_MS)},
+                     "timing": {"batches": [1, 32], "threads": 1, "runs": 100, "warmup": 10, "interleaved": True},
+                     "recommended": "fp32"}
         ExportRecord.from_dict({
             "kdsearch_version": "0", "opset": 18, "provider_requested": "cpu", "log": "export.log",
             "parity_rule": {"provider": "cpu", "min_top1_agreement": 0.999, "images": 64},
             "files": files,
             "pytorch_eager": {"device": "cpu", "accuracy": 0.85, "latency_ms": {"batch_1": {"p50": 1.5}}},
+            "input_size": [3, 32, 32],
+            **timed,
         }).save(RunDir(root).export_record)
     if "correlate" in stages:
         write_png(root / "correlate" / "scatter.png", (70, 30), 4)
