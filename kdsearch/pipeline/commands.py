@@ -37,7 +37,7 @@ from kdsearch.pipeline.stages import (
 from kdsearch.pipeline.workspace import holds_results, opened_run_dir, prepare_run_dir
 from kdsearch.progress import NULL_PROGRESS, Progress
 from kdsearch.report.html import write_report
-from kdsearch.rundir import ExportRecord, QatMetrics, RunDir, TrainMetrics, WinnerRecord
+from kdsearch.rundir import ExportRecord, QatMetrics, RunDir, TrainMetrics, WinnerRecord, read_leaderboard
 from kdsearch.search.storage import storage_url
 from kdsearch.search.study import run_search
 
@@ -96,9 +96,13 @@ def search_command(out: Path, config: RunConfig, *, seed_archs: list[Arch] | Non
         with _logged(out):
             result = run_search(teacher, dataset, run.search, search_config_for(config, teacher), resume=resume,
                                 seed_archs=seed_archs or [], progress=progress)
-            race_stage(run, config, dataset, teacher, resume=resume, progress=progress)
-    return SearchOutcome(WinnerRecord.load(run.winner), result.rows, result.winner_row, result.feasible,
-                         storage_url(config.search, run.search), config.search.study_name)
+            winner = race_stage(run, config, dataset, teacher, resume=resume, progress=progress)
+    rows, winner_row = result.rows, result.winner_row
+    if winner.race is not None:  # the race chose: its rewritten leaderboard, the race's winner first
+        rows = read_leaderboard(run.leaderboard)
+        winner_row = {**rows[0], "rule": result.winner_row["rule"], "reason": winner.reason}
+    return SearchOutcome(winner, rows, winner_row, result.feasible, storage_url(config.search, run.search),
+                         config.search.study_name)
 
 
 def _prepare_distill_dir(out: Path, run_dir: Path | None, *, resume: bool, force: bool) -> None:

@@ -17,7 +17,7 @@ from typing import Any, Iterable, Sequence
 from kdsearch.files import write_text
 from kdsearch.ratios import points_text, speed_text
 from kdsearch.report.summary import RunContents, key_figures, read_run
-from kdsearch.report.tables import fmt_int, fmt_ms, fmt_pct
+from kdsearch.report.tables import fmt_int, fmt_ms, fmt_pct, latency_columns
 
 __all__ = ["write_report", "render_report", "png_data_uri"]
 
@@ -194,18 +194,6 @@ def _pareto_png(run: RunContents) -> bytes | None:
         return path.read_bytes()
 
 
-def _latency_columns(rows: Sequence[dict[str, Any]]) -> list[tuple[str, str, Any]]:
-    """The leaderboard's latency columns that hold a value: ``(column, title, render)``, batch 1 first."""
-    batches = sorted({int(k.rsplit("_b", 1)[1]) for r in rows for k in r
-                      if k.startswith(("pred_ms_b", "ms_b", "speedup_b")) and k.rsplit("_b", 1)[1].isdigit()})
-    ms = lambda v: f"{v:.3f}" if isinstance(v, (int, float)) else ""  # noqa: E731
-    speed = lambda v: speed_text(v) if isinstance(v, (int, float)) else ""  # noqa: E731
-    columns = [(f"pred_ms_b{b}", f"predicted ms b={b}", ms) for b in batches]
-    columns += [(f"ms_b{b}", f"measured ms b={b}", ms) for b in batches]
-    columns += [(f"speedup_b{b}", f"vs teacher b={b}", speed) for b in batches]
-    return [c for c in columns if any(isinstance(r.get(c[0]), (int, float)) for r in rows)]
-
-
 def _speed_figure(run: RunContents, figures: dict[str, Any]) -> str:
     """The accuracy-speed trade-off: measured speed-ups (the slower of batch 1 and the throughput batch)."""
     export, speed, winner = run.export, run.speed, run.winner
@@ -284,7 +272,7 @@ def _search(run: RunContents) -> str:
         unique = list({r["arch"]: r for r in reversed(run.leaderboard)}.values())[::-1]  # the file's order: the rule's
         winner_key = json.dumps(winner.arch, sort_keys=True, separators=(",", ":")) if winner else None
         top = unique[:_LEADERBOARD_TOP]
-        latency = _latency_columns(run.leaderboard)
+        latency = latency_columns(run.leaderboard, long=True)
         rows = [[str(i + 1), ("★ " if r["arch"] == winner_key else "") + _genes(r["arch"]),
                  f"{r[key]:.5g}" if isinstance(r.get(key), float) else "–", fmt_int(r.get("params")),
                  fmt_int(r.get("flops")), *(render(r.get(column)) for column, _, render in latency),

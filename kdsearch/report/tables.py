@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from rich.table import Table
 
 from kdsearch.ratios import points_text, speed_text
 
-__all__ = ["summary_table", "leaderboard_table", "export_table", "fmt_int", "fmt_pct", "fmt_ms"]
+__all__ = ["summary_table", "leaderboard_table", "latency_columns", "export_table", "fmt_int", "fmt_pct", "fmt_ms"]
 
 
 def fmt_int(n: float | None) -> str:
@@ -85,12 +85,36 @@ def leaderboard_table(rows: Sequence[dict[str, Any]], proxy: str, winner: dict[s
     shown = [r for r in unique if r["feasible"]][:top]
     by = f"--pick {rule}" if rule else proxy
     table = Table(title=f"top candidates by {by} ({len(unique)} unique, {sum(r['feasible'] for r in unique)} within budget)")
-    for col in ("", "arch genes", proxy, "params", "FLOPs"):
+    latency = latency_columns(shown)
+    for col in ("", "arch genes", proxy, "params", "FLOPs", *(title for _, title, _ in latency)):
         table.add_column(col, justify="left" if col == "arch genes" else "right")
     for r in shown:
         genes = json.dumps(json.loads(r["arch"])["genes"], separators=(",", ":"))
-        table.add_row("★" if r["arch"] == winner["arch"] else "", genes, f"{r[key]:.5g}", fmt_int(r["params"]), fmt_int(r["flops"]))
+        table.add_row("★" if r["arch"] == winner["arch"] else "", genes, f"{r[key]:.5g}", fmt_int(r["params"]),
+                      fmt_int(r["flops"]), *(render(r.get(column)) for column, _, render in latency))
+    if latency:
+        table.caption = "pred: the latency model's ONNX Runtime estimate; ms, vs teacher: timed for real beside the teacher"
     return table
+
+
+def latency_columns(rows: Sequence[dict[str, Any]], *, long: bool = False) -> list[tuple[str, str, Callable[[Any], str]]]:
+    """The leaderboard's latency columns that hold a value in ``rows``, as ``(column, title, render)``:
+    predicted ms, measured ms and measured speed-up over the teacher, at batch 1 then the throughput
+    batch; ``long`` titles spell them out (the HTML page)."""
+    batches = sorted({int(k.rsplit("_b", 1)[1]) for r in rows for k in r
+                      if k.startswith(("pred_ms_b", "ms_b", "speedup_b")) and k.rsplit("_b", 1)[1].isdigit()})
+
+    def ms(v: Any) -> str:
+        return f"{v:.3f}" if isinstance(v, (int, float)) else ""
+
+    def speed(v: Any) -> str:
+        return speed_text(v) if isinstance(v, (int, float)) else ""
+
+    predicted, measured = ("predicted ms", "measured ms") if long else ("pred ms", "ms")
+    columns = [(f"pred_ms_b{b}", f"{predicted} b={b}", ms) for b in batches]
+    columns += [(f"ms_b{b}", f"{measured} b={b}", ms) for b in batches]
+    columns += [(f"speedup_b{b}", f"vs teacher b={b}", speed) for b in batches]
+    return [c for c in columns if any(isinstance(r.get(c[0]), (int, float)) for r in rows)]
 
 
 def export_table(report: dict[str, Any]) -> Table:

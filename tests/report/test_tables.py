@@ -1,6 +1,7 @@
 """Terminal tables: accuracy differences in points, speed ratios as "N× faster" or "N× slower"."""
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from rich.console import Console
@@ -72,3 +73,21 @@ def test_the_export_table_shows_speed_ups_over_the_teacher_and_fp32() -> None:
     assert "2.0× faster" in fp32 and "3.0× faster" in fp32 and "★" in fp32
     assert "1.6× slower" in qat and "2.2× faster" in qat  # against the teacher
     assert "3.1× slower" in qat and "1.3× slower" in qat  # against fp32
+
+
+def test_the_terminal_leaderboard_shows_predicted_and_measured_latency_where_timed() -> None:
+    from kdsearch.report.tables import leaderboard_table
+
+    arch = lambda i: json.dumps({"space": "resnet_cifar", "genes": {"w": i}}, sort_keys=True, separators=(",", ":"))  # noqa: E731
+    timed = {"pred_ms_b1": 0.30, "pred_ms_b32": 3.0, "ms_b1": 0.32, "ms_b32": 3.1, "speedup_b1": 0.5, "speedup_b32": 3.07}
+    untimed = {"pred_ms_b1": 0.2, "pred_ms_b32": 2.0, "ms_b1": None, "ms_b32": None, "speedup_b1": None,
+               "speedup_b32": None}
+    rows = [{"arch": arch(0), "score_diswot": 1.0, "params": 1_000, "flops": 1, "feasible": True, **timed},
+            {"arch": arch(1), "score_diswot": 0.5, "params": 900, "flops": 1, "feasible": True, **untimed}]
+    text = _text(leaderboard_table(rows, "diswot", {"arch": arch(0), "rule": "largest"}))
+    header = _row(text, "arch genes")
+    assert all(title in header for title in ("pred ms b=1", "pred ms b=32", "ms b=1", "ms b=32", "vs teacher b=1",
+                                             "vs teacher b=32"))
+    first, second = _row(text, '"w":0'), _row(text, '"w":1')
+    assert "0.300" in first and "0.320" in first and "2.0× slower" in first and "3.1× faster" in first
+    assert "0.200" in second and "×" not in second
