@@ -43,22 +43,48 @@ def probe_session(model: nn.Module, input_chw: tuple[int, int, int], *, threads:
     """A throwaway ONNX Runtime session of ``model`` (eval mode), exported in memory with a dynamic batch.
 
     The TorchScript exporter (``dynamo=False``) takes a fraction of a second where the dynamo
-    exporter of :func:`kdsearch.export.export_onnx` takes several; fine for timing, not for shipping.
+    exporter of :func:`kdsearch.export.export_onnx` takes several; fine for timing, not for
+    shipping. A model it cannot trace (an ``ExportedProgram``'s module) goes through the dynamo
+    exporter instead.
     """
     import onnxruntime as ort
 
+    model = model.eval()
     buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated; fine for a probe
-        torch.onnx.export(model.eval(), (torch.zeros(1, *input_chw),), buffer, dynamo=False,
-                          input_names=["images"], output_names=["logits"],
-                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
-    return ort.InferenceSession(buffer.getvalue(), session_options(threads), providers=list(providers))
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated; fine for a probe
+            torch.onnx.export(model, (torch.zeros(1, *input_chw),), buffer, dynamo=False,
+                              input_names=["images"], output_names=["logits"],
+                              dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+        data = buffer.getvalue()
+    except Exception:  # noqa: BLE001 - any tracing failure: the exporter that ships files handles more models
+        import tempfile
+        from pathlib import Path
+
+        from kdsearch.export.onnx_export import export_onnx
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "probe.onnx"
+            export_onnx(model, torch.zeros(2, *input_chw), path)
+            data = path.read_bytes()
+    return ort.InferenceSession(data, session_options(threads), providers=list(providers))
 
 
-def interleaved_latency_ms(sessions: Mapping[str, ort.InferenceSession], input_shape: tuple[int, ...], *,
-                           runs: int = 100, warmup: int = 10, seed: int = 0) -> dict[str, dict[str, float]]:
+_CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
+
+
+def interleaved_latency_ms(sessions: Mapping[str, ort.InferenceSession],
+                           input_shape: tuple[int, ...] | Mapping[str, tuple[int, ...]], *,
+                           runs: int = 100, warmup: int = 10, seed: int = 0,
+                           clock: str = "wall") -> dict[str, dict[str, float]]:
     """Median latency of each session on one random input of ``input_shape``, timed in one loop.
+
+    ``input_shape`` may also map each session's name to its own shape (parts of a model, say).
+    ``clock="thread"`` times the calling thread's CPU time instead of the wall clock: with one
+    intra-op thread ONNX Runtime computes on the calling thread, so that is the latency the run
+    would have on an idle core, whatever else the machine is running (on a loaded machine the
+    wall clock of the same run swings by several times).
 
     Every session runs ``warmup`` times first; then each of ``runs`` rounds runs every session
     once, starting at a different session each round, so slow drifts of the machine (another
@@ -69,9 +95,14 @@ def interleaved_latency_ms(sessions: Mapping[str, ort.InferenceSession], input_s
     """
     if not sessions:
         raise ValueError("no sessions to time")
-    x = np.random.default_rng(seed).standard_normal(input_shape, dtype=np.float32)
+    if clock not in _CLOCKS:
+        raise ValueError(f"unknown clock {clock!r}; use one of {', '.join(_CLOCKS)}")
+    now = _CLOCKS[clock]
     names = list(sessions)
-    feeds = {n: {sessions[n].get_inputs()[0].name: x} for n in names}
+    shapes = {n: tuple(input_shape[n]) for n in names} if isinstance(input_shape, Mapping) else \
+        dict.fromkeys(names, tuple(input_shape))
+    inputs = {s: np.random.default_rng(seed).standard_normal(s, dtype=np.float32) for s in set(shapes.values())}
+    feeds = {n: {sessions[n].get_inputs()[0].name: inputs[shapes[n]]} for n in names}
     for _ in range(warmup):
         for n in names:
             sessions[n].run(None, feeds[n])
@@ -79,9 +110,9 @@ def interleaved_latency_ms(sessions: Mapping[str, ort.InferenceSession], input_s
     for r in range(runs):
         for i in range(len(names)):
             n = names[(r + i) % len(names)]
-            t0 = time.perf_counter()
+            t0 = now()
             sessions[n].run(None, feeds[n])
-            times[n].append((time.perf_counter() - t0) * 1e3)
+            times[n].append((now() - t0) * 1e3)
     out = {}
     for n, ts in times.items():
         t = np.asarray(ts)
@@ -92,11 +123,13 @@ def interleaved_latency_ms(sessions: Mapping[str, ort.InferenceSession], input_s
 
 def time_models(models: Mapping[str, nn.Module], input_chw: tuple[int, int, int], *, batches: tuple[int, ...] = (1, 32),
                 threads: int | None = 1, provider: str = "cpu", runs: int = 50, warmup: int = 10,
-                seed: int = 0) -> dict[str, dict[int, float]]:
+                seconds: float | None = None, seed: int = 0) -> dict[str, dict[int, float]]:
     """Median ONNX Runtime latency (ms) of each model at each batch size, all models timed interleaved.
 
     Models are exported in memory (:func:`probe_session`); at each batch size every model runs
-    in one loop (:func:`interleaved_latency_ms`), so ratios between them are fair.
+    in one loop (:func:`interleaved_latency_ms`), so ratios between them are fair. ``seconds``
+    caps the timed rounds per batch size (at least 5 rounds and 2 warm-ups), for models
+    that take long at a large batch.
 
     Returns:
         ``{name: {batch: p50_ms}}``.
@@ -113,7 +146,13 @@ def time_models(models: Mapping[str, nn.Module], input_chw: tuple[int, int, int]
                 for n, m in models.items()}
     out: dict[str, dict[int, float]] = {n: {} for n in models}
     for b in batches:
-        timed = interleaved_latency_ms(sessions, (b, *input_chw), runs=runs, warmup=warmup, seed=seed)
+        n_runs, n_warmup = runs, warmup
+        if seconds is not None:
+            probe = interleaved_latency_ms(sessions, (b, *input_chw), runs=1, warmup=1, seed=seed)
+            round_s = sum(t["p50"] for t in probe.values()) / 1e3
+            n_runs = max(5, min(runs, int(seconds / max(round_s, 1e-9))))
+            n_warmup = max(2, min(warmup, n_runs // 5))
+        timed = interleaved_latency_ms(sessions, (b, *input_chw), runs=n_runs, warmup=n_warmup, seed=seed)
         for n, t in timed.items():
             out[n][b] = t["p50"]
     return out

@@ -34,7 +34,7 @@ from kdsearch.search.config import COST_OBJECTIVES, SearchConfig
 from kdsearch.search.objective import feasible_samples
 from kdsearch.search.race import run_race
 from kdsearch.search.storage import get_storage
-from kdsearch.search.study import run_search
+from kdsearch.search.study import measure_speed, run_search
 from kdsearch.search.summary import record_race
 from kdsearch.spaces import load_space
 from kdsearch.spaces.model_files import load_model_dir, load_teacher
@@ -107,7 +107,11 @@ def check_inputs(config: RunConfig, dataset, *, search: bool = True, student: Ar
             module = create_model(config.teacher_model, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
     if search:
         s = search_config_for(config, module)
-        feasible_samples(space, dataset, s, wanted=s.population)  # remembered: the search reuses it
+        if s.timed and not any(p.device.type != "meta" for p in module.parameters()):
+            # latency does not depend on the weights: time the architecture the teacher will have
+            module = create_model(config.teacher_model, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
+        speed = measure_speed(module, space, dataset, s)  # remembered: the search reuses it
+        feasible_samples(space, dataset, s, wanted=s.population, speed=speed)  # remembered too
     if search and config.search.storage:
 
         get_storage(config.search.storage)

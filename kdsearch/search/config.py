@@ -42,7 +42,12 @@ class SearchConfig:
     crossover_prob: float = 0.9
     max_params: int | None = None
     max_flops: int | None = None
-    max_latency_ms: float | None = None
+    max_latency_ms: float | None = None  # ONNX Runtime latency at batch 1, predicted by the latency model
+    speedup: float | None = None  # the student must be at least this many times faster than the teacher at batch 1
+    #   and at latency_batch, in ONNX Runtime on this machine (predicted per candidate, measured for the winner)
+    latency_batch: int = 32  # the throughput batch a speed-up (and --max-latency-ms's table) is also judged at
+    latency_threads: int | None = 1  # ONNX Runtime intra-op threads when timing: one core of an edge CPU
+    latency_provider: str = "cpu"  # ONNX Runtime provider the latencies are measured on: cpu | cuda | tensorrt
     proxy_batch: int = 64  # images scored per candidate: one fixed, seeded batch of real data
     teacher_init: str = "random"  # random (DisWOT's reference procedure; won both correlate studies) | pretrained
     teacher_feature: str | None = None  # module path of the teacher's last 4-D map (None: found automatically)
@@ -57,6 +62,16 @@ class SearchConfig:
     race_budget: float = 1.0  # the race costs at most this many full distillations, in optimizer steps
     race_eta: int = 3  # successive halving keeps the best 1/eta of each rung
     race_rank: str = "tse"  # what a rung ranks finalists by: tse (sum of training losses so far) | val (val top-1)
+
+    @property
+    def timed(self) -> bool:
+        """Whether candidates need latencies: a speed-up or latency budget, or latency as an objective."""
+        return self.speedup is not None or self.max_latency_ms is not None or "latency" in self.objectives
+
+    @property
+    def latency_batches(self) -> tuple[int, ...]:
+        """The batch sizes latencies are predicted and measured at: 1 and the throughput batch."""
+        return tuple(dict.fromkeys((1, self.latency_batch)))
 
     def __post_init__(self) -> None:
         if self.trials <= 0:
@@ -81,6 +96,15 @@ class SearchConfig:
                             ("--max-latency-ms", self.max_latency_ms)):
             if value is not None and value <= 0:
                 raise UsageError(f"{name} must be positive (got {value})")
+        if self.speedup is not None and not self.speedup >= 1:
+            raise UsageError(f"--speedup must be at least 1: the student must not be slower than its teacher "
+                             f"(got {self.speedup})")
+        if self.latency_batch < 1:
+            raise UsageError(f"--latency-batch must be at least 1 (got {self.latency_batch})")
+        if self.latency_threads is not None and self.latency_threads < 1:
+            raise UsageError(f"--latency-threads must be at least 1 (got {self.latency_threads})")
+        if self.latency_provider not in ("cpu", "cuda", "tensorrt"):
+            raise UsageError(f"unknown --latency-provider {self.latency_provider!r}; use cpu, cuda or tensorrt")
         if self.sampler not in SAMPLERS:
             raise UsageError(f"unknown sampler {self.sampler!r}; use one of {', '.join(SAMPLERS)}")
         if self.pick not in PICK_RULES:

@@ -2,11 +2,9 @@
 Optuna its objective values and budget constraints."""
 from __future__ import annotations
 
-import io
 import math
 import random
 import time
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,9 +14,10 @@ from kdsearch.arch import Arch
 from kdsearch.data import Dataset
 from kdsearch.errors import BudgetError
 from kdsearch.search.config import COST_OBJECTIVES, SearchConfig
+from kdsearch.search.speed import SpeedModel, fastest_words, speed_violations
 from kdsearch.search.storage import StaleTrials
 
-__all__ = ["TrialObjective", "CandidateShape", "objective_directions", "feasible_samples", "candidate_latency_ms"]
+__all__ = ["TrialObjective", "CandidateShape", "objective_directions", "feasible_samples"]
 
 
 @dataclass(frozen=True)
@@ -56,15 +55,17 @@ def _violations(config: SearchConfig, costs: dict[str, float]) -> dict[str, floa
         out["flops"] = costs["flops"] / config.max_flops - 1.0
     if config.max_latency_ms is not None and "latency" in costs:
         out["latency"] = costs["latency"] / config.max_latency_ms - 1.0
+    out.update(speed_violations(config, costs))
     return out
 
 
 _FEASIBLE: dict[tuple, tuple[list[Arch], float]] = {}  # per process: the input checks' sampling, reused by the search
 
 
-def feasible_samples(space, dataset: Dataset, config: SearchConfig, wanted: int, samples: int = 400) -> tuple[list[Arch], float]:
-    """Sample the space before searching: up to ``wanted`` distinct archs within the params and
-    FLOPs budgets, and the fraction of samples that met them.
+def feasible_samples(space, dataset: Dataset, config: SearchConfig, wanted: int, samples: int = 400,
+                     speed: SpeedModel | None = None) -> tuple[list[Arch], float]:
+    """Sample the space before searching: up to ``wanted`` distinct archs within the params, FLOPs
+    and (with ``speed``, predicted) speed budgets, and the fraction of samples that met them.
 
     Fails at once (a :class:`BudgetError`, before any scoring) when no sample meets the budgets.
     The result is remembered for the same space, data shape, budgets and seed: the input checks
@@ -72,16 +73,19 @@ def feasible_samples(space, dataset: Dataset, config: SearchConfig, wanted: int,
     """
     genes = space.genes_for(space.form_for(dataset.image_size))  # the ranges sampled at this size
     key = (type(space).__name__, space.name, repr(genes), dataset.num_classes, dataset.in_channels,
-           tuple(dataset.image_size), config.seed, config.max_params, config.max_flops, wanted, samples)
+           tuple(dataset.image_size), config.seed, config.max_params, config.max_flops, wanted, samples,
+           config.speedup, config.max_latency_ms, id(speed) if speed is not None else None)
     if key not in _FEASIBLE:
-        _FEASIBLE[key] = _feasible_samples(space, dataset, config, wanted, samples)
+        _FEASIBLE[key] = _feasible_samples(space, dataset, config, wanted, samples, speed)
     found, fraction = _FEASIBLE[key]
     return list(found), fraction
 
 
-def _feasible_samples(space, dataset: Dataset, config: SearchConfig, wanted: int, samples: int) -> tuple[list[Arch], float]:
+def _feasible_samples(space, dataset: Dataset, config: SearchConfig, wanted: int, samples: int,
+                      speed: SpeedModel | None) -> tuple[list[Arch], float]:
     rng = random.Random(config.seed)
     smallest: dict[str, float] = {}
+    fastest: dict[int, float] = {}  # the best predicted speed-up at each batch, of the sample fastest at its worst batch
     found: list[Arch] = []
     seen: set[str] = set()
     ok = 0
@@ -97,11 +101,18 @@ def _feasible_samples(space, dataset: Dataset, config: SearchConfig, wanted: int
             costs = _cost_of(space, arch, dataset)
         for k, v in costs.items():
             smallest[k] = min(smallest.get(k, math.inf), v)
+        if speed is not None:
+            costs.update(speed.predict(arch))
+            costs["latency"] = costs["pred_ms_b1"]
+            smallest["latency"] = min(smallest.get("latency", math.inf), costs["latency"])
+            ups = {b: costs[f"pred_speedup_b{b}"] for b in config.latency_batches}
+            if min(ups.values()) > min(fastest.values(), default=-math.inf):
+                fastest = ups
         if all(v <= 0 for v in _violations(config, costs).values()):
             ok += 1
             if len(found) < wanted:
                 found.append(arch)
-        elif config.max_params is None and config.max_flops is None:
+        elif config.max_params is None and config.max_flops is None and not (speed and config.timed):
             break
     if ok == 0:
         parts = []
@@ -109,6 +120,11 @@ def _feasible_samples(space, dataset: Dataset, config: SearchConfig, wanted: int
             parts.append(f"--max-params {config.max_params:,} (smallest sampled: {int(smallest['params']):,})")
         if config.max_flops is not None and "flops" in smallest:
             parts.append(f"--max-flops {config.max_flops:,} (smallest sampled: {int(smallest['flops']):,})")
+        if config.speedup is not None and fastest:
+            parts.append(f"--speedup {config.speedup:g} (fastest sampled: {fastest_words(fastest)}, predicted)")
+        if config.max_latency_ms is not None and "latency" in smallest:
+            parts.append(f"--max-latency-ms {config.max_latency_ms:g} (fastest sampled: "
+                         f"{smallest['latency']:.3g} ms at batch 1, predicted)")
         raise BudgetError(
             f"no candidate of space {space.name} meets {' and '.join(parts)} in {len(seen)} samples; "
             "raise the budget or use a space with smaller members"
@@ -127,8 +143,9 @@ class TrialObjective:
 
     poll_s = 0.5  # how often a trial waiting on earlier running trials looks again
 
-    def __init__(self, space, dataset: Dataset | CandidateShape, config: SearchConfig, proxies, stats, batch, study) -> None:
-        self.space, self.dataset, self.config = space, dataset, config
+    def __init__(self, space, dataset: Dataset | CandidateShape, config: SearchConfig, proxies, stats, batch, study,
+                 speed: SpeedModel | None = None) -> None:
+        self.space, self.dataset, self.config, self.speed = space, dataset, config, speed
         self.proxies, self.stats, self.batch, self.study = proxies, stats, batch, study
         self.seen: dict[str, dict[str, Any]] = {}
         self.stale = StaleTrials()
@@ -175,8 +192,9 @@ class TrialObjective:
         attrs = self.seen.get(key)
         if attrs is None:
             costs = _cost_of(self.space, arch, self.dataset)
-            if self.config.max_latency_ms is not None or "latency" in self.config.objectives:
-                costs["latency"] = candidate_latency_ms(self.space, arch, self.dataset)
+            if self.speed is not None:  # predicted by the latency model: no export per candidate
+                costs.update(self.speed.predict(arch))
+                costs["latency"] = costs["pred_ms_b1"]
             student = build_candidate(self.space, arch, self.dataset.num_classes, self.dataset.in_channels, self.config.seed)
             scores = score_candidate(student, self.batch, self.proxies, self.stats, seed=self.config.seed)
             attrs = {"arch": arch.to_dict(), "arch_key": key, "scores": scores, **costs, "reused": False}
@@ -192,34 +210,3 @@ class TrialObjective:
         for objective in self.config.objectives:
             values.append(float(attrs[objective]) if objective in COST_OBJECTIVES else float(attrs["scores"][objective]))
         return tuple(values) if len(values) > 1 else values[0]
-
-
-_LATENCY_CACHE: dict[tuple[str, int, int, tuple[int, int]], float] = {}  # per process: (arch key, K, C, HW) -> ms
-
-
-def candidate_latency_ms(space, arch: Arch, dataset: Dataset | CandidateShape, *, runs: int = 30, warmup: int = 5) -> float:
-    """Median ONNX Runtime (CPU) latency of ``arch`` at batch 1 on this machine, in ms; cached per arch.
-
-    A throwaway probe: the TorchScript exporter (``dynamo=False``) into memory takes a fraction of
-    a second where the dynamo exporter of :func:`kdsearch.export.export_onnx` takes several.
-    """
-    from kdsearch.export import latency_ms
-
-    h, w = dataset.image_size
-    cache_key = (arch.key, dataset.num_classes, dataset.in_channels, (h, w))
-    if cache_key in _LATENCY_CACHE:
-        return _LATENCY_CACHE[cache_key]
-    import onnxruntime as ort
-
-    model = space.build(arch, num_classes=dataset.num_classes, in_channels=dataset.in_channels).eval()
-    buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated; fine for a probe
-        torch.onnx.export(model, (torch.zeros(1, dataset.in_channels, h, w),), buffer, dynamo=False,
-                          input_names=["images"], output_names=["logits"])
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
-    value = float(latency_ms(session, (1, dataset.in_channels, h, w), runs=runs, warmup=warmup)["p50"])
-    _LATENCY_CACHE[cache_key] = value
-    return value

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import replace
 from pathlib import Path
 
 from kdsearch.arch import Arch
@@ -25,11 +26,12 @@ from kdsearch.progress import NULL_PROGRESS, Progress
 from kdsearch.search.config import COST_OBJECTIVES, SearchConfig
 from kdsearch.search.objective import CandidateShape, TrialObjective, feasible_samples, objective_directions
 from kdsearch.search.sampler import create_sampler
+from kdsearch.search.speed import SpeedModel
 from kdsearch.search.storage import get_storage, storage_url
 from kdsearch.search.summary import SearchResult, summarise_study
 from kdsearch.search.workers import WorkerJob, count_complete, optimize_until_full, start_workers, stop_workers
 
-__all__ = ["run_search", "open_study", "COST_OBJECTIVES", "objective_directions"]
+__all__ = ["run_search", "open_study", "measure_speed", "COST_OBJECTIVES", "objective_directions"]
 
 
 def open_study(config: SearchConfig, out_dir: Path, *, resume: bool):
@@ -78,9 +80,10 @@ def run_search(
     space = load_space(config.space)
     proxy_names = list(dict.fromkeys(o for o in config.objectives if o not in COST_OBJECTIVES))
     proxies = {name: create_proxy(name) for name in proxy_names}
+    speed = measure_speed(teacher.module, space, dataset, config, progress)
     # The first generation is drawn from inside the budget, so evolution starts where the winner must be.
-    initial, feasible_fraction = feasible_samples(space, dataset, config, wanted=config.population)
-    if config.max_params is not None or config.max_flops is not None:
+    initial, feasible_fraction = feasible_samples(space, dataset, config, wanted=config.population, speed=speed)
+    if config.max_params is not None or config.max_flops is not None or speed is not None:
         progress.note(f"{feasible_fraction:.0%} of sampled {space.name} candidates meet the budget")
 
     teacher_module = teacher.module if config.teacher_init == "pretrained" else teacher.fresh_copy(config.seed)
@@ -107,9 +110,10 @@ def run_search(
     progress.start("search", f"search {space.name}", config.trials)
     progress.advance("search", done)
     shape = CandidateShape(dataset.num_classes, dataset.in_channels, tuple(dataset.image_size))
-    objective = TrialObjective(space, shape, config, proxies, stats, batch, study)
+    objective = TrialObjective(space, shape, config, proxies, stats, batch, study, speed)
     if done < config.trials:
-        job = WorkerJob(config, storage_url(config, out_dir), shape, proxy_names, stats, batch)
+        job = WorkerJob(config, storage_url(config, out_dir), shape, proxy_names, stats, batch,
+                        replace(speed, teacher_module=None) if speed is not None else None)
         workers = start_workers(job, config.workers - 1)
         ctrl_c = _CtrlC()
         try:
@@ -132,7 +136,18 @@ def run_search(
             raise SearchError(f"{failed} search worker(s) failed and the study has {count_complete(study)} of "
                               f"{config.trials} trials; run the same command with --resume")
     progress.finish("search")
-    return summarise_study(study, config, out_dir)
+    return summarise_study(study, config, out_dir, speed=speed, space=space, shape=shape, note=progress.note)
+
+
+def measure_speed(teacher_module, space, dataset: Dataset, config: SearchConfig,
+                  progress: Progress = NULL_PROGRESS) -> SpeedModel | None:
+    """The teacher's timing and the space's latency model when the budgets need latencies, else None."""
+    if not config.timed:
+        return None
+    speed = SpeedModel.measure(teacher_module, space, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
+                               image_size=tuple(dataset.image_size), config=config)
+    progress.note(speed.describe())
+    return speed
 
 
 class _CtrlC:

@@ -7,12 +7,12 @@ import io
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from kdsearch.arch import Arch
 from kdsearch.errors import BudgetError, SearchError
 from kdsearch.files import write_text
-from kdsearch.rundir import WinnerRecord
+from kdsearch.rundir import SpeedRecord, WinnerRecord
 from kdsearch.search.config import RACE_RANKS, SearchConfig
 from kdsearch.search.winner import explain_winner, pick_winner, rank_by_rule
 
@@ -47,6 +47,7 @@ def leaderboard_rows(study) -> list[dict[str, Any]]:
             "params": t.user_attrs["params"],
             "flops": t.user_attrs["flops"],
             "latency_ms": t.user_attrs.get("latency"),
+            **{k: v for k, v in t.user_attrs.items() if k.startswith(("pred_ms_b", "pred_speedup_b"))},
             "feasible": all(v <= 0 for v in t.constraints.values()) if t.constraints else True,
             "reused": t.user_attrs.get("reused", False),
         })
@@ -62,8 +63,14 @@ def rank_leaderboard(rows: list[dict[str, Any]], winner: dict[str, Any], score: 
     return feasible + over
 
 
-def summarise_study(study, config: SearchConfig, out_dir: Path) -> SearchResult:
-    """Write leaderboard.csv, winner.json and pareto.png from the study's complete trials."""
+def summarise_study(study, config: SearchConfig, out_dir: Path, *, speed=None, space=None, shape=None,
+                    note: Callable[[str], None] = lambda _m: None) -> SearchResult:
+    """Write leaderboard.csv, winner.json and pareto.png from the study's complete trials.
+
+    With a speed budget (``speed``, a :class:`~kdsearch.search.speed.SpeedModel`), the leading
+    candidates are timed for real against the teacher and the budget is judged on those timings
+    (:func:`kdsearch.search.speed.confirm_fastest`); ``search/speed.json`` records them.
+    """
     from kdsearch.report.plots import plot_pareto
 
     rows = leaderboard_rows(study)
@@ -78,9 +85,14 @@ def summarise_study(study, config: SearchConfig, out_dir: Path) -> SearchResult:
     feasible = [r for r in feasible if not is_degenerate(r)] or feasible
     if not feasible:
         raise BudgetError("no searched candidate met the budget; raise the budget or search longer (--trials)")
+    timed: list[dict[str, Any]] = []
+    replaced: list[str] = []
+    if speed is not None and (config.speedup is not None or config.max_latency_ms is not None):
+        feasible, timed, replaced = _confirm_speed(feasible, rows, score, config, speed, space, shape, note)
     picked = pick_winner(feasible, score, config.pick, cost="params")
     reason = explain_winner(picked, feasible, score, config.pick, cost="params", budgets={
-        "params": config.max_params, "flops": config.max_flops, "latency": config.max_latency_ms})
+        "params": config.max_params, "flops": config.max_flops, "latency": config.max_latency_ms,
+        "speedup": config.speedup})
     winner = Arch.from_json(picked["arch"])
     ranked = rank_leaderboard(rows, picked, score, config.pick)
     write_text(out_dir / "leaderboard.csv", _to_csv(ranked))
@@ -98,10 +110,60 @@ def summarise_study(study, config: SearchConfig, out_dir: Path) -> SearchResult:
         unique_candidates=len(unique),
         feasible_candidates=len(feasible),
         config={k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
+        speedup={str(b): picked[f"speedup_b{b}"] for b in config.latency_batches} if "speedup_b1" in picked else None,
     ).save(out_dir / WinnerRecord.FILE)
+    if speed is not None:
+        SpeedRecord(provider=config.latency_provider, threads=config.latency_threads,
+                    batches=list(config.latency_batches), teacher_ms={str(b): v for b, v in speed.teacher_ms.items()},
+                    speedup_budget=config.speedup, timed=[_timed_entry(r, score, config) for r in timed],
+                    replaced=replaced, table=speed.table_paths()).save(out_dir / SpeedRecord.FILE)
     plot_pareto(list(unique.values()), picked, score, out_dir / "pareto.png")
     winner_row = {**picked, "rule": config.pick, "reason": reason}
     return SearchResult(winner, winner_row, ranked, len(feasible), str(study._storage), study.study_name)
+
+
+def _confirm_speed(feasible, rows, score, config, speed, space, shape, note):
+    """Time the rule's leading candidates (and a race's finalists) for real; drop those that miss.
+
+    Returns the feasible rows left, every timed row, and the lines about passed-over leaders.
+    The timed figures are written into ``rows`` (the leaderboard), and a row that missed the
+    budget when timed is no longer feasible there.
+    """
+    from kdsearch.search.race import pick_finalists
+    from kdsearch.search.speed import confirm_fastest, passed_over, time_candidates
+
+    where = {"num_classes": shape.num_classes, "in_channels": shape.in_channels, "image_size": shape.image_size}
+    ranked = rank_by_rule(feasible, score, config.pick)
+    timed, replaced = confirm_fastest(ranked, space, speed, config, **where, note=note)
+    for _ in range(8):  # a race: every finalist is timed too, and one that misses is replaced by the next
+        by_arch = {r["arch"]: r for r in timed}
+        feasible = [r for r in feasible if by_arch.get(r["arch"], {}).get("meets_budget", True)]
+        untimed = [r for r in pick_finalists(feasible, score, config.pick, config.race) if r["arch"] not in by_arch]
+        if not config.race or not untimed:
+            break
+        more = time_candidates(untimed, space, speed, config, **where, note=note)
+        timed += more
+        replaced += [passed_over(r, config) for r in more if not r["meets_budget"]]
+    measured = {r["arch"]: r for r in timed}
+    for row in rows:
+        m = measured.get(row["arch"])
+        if m is not None:
+            row.update({k: m[k] for k in m if k.startswith(("ms_b", "speedup_b"))})
+            row["feasible"] = row["feasible"] and m["meets_budget"]
+    feasible = [{**r, **{k: v for k, v in measured[r["arch"]].items() if k.startswith(("ms_b", "speedup_b"))}}
+                if r["arch"] in measured else r for r in feasible]
+    return feasible, timed, replaced
+
+
+def _timed_entry(row: dict[str, Any], score: str, config: SearchConfig) -> dict[str, Any]:
+    """What search/speed.json keeps of a candidate timed for real."""
+    batches = config.latency_batches
+    return {"arch": json.loads(row["arch"]), "arch_key": row["arch"], "trial": row["trial"], "params": row["params"],
+            "flops": row["flops"], "score": row[score],
+            "predicted_ms": {str(b): row.get(f"pred_ms_b{b}") for b in batches},
+            "ms": {str(b): row[f"ms_b{b}"] for b in batches},
+            "speedup": {str(b): row[f"speedup_b{b}"] for b in batches},
+            "meets_budget": row["meets_budget"]}
 
 
 def record_race(out_dir: Path, race: dict[str, Any]) -> WinnerRecord:

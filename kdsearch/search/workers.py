@@ -45,6 +45,7 @@ class WorkerJob:
     proxy_names: list[str]
     stats: dict[str, Any]
     batch: tuple[torch.Tensor, torch.Tensor]
+    speed: Any = None  # the SpeedModel without its teacher: candidates' latencies are predicted, not timed
 
 
 def _worker_main(job: WorkerJob, index: int) -> None:
@@ -64,7 +65,8 @@ def _worker_main(job: WorkerJob, index: int) -> None:
     storage = get_storage(job.url, config.heartbeat_s)
     study = optuna.load_study(study_name=config.study_name, storage=storage, sampler=sampler)
     proxies = {name: create_proxy(name) for name in job.proxy_names}
-    objective = TrialObjective(load_space(config.space), job.shape, config, proxies, job.stats, job.batch, study)
+    objective = TrialObjective(load_space(config.space), job.shape, config, proxies, job.stats, job.batch, study,
+                               job.speed)
     optimize_until_full(study, objective, config, [])
 
 
