@@ -70,8 +70,8 @@ class SearchConfig:
 
     @property
     def latency_batches(self) -> tuple[int, ...]:
-        """The batch sizes latencies are predicted and measured at: 1 and the throughput batch."""
-        return tuple(dict.fromkeys((1, self.latency_batch)))
+        """The batch sizes latencies are predicted and measured at: 1, and the throughput batch under a speed-up budget."""
+        return tuple(dict.fromkeys((1, self.latency_batch))) if self.speedup is not None else (1,)
 
     def __post_init__(self) -> None:
         if self.trials <= 0:
