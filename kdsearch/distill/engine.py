@@ -25,7 +25,9 @@ the memory free now, see :mod:`kdsearch.memory`), not one step alone:
   each step, and a note says so;
 - evaluation (validation, the teacher's validation pass, the cache pass, the test prediction):
   its batch, at most ``eval_batch_size``, is the largest whose forward pass fits in what the
-  step's fixed part and the cache leave, measured by the same kind of probe.
+  step and the cache leave, measured by the same kind of probe. On CUDA the step leaves its
+  fixed part (gradients, optimizer state); on the CPU its whole peak, which glibc keeps
+  resident after the step (``benchmarks/memory_estimate.py`` measured evaluation on top of it).
 
 On CUDA a step runs under AMP (bf16 where supported, else fp16 with a GradScaler) in
 channels_last; uint8 batches are pinned, copied with ``non_blocking=True`` and normalised on
@@ -599,27 +601,26 @@ def choose_micro_batch(
 
 
 def estimate_inference_memory(
-    model: nn.Module, images: torch.Tensor, dataset: Dataset, device: torch.device, channels_last: bool = False
+    model: nn.Module, images: torch.Tensor, dataset: Dataset, device: torch.device, channels_last: bool = False,
+    paths: list[str] | None = None,
 ) -> MemoryEstimate:
     """The peak memory of one evaluation forward (eval mode, ``inference_mode``) as a line in the batch.
 
     Measured on the first 2 and 4 of ``images`` (uint8 ``(N, C, H, W)``) as :func:`predict_logits`
-    runs them; the model's training flag is restored.
+    runs them, with the feature maps at ``paths`` kept as the teacher cache's pass keeps them.
+    The probe runs a copy: an exported (QAT) graph ignores ``eval()``, and its BatchNorm
+    statistics and observers must not see the probe.
     """
-    was_training = model.training
-    model.eval()
+    model = copy.deepcopy(model).eval()
 
     def step(batch: int) -> None:
-        with torch.inference_mode():
+        with torch.inference_mode(), FeatureTap(model, paths or []):
             x = normalize(images[:batch].to(device), dataset.mean, dataset.std)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             model(x)
 
-    try:
-        return estimate_step_memory(step, device, (2, 4) if len(images) >= 4 else (1, 2))
-    finally:
-        model.train(was_training)
+    return estimate_step_memory(step, device, (2, 4) if len(images) >= 4 else (1, 2))
 
 
 def choose_eval_batch(estimates: list[MemoryEstimate], budget: MemoryBudget, batch_size: int) -> int:
@@ -637,6 +638,7 @@ class MemoryPlan:
     cache_place: str | None  # "device", "host", or None: the teacher runs live (or no cache was asked for)
     step_bytes: int  # one step at the full batch
     cache_bytes: int  # the teacher cache (0: none asked for)
+    run_bytes: int  # the most the run holds at once: a step at the micro-batch or an evaluation, with the cache
     budget: MemoryBudget
     notes: tuple[str, ...] = ()
 
@@ -669,26 +671,35 @@ def plan_memory(
     if teacher is not None and config.cache_teacher:
         cache_bytes = teacher_cache_bytes(teacher, t_paths, dataset.train, dataset, device)
         room = budget.nbytes - estimate.at(micro)
-        if device.type == "cuda" and cache_bytes <= min(room, _CACHE_ON_GPU_BYTES):
-            cache_place, held = "device", cache_bytes
-        elif device.type == "cuda" and cache_bytes <= memory_budget(None, torch.device("cpu")).nbytes:
-            cache_place = "host"  # host memory, outside the GPU's budget
-        elif device.type != "cuda" and cache_bytes <= room:
+        host = memory_budget(None, torch.device("cpu")) if device.type == "cuda" else None
+        if host is None and cache_bytes <= room:
             cache_place, held = "host", cache_bytes
+        elif host is not None and cache_bytes <= min(room, _CACHE_ON_GPU_BYTES):
+            cache_place, held = "device", cache_bytes
+        elif host is not None and cache_bytes <= host.nbytes:
+            cache_place = "host"  # host memory, outside the GPU's budget
         else:
-            where = "the host's" if device.type == "cuda" else f"{format_bytes(max(0, room))} the training step leaves of"
+            where = (f"the {format_bytes(host.nbytes)} of host memory ({host.source})" if host is not None else
+                     f"the {format_bytes(max(0, room))} the training step leaves of {format_bytes(budget.nbytes)} "
+                     f"({budget.source})")
             notes.append(
                 f"caching the teacher's outputs for {len(dataset.train)} training images (logits and "
-                f"{len(t_paths)} feature maps) needs ≈ {format_bytes(cache_bytes)}, more than {where} "
-                f"{format_bytes(budget.nbytes)} ({budget.source}): the teacher runs live at each step instead"
+                f"{len(t_paths)} feature maps) needs ≈ {format_bytes(cache_bytes)}, more than {where}: "
+                "the teacher runs live at each step instead"
             )
 
-    # evaluation holds the cache and the step's fixed part (gradients, optimizer state) while it runs
-    eval_budget = budget.less(held + int(estimate.slack * estimate.fixed), "training state and teacher cache")
-    models = [state.model] + ([teacher] if teacher is not None else [])
-    estimates = [estimate_inference_memory(m, dataset.val.images if len(dataset.val) else dataset.train.images,
-                                           dataset, device, run.channels_last) for m in models]
+    # evaluation holds the cache and the step's fixed part (gradients, optimizer state) while it runs; on the
+    # CPU the whole step's peak stays resident (glibc keeps the freed heap), and evaluation comes on top of it
+    step_resident = estimate.at(micro) if device.type != "cuda" else int(estimate.slack * estimate.fixed)
+    reserved = held + step_resident
+    eval_budget = budget.less(reserved, "training state and teacher cache")
+    images = dataset.val.images if len(dataset.val) else dataset.train.images
+    estimates = [estimate_inference_memory(state.model, images, dataset, device, run.channels_last)]
+    if teacher is not None:  # the cache pass keeps each batch's feature maps too
+        estimates.append(estimate_inference_memory(teacher, images, dataset, device, run.channels_last,
+                                                   t_paths if cache_place else None))
     eval_batch = choose_eval_batch(estimates, eval_budget, config.eval_batch_size)
+    eval_bytes = max(e.at(eval_batch) for e in estimates) + reserved
     if eval_batch < config.eval_batch_size:
         need = max(e.at(config.eval_batch_size) for e in estimates)
         notes.append(
@@ -696,7 +707,8 @@ def plan_memory(
             f"{format_bytes(eval_budget.nbytes)} is available ({eval_budget.source}): evaluating "
             f"{eval_batch} images at a time"
         )
-    return MemoryPlan(micro, eval_batch, cache_place, step_bytes, cache_bytes, budget, tuple(notes))
+    run_bytes = max(estimate.at(micro) + held, eval_bytes)
+    return MemoryPlan(micro, eval_batch, cache_place, step_bytes, cache_bytes, run_bytes, budget, tuple(notes))
 
 
 def _check_memory(
@@ -721,7 +733,7 @@ def _check_memory(
     run.memory = {"micro_batch": plan.micro_batch, "accumulation_steps": len(_micro_batches(config.batch_size,
                                                                                             plan.micro_batch)),
                   "memory_estimate_bytes": plan.step_bytes, "memory_budget_bytes": plan.budget.nbytes,
-                  "eval_batch": plan.eval_batch}
+                  "eval_batch": plan.eval_batch, "run_memory_estimate_bytes": plan.run_bytes}
     if config.cache_teacher and teacher is not None:
         run.memory["teacher_cache"] = plan.cache_place or "live"
         run.memory["teacher_cache_bytes"] = plan.cache_bytes
