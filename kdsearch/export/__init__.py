@@ -9,6 +9,7 @@ from kdsearch.lazy import lazy_attributes
 
 __all__ = [
     "ExportConfig",
+    "LatencyModel",
     "MIN_OPSET",
     "PARITY_MIN_AGREEMENT",
     "PARITY_RTOL",
@@ -38,6 +39,7 @@ __getattr__ = lazy_attributes(__name__, {
     "PARITY_RTOL": "runtime", "PROVIDERS": "runtime", "check_onnxruntime_install": "runtime", "latency_ms": "runtime",
     "onnx_accuracy": "runtime", "ort_session": "runtime", "parity": "runtime", "parity_tolerance": "runtime",
     "torch_latency_ms": "runtime",
+    "LatencyModel": "latency_model",
     "interleaved_latency_ms": "timing", "probe_session": "timing", "session_options": "timing",
     "speed_text": "timing", "speedup": "timing", "time_models": "timing",
     "PARITY_MIN_AGREEMENT": "stage", "export_model": "stage",
