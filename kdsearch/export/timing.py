@@ -123,13 +123,15 @@ def interleaved_latency_ms(sessions: Mapping[str, ort.InferenceSession],
 
 def time_models(models: Mapping[str, nn.Module], input_chw: tuple[int, int, int], *, batches: tuple[int, ...] = (1, 32),
                 threads: int | None = 1, provider: str = "cpu", runs: int = 50, warmup: int = 10,
-                seconds: float | None = None, seed: int = 0) -> dict[str, dict[int, float]]:
+                seconds: float | None = None, seed: int = 0, clock: str = "wall") -> dict[str, dict[int, float]]:
     """Median ONNX Runtime latency (ms) of each model at each batch size, all models timed interleaved.
 
     Models are exported in memory (:func:`probe_session`); at each batch size every model runs
     in one loop (:func:`interleaved_latency_ms`), so ratios between them are fair. ``seconds``
     caps the timed rounds per batch size (at least 5 rounds and 2 warm-ups), for models
-    that take long at a large batch.
+    that take long at a large batch. ``clock`` as in :func:`interleaved_latency_ms`: pass
+    ``kdsearch.export.latency_model.clock_for(threads, provider)`` to compare with a
+    :class:`~kdsearch.export.latency_model.LatencyModel`'s predictions, which are read on that clock.
 
     Returns:
         ``{name: {batch: p50_ms}}``.
@@ -148,11 +150,12 @@ def time_models(models: Mapping[str, nn.Module], input_chw: tuple[int, int, int]
     for b in batches:
         n_runs, n_warmup = runs, warmup
         if seconds is not None:
-            probe = interleaved_latency_ms(sessions, (b, *input_chw), runs=1, warmup=1, seed=seed)
+            probe = interleaved_latency_ms(sessions, (b, *input_chw), runs=1, warmup=1, seed=seed, clock=clock)
             round_s = sum(t["p50"] for t in probe.values()) / 1e3
             n_runs = max(5, min(runs, int(seconds / max(round_s, 1e-9))))
             n_warmup = max(2, min(warmup, n_runs // 5))
-        timed = interleaved_latency_ms(sessions, (b, *input_chw), runs=n_runs, warmup=n_warmup, seed=seed)
+        timed = interleaved_latency_ms(sessions, (b, *input_chw), runs=n_runs, warmup=n_warmup, seed=seed,
+                                       clock=clock)
         for n, t in timed.items():
             out[n][b] = t["p50"]
     return out
