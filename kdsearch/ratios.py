@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from kdsearch.rundir import ExportRecord
 
-__all__ = ["points_text", "speed_text", "speedup", "threads_text", "export_speed_warnings"]
+__all__ = ["fewer_text", "points_text", "speed_text", "speedup", "threads_text", "export_speed_warnings"]
 
 
 def speedup(teacher_ms: float, student_ms: float) -> float:
@@ -25,6 +25,16 @@ def speed_text(ratio: float | None) -> str:
     if ratio >= 1:
         return f"{ratio:.1f}× faster"
     return f"{1 / ratio:.1f}× slower"
+
+
+def fewer_text(ratio: float | None) -> str:
+    """A count's ratio (teacher ÷ student, parameters or FLOPs) as ``8.3× fewer`` or ``1.5× more``
+    (never ``0.7× fewer``); ``—`` when unknown."""
+    if ratio is None or not ratio > 0:
+        return "—"
+    if ratio >= 1:
+        return f"{ratio:.1f}× fewer"
+    return f"{1 / ratio:.1f}× more"
 
 
 def points_text(student: float | None, reference: float | None) -> str:

@@ -40,15 +40,18 @@ def _report_tables(figures: dict[str, Any]) -> list[Table]:
     tables = [main]
     if exported:
         deploy = Table(title="deployment (ONNX Runtime; ★ the file to ship)")
+        int8 = any(kind != "fp32" for kind in exported)
         columns = ["file", "val top-1", "agreement", *(f"p50 b={b}" for b in batches),
-                   *(f"vs teacher b={b}" for b in batches), *(f"vs fp32 b={b}" for b in batches), "size", "provider"]
+                   *(f"vs teacher b={b}" for b in batches), *(f"vs fp32 b={b}" for b in batches if int8), "size",
+                   "provider"]
         for col in columns:
             deploy.add_column(col, justify="left" if col == "file" else "right")
         for kind, f in exported.items():
             deploy.add_row(("★ " if f["recommended"] else "") + f"{kind}: {f['path']}", fmt_pct(f["accuracy"]),
                            fmt_pct(f["top1_agreement"]), *(fmt_ms(f[f"latency_ms_b{b}"]) for b in batches),
                            *(speed_text(f[f"speedup_b{b}"]) for b in batches),
-                           *((speed_text(f[f"speedup_vs_fp32_b{b}"]) if kind != "fp32" else "") for b in batches),
+                           *((speed_text(f[f"speedup_vs_fp32_b{b}"]) if kind != "fp32" else "") for b in batches
+                             if int8),
                            fmt_int(f["size_bytes"]) + "B", str(f["provider"] or ""))
         tables.append(deploy)
     return tables

@@ -299,8 +299,7 @@ def export_model(
     write_text(out_dir / "export.log", "\n".join(logs) + "\n")
     record = ExportRecord.from_dict(report)
     record = dataclasses.replace(record, recommended=recommend_file(record.files))
-    for line in export_speed_warnings(record):
-        say(line)
+    for line in export_speed_warnings(record):  # one line each on the terminal; export.json holds the ratios
         warnings.warn(line, KdsearchWarning, stacklevel=2)
     record.save(out_dir / ExportRecord.FILE)
     say(f"wrote {out_dir / 'export.json'}")

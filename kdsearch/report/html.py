@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from kdsearch.files import write_text
-from kdsearch.ratios import points_text, speed_text
+from kdsearch.ratios import fewer_text, points_text, speed_text
 from kdsearch.report.summary import RunContents, key_figures, read_run
 from kdsearch.report.tables import fmt_int, fmt_ms, fmt_pct, latency_columns
 
@@ -108,7 +108,7 @@ def _cards(figures: dict[str, Any]) -> str:
         delta = f"teacher {fmt_pct(t['val_acc'])}" if t["val_acc"] is not None else ""
         cards.append(("student val top-1", fmt_pct(s["val_acc"]), delta))
     if s["params"] and t["params"]:
-        cards.append(("parameters", fmt_int(s["params"]), f"{t['params'] / s['params']:.1f}× fewer than the teacher"))
+        cards.append(("parameters", fmt_int(s["params"]), f"{fewer_text(t['params'] / s['params'])} than the teacher"))
     elif s["params"]:
         cards.append(("parameters", fmt_int(s["params"]), ""))
     shipped = next((f for f in exp.values() if f["recommended"]), None)
@@ -140,9 +140,9 @@ def _comparison(run: RunContents, figures: dict[str, Any]) -> str:
          points_text(s["val_acc"], t["val_acc"]) if s["val_acc"] is not None and t["val_acc"] is not None else "–"],
         ["test top-1", fmt_pct(run.teacher.test_acc if run.teacher else None), fmt_pct(s["test_acc"]), ""],
         ["params", fmt_int(t["params"]), fmt_int(s["params"]),
-         f"{t['params'] / s['params']:.1f}× fewer" if t["params"] and s["params"] else "–"],
+         fewer_text(t["params"] / s["params"]) if t["params"] and s["params"] else "–"],
         ["FLOPs", fmt_int(t["flops"]), fmt_int(s["flops"]),
-         f"{t['flops'] / s['flops']:.1f}× fewer" if t["flops"] and s["flops"] else "–"],
+         fewer_text(t["flops"] / s["flops"]) if t["flops"] and s["flops"] else "–"],
     ]
     if run.qat is not None:
         rows.append(["val top-1 after QAT (int8, PyTorch)", "", fmt_pct(run.qat.int8_val_acc),

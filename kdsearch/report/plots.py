@@ -144,7 +144,13 @@ def plot_speed_accuracy(trained: Sequence[dict[str, Any]], candidates: Sequence[
             right.scatter([c["speedup"] for c in won], [c["score"] for c in won], marker="*", s=220, c="tab:red",
                           zorder=5, label="search winner")
         right.set(xscale="log", xlabel=xlabel, ylabel=proxy, title="search candidates timed (not trained)")
+    from matplotlib.ticker import FuncFormatter
+
+    times = FuncFormatter(lambda v, _pos: f"{v:g}×")  # 2×, 0.5×: not 2×10⁰ on a log axis
     for ax in axes[0]:
+        ax.xaxis.set_major_formatter(times)
+        ax.xaxis.set_minor_formatter(times)
+        ax.tick_params(axis="x", which="minor", labelsize=7)
         ax.axvline(1.0, c="grey", lw=0.8, ls=":")
         if budget is not None:
             ax.axvline(budget, c="tab:orange", lw=1.5, ls="--", label=f"budget {budget:g}×")

@@ -6,7 +6,7 @@ from typing import Any, Callable, Sequence
 
 from rich.table import Table
 
-from kdsearch.ratios import points_text, speed_text
+from kdsearch.ratios import fewer_text, points_text, speed_text
 
 __all__ = ["summary_table", "leaderboard_table", "latency_columns", "export_table", "fmt_int", "fmt_pct", "fmt_ms"]
 
@@ -51,8 +51,8 @@ def summary_table(summary: dict[str, Any]) -> Table:
     table.add_column("student", justify="right")
     table.add_column("ratio", justify="right")
     table.add_row("val top-1", _pct(t["val_acc"]), _pct(s["val_acc"]), points_text(s["val_acc"], t["val_acc"]))
-    table.add_row("params", fmt_int(t["params"]), fmt_int(s["params"]), f"{summary['reduction']['params']:.1f}× fewer")
-    table.add_row("FLOPs", fmt_int(t["flops"]), fmt_int(s["flops"]), f"{summary['reduction']['flops']:.1f}× fewer")
+    table.add_row("params", fmt_int(t["params"]), fmt_int(s["params"]), fewer_text(summary["reduction"]["params"]))
+    table.add_row("FLOPs", fmt_int(t["flops"]), fmt_int(s["flops"]), fewer_text(summary["reduction"]["flops"]))
     table.add_row("ONNX val top-1", "", _pct(onnx["val_acc"]), f"agreement {_pct(onnx['top1_agreement'])}")
     table.add_row("latency b=1, PyTorch eager", "", _ms(onnx["pytorch_latency_ms_b1"]), "")
     for batch in dict.fromkeys((1, onnx.get("latency_batch", 32))):
@@ -122,15 +122,18 @@ def export_table(report: dict[str, Any]) -> Table:
     over the teacher and, for int8, over fp32 (every ratio of two medians from one interleaved loop), size."""
     batches = list(dict.fromkeys((report.get("timing") or {}).get("batches") or (1, 32)))
     table = Table(title="ONNX export")
-    columns = ["file", "val top-1", "top-1 agreement", *(f"p50 b={b}" for b in batches),
-               *(f"vs teacher b={b}" for b in batches), *(f"vs fp32 b={b}" for b in batches), "size", "provider"]
+    int8 = any(kind != "fp32" for kind in report["files"])
+    teacher = report.get("teacher") or {}
+    vs_teacher = [f"vs teacher b={b}" for b in batches] if teacher.get("latency_ms") else []
+    vs_fp32 = [f"vs fp32 b={b}" for b in batches] if int8 else []
+    columns = ["file", "val top-1", "agreement", *(f"p50 b={b}" for b in batches), *vs_teacher, *vs_fp32, "size",
+               "provider"]
     for col in columns:
         table.add_column(col, justify="right" if col != "file" else "left")
-    teacher = report.get("teacher") or {}
     if teacher.get("latency_ms"):
         lat = teacher["latency_ms"]
         table.add_row(f"teacher: {teacher.get('path', '')}", "", "",
-                      *(_ms(lat.get(f"batch_{b}", {}).get("p50")) for b in batches), *([""] * 2 * len(batches)),
+                      *(_ms(lat.get(f"batch_{b}", {}).get("p50")) for b in batches), *([""] * len(vs_teacher + vs_fp32)),
                       fmt_int(teacher.get("size_bytes")) + "B" if teacher.get("size_bytes") else "",
                       str(teacher.get("provider_used", "")))
     recommended = report.get("recommended")
@@ -138,14 +141,14 @@ def export_table(report: dict[str, Any]) -> Table:
         agreement = min((p["top1_agreement"] for p in f.get("parity", {}).values() if isinstance(p, dict)
                          and "top1_agreement" in p), default=None)
         lat = f.get("latency_ms", {})
-        vs_fp32 = f.get("speedup_vs_fp32") or {}
+        ratios = f.get("speedup_vs_fp32") or {}
         table.add_row(
             ("★ " if kind == recommended else "") + f"{kind}: {f['path']}",
             _pct(f.get("accuracy")),
             _pct(agreement),
             *(_ms(lat.get(f"batch_{b}", {}).get("p50")) for b in batches),
-            *(speed_text((f.get("speedup") or {}).get(str(b))) for b in batches),
-            *((speed_text(vs_fp32.get(str(b))) if kind != "fp32" else "") for b in batches),
+            *(speed_text((f.get("speedup") or {}).get(str(b))) for b in batches if vs_teacher),
+            *((speed_text(ratios.get(str(b))) if kind != "fp32" else "") for b in batches if vs_fp32),
             fmt_int(f.get("size_bytes")) + "B",
             str(f.get("provider_used", "")),
         )

@@ -52,3 +52,30 @@ def test_run_yaml_reproduces(tiny_run, tmp_path, cli):
     assert code == 0, err
     report = json.loads(out)
     assert "ptq" in report["files"]
+
+
+def test_summary_speed_ups_are_the_ones_export_json_recorded(tiny_run):
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    export = json.loads((tiny_run / "export" / "export.json").read_text())
+    batches = export["timing"]["batches"]
+    assert batches[0] == 1 and summary["onnx"]["latency_batch"] == batches[-1]
+    for b in batches:
+        assert summary["onnx"][f"speedup_b{b}"] == export["files"]["fp32"]["speedup"][str(b)]
+        teacher, student = export["teacher"]["latency_ms"][f"batch_{b}"], export["files"]["fp32"]["latency_ms"][f"batch_{b}"]
+        assert teacher["runs"] == student["runs"] == export["timing"]["runs"]  # one loop: as many rounds each
+        assert export["files"]["fp32"]["speedup"][str(b)] == pytest.approx(teacher["p50"] / student["p50"])
+
+
+def test_export_times_at_the_latency_batch_and_threads_asked(tiny_run, cli):
+    import yaml
+
+    code, out, err = cli("export", tiny_run, "--latency-batch", "4", "--latency-threads", "1", "--latency-runs", "3",
+                         "--json", "--quiet")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["timing"]["batches"] == [1, 4] and report["timing"]["threads"] == 1
+    assert set(report["teacher"]["latency_ms"]) == set(report["files"]["fp32"]["latency_ms"]) == {"batch_1", "batch_4"}
+    saved = yaml.safe_load((tiny_run / "run.yaml").read_text())["export"]
+    assert saved["latency_batch"] == 4 and saved["latency_threads"] == 1
+    code, out, err = cli("export", tiny_run, "--latency-batch", "0", "--quiet")
+    assert code != 0 and "--latency-batch must be at least 1" in err and "Traceback" not in err

@@ -91,3 +91,10 @@ def test_the_terminal_leaderboard_shows_predicted_and_measured_latency_where_tim
     first, second = _row(text, '"w":0'), _row(text, '"w":1')
     assert "0.300" in first and "0.320" in first and "2.0× slower" in first and "3.1× faster" in first
     assert "0.200" in second and "×" not in second
+
+
+def test_a_student_larger_than_its_teacher_has_more_params_never_a_fraction_fewer() -> None:
+    summary = _summary({1: 0.3, 32: 9.25}, {1: 11.96, 32: 327.6})
+    summary["reduction"] = {"params": 77_750 / 2_860_000, "flops": 18.69e6 / 1.16e9}
+    text = _text(summary_table(summary))
+    assert "36.8× more" in _row(text, "params") and "62.1× more" in _row(text, "FLOPs") and "0.0× fewer" not in text
