@@ -311,14 +311,14 @@ def latency_batch(config: RunConfig) -> int:
     """The throughput batch the export times beside batch 1: ``export.latency_batch``, else the search's."""
     if config.export.latency_batch is not None:
         return config.export.latency_batch
-    return getattr(config.search, "latency_batch", 32)
+    return config.search.latency_batch
 
 
 def latency_threads(config: RunConfig) -> int | None:
     """ONNX Runtime threads the export times with: ``export.latency_threads``, else the search's."""
     if config.export.latency_threads is not None:
         return config.export.latency_threads
-    return getattr(config.search, "latency_threads", 1)
+    return config.search.latency_threads
 
 
 def _previous_export(run: RunDir) -> ExportRecord | None:
