@@ -608,8 +608,7 @@ def estimate_inference_memory(
 
     Measured on the first 2 and 4 of ``images`` (uint8 ``(N, C, H, W)``) as :func:`predict_logits`
     runs them, with the feature maps at ``paths`` kept as the teacher cache's pass keeps them.
-    The probe runs a copy: an exported (QAT) graph ignores ``eval()``, and its BatchNorm
-    statistics and observers must not see the probe.
+    The probe runs a copy, so the model's BatchNorm statistics and QAT observers never see it.
     """
     model = copy.deepcopy(model).eval()
 

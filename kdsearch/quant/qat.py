@@ -179,6 +179,7 @@ def quantize_student(
     result = fit(prepared, criterion, dataset, out_dir, train_config, teacher=teacher, phases=QatPhases(config),
                  settings=asdict(config), resume=resume, progress=progress, device=device)
     history = result["history"]
+    eval_batch = history[-1].get("eval_batch", config.eval_batch_size) if history else config.eval_batch_size
 
     set_phase(prepared, training=False, freeze_bn=True, observe=False)
     prepared.to("cpu")
@@ -189,9 +190,11 @@ def quantize_student(
     keep = ("arch", "space", "family", "model", "num_classes", "in_channels", "normalization")
     write_json(out_dir / QAT_META, {"student": {k: student_meta.get(k) for k in keep}, "recipe": config.recipe,
                                     "image_size": list(dataset.image_size), "config": asdict(config)})
-    fake_quant_acc = topk_accuracy(predict_logits(prepared, val.images, dataset.mean, dataset.std), val.labels)
+    fake_quant_acc = topk_accuracy(predict_logits(prepared, val.images, dataset.mean, dataset.std,
+                                                  batch_size=eval_batch), val.labels)
     progress.note("converting to int8 (convert_pt2e)")
-    int8_acc = topk_accuracy(predict_logits(convert(prepared), val.images, dataset.mean, dataset.std), val.labels)
+    int8_acc = topk_accuracy(predict_logits(convert(prepared), val.images, dataset.mean, dataset.std,
+                                            batch_size=eval_batch), val.labels)
     metrics = QatMetrics(
         fp32_val_acc=fp32_acc,
         fake_quant_val_acc=fake_quant_acc,
