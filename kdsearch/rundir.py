@@ -8,7 +8,7 @@ test instead of silently blanking a report cell::
     runs/<name>/
       run.yaml  kdsearch.log  summary.json  report.html
       teacher/  model.json model.safetensors metrics.json (TrainMetrics) curves.png
-      search/   study.db leaderboard.csv winner.json (WinnerRecord) speed.json (SpeedRecord) pareto.png
+      search/   space.yaml study.db leaderboard.csv winner.json (WinnerRecord) speed.json (SpeedRecord) pareto.png
       race/     the short-distillation race of the finalists
       distill/  student.json student.safetensors metrics.json (TrainMetrics) curves.png last.ckpt
       qat/      qat.json qat.safetensors metrics.json (QatMetrics) curves.png last.ckpt
@@ -106,6 +106,12 @@ class RunDir:
     @property
     def leaderboard(self) -> Path:
         return self.search / "leaderboard.csv"
+
+    @property
+    def searched_space(self) -> Path:
+        """The definition of the space the run searched, copied from its YAML: later stages,
+        ``--resume`` and a copy of the run on another machine read this, not the user's file."""
+        return self.search / "space.yaml"
 
     @property
     def distill_metrics(self) -> Path:

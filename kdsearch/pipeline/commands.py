@@ -17,8 +17,8 @@ from typing import Any, Iterator
 from kdsearch.arch import Arch
 from kdsearch.devices import resolve_device
 from kdsearch.distill.distributed import DistributedContext, is_main_process
-from kdsearch.errors import KdsearchError, UsageError
-from kdsearch.files import write_json
+from kdsearch.errors import KdsearchError, SpaceError, UsageError
+from kdsearch.files import write_json, write_text
 from kdsearch.logs import capture_library_noise
 from kdsearch.pipeline.config import RunConfig, save_run_config
 from kdsearch.pipeline.stages import (
@@ -40,6 +40,7 @@ from kdsearch.report.html import write_report
 from kdsearch.rundir import ExportRecord, QatMetrics, RunDir, TrainMetrics, WinnerRecord, read_leaderboard
 from kdsearch.search.storage import storage_url
 from kdsearch.search.study import run_search
+from kdsearch.spaces import load_space
 
 __all__ = [
     "SearchOutcome",
@@ -50,6 +51,35 @@ __all__ = [
     "export_command",
     "run_pipeline",
 ]
+
+
+def _with_searched_space(config: RunConfig, run_dir: Path) -> RunConfig:
+    """``config`` reading the space ``run_dir`` was searched in, from its own copy (``search/space.yaml``),
+    so later stages, ``--resume`` and a copy of the run on another machine never need the YAML it came from.
+
+    Asking such a run for another space is refused; a YAML that is gone is not asked for.
+    """
+    saved = RunDir(run_dir).searched_space
+    if not saved.is_file():
+        return config
+    kept = load_space(saved).name
+    try:
+        asked = load_space(config.search.space).name
+    except SpaceError:  # the YAML moved, was deleted, or stayed on another machine: the copy stands in
+        asked = kept
+    if asked != kept:
+        raise UsageError(f"{run_dir} was searched in space {kept!r} (kept in {saved}), not {asked!r}; give the same "
+                         "--space, or a new --out")
+    return replace(config, search=replace(config.search, space=str(saved)))
+
+
+def _keep_searched_space(run: RunDir, config: RunConfig) -> None:
+    """Copy the definition of the space about to be searched into the run directory."""
+    import yaml
+
+    if not run.searched_space.is_file():
+        definition = load_space(config.search.space).definition
+        write_text(run.searched_space, yaml.safe_dump(definition, sort_keys=False))
 
 
 @contextlib.contextmanager
@@ -88,11 +118,15 @@ def search_command(out: Path, config: RunConfig, *, seed_archs: list[Arch] | Non
 
     if not config.teacher:
         raise UsageError("no teacher: give --teacher (a zoo name, model directory, .pt or .pt2) or `teacher:` in --config")
+    asked = config
+    if resume:
+        config = _with_searched_space(config, out)
     dataset = load_run_dataset(config)
     teacher = check_inputs(config, dataset) or resolve_teacher(out, config, dataset)  # loaded once
     run = RunDir(out)
     with opened_run_dir(out, resume=resume, force=force):
-        save_run_config(out, config)
+        save_run_config(out, asked)
+        _keep_searched_space(run, config)
         with _logged(out):
             result = run_search(teacher, dataset, run.search, search_config_for(config, teacher), resume=resume,
                                 seed_archs=seed_archs or [], progress=progress)
@@ -127,6 +161,9 @@ def distill_command(out: Path, config: RunConfig, arch: Arch, *, run_dir: Path |
     returns the metrics (the others return None).
     """
 
+    asked = config
+    if run_dir is not None:
+        config = _with_searched_space(config, run_dir)
     dataset = load_run_dataset(config)
     teacher = check_inputs(config, dataset, search=False, student=arch, train=("distill",)) or resolve_teacher(
         out, config, dataset)  # loaded once
@@ -139,7 +176,7 @@ def distill_command(out: Path, config: RunConfig, arch: Arch, *, run_dir: Path |
         if main:
             try:
                 _prepare_distill_dir(out, run_dir, resume=resume, force=force)
-                save_run_config(out, config)
+                save_run_config(out, asked)
             except KdsearchError as e:
                 failure = e
         failure = group.broadcast(failure)
@@ -167,6 +204,7 @@ def quantize_command(run_dir: Path, config: RunConfig, *, resume: bool = False, 
     run = RunDir(run_dir)
     if not run.student_json.exists():
         raise UsageError(f"{run_dir} has no distilled student (distill/student.json); run `kdsearch distill` first")
+    asked, config = config, _with_searched_space(config, run_dir)
     dataset = load_run_dataset(config)
     check_inputs(config, dataset, search=False, train=("quantize",))
     if run.qat.exists() and any(run.qat.iterdir()):
@@ -174,7 +212,7 @@ def quantize_command(run_dir: Path, config: RunConfig, *, resume: bool = False, 
             shutil.rmtree(run.qat)
         elif not resume:
             raise UsageError(f"{run.qat} already exists; add --resume to continue it or --force to start over")
-    save_run_config(run_dir, config)
+    save_run_config(run_dir, asked)
     with _logged(run_dir):  # torchao logs kernel-load failures at import
         return qat_stage(run, config, dataset, resume=resume, progress=progress)
 
@@ -195,13 +233,17 @@ def run_pipeline(config: RunConfig, run_dir: Path, *, resume: bool = False, forc
     Every input is checked before the run directory is touched, so a typo leaves nothing behind.
     """
     timings: dict[str, float] = {}
+    asked = config
+    if resume:
+        config = _with_searched_space(config, run_dir)
     t = time.perf_counter()
     dataset = load_run_dataset(config)
     timings["data"] = time.perf_counter() - t
     train = ("distill", "quantize") if config.qat else ("distill",)
     check_inputs(config, dataset, train=(("teach",) if config.teacher is None else ()) + train)
     with opened_run_dir(run_dir, resume=resume, force=force):
-        save_run_config(run_dir, config)
+        save_run_config(run_dir, asked)
+        _keep_searched_space(RunDir(run_dir), config)
         with _logged(run_dir):
             return _run_stages(config, RunDir(run_dir), dataset, timings, resume=resume, progress=progress)
 
