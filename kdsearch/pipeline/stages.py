@@ -84,6 +84,11 @@ def check_inputs(config: RunConfig, dataset, *, search: bool = True, student: Ar
         resolve_device(device)
     for name in train:
         _check_batches(name, getattr(config, name).batch_size, dataset)
+    if (train or (search and config.search.race)) and len(dataset.val) == 0:
+        raise UsageError(
+            f"the validation split is empty: {len(dataset.train)} training images of {dataset.num_classes} classes "
+            "leave none out (each class gives 10% of its images, rounded, to validation); use more data"
+        )
     if student is not None:
 
         student_space(student, config.search.space).validate(student)

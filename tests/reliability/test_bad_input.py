@@ -7,6 +7,7 @@ import os
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -92,6 +93,9 @@ def files(tmp_path_factory, fashion_npz):
         yamls[name].write_text(content)
     empty_dir = d / "empty_images"
     empty_dir.mkdir()
+    few = d / "few.npz"  # 24 images of 10 classes: a 10% validation split of each class rounds to nothing
+    with np.load(fashion_npz) as arrays:
+        np.savez(few, x=arrays["x"][:24], y=arrays["y"][:24])
     existing = d / "existing_run"
     existing.mkdir()
     (existing / "run.yaml").write_text("{}\n")
@@ -104,7 +108,7 @@ def files(tmp_path_factory, fashion_npz):
         "d": d, "npz": f"npz:{fashion_npz}", "teacher": good_teacher, "hundred": hundred, "rgb": rgb,
         "corrupt_weights": corrupt_weights, "bad_json": bad_json, "unknown_key": unknown_key, "evil": evil,
         "garbage_ts": garbage_ts, "text": text, "arch": arches, "yaml": yamls, "empty_dir": empty_dir,
-        "existing": existing, "readonly": readonly, "a_file": a_file,
+        "existing": existing, "readonly": readonly, "a_file": a_file, "few": f"npz:{few}",
     }
 
 
@@ -151,6 +155,9 @@ CASES = {
     "config yaml wrong type": (lambda f: _search(f, "--config", f["yaml"]["config_types"]), 2, "trials"),
     "impossible budget": (lambda f: _search(f, "--max-params", "10"), 2, "--max-params"),
     "trials zero": (lambda f: _search(f, "--trials", "0"), 2, "--trials"),
+    "validation split empty": (lambda f: ["distill", "--teacher", str(f["teacher"]), "--student", str(f["arch"]["ok"]),
+                                          "--data", f["few"], "--out", str(f["d"] / "out_never_written"), "--batch-size",
+                                          "4", "--epochs", "1", "--quiet"], 2, "validation"),
     "epochs zero": (lambda f: _distill(f, f["arch"]["ok"], "--epochs", "0"), 2, "--epochs"),
     "epochs negative": (lambda f: _distill(f, f["arch"]["ok"], "--epochs", "-3"), 2, "--epochs"),
     "unknown sampler": (lambda f: _search(f, "--sampler", "annealing"), 2, "sampler"),
