@@ -38,6 +38,7 @@ passes over the training set, of which rung ``k`` reads steps ``[r_{k-1}, r_k)``
 """
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -66,6 +67,8 @@ __all__ = [
     "run_race",
     "training_loss_sum",
 ]
+
+_log = logging.getLogger(__name__)
 
 MIN_GENE_DISTANCE = 2  # finalists differ in at least this many genes: one changed gene is a near-copy
 _POLL_S = 0.5  # how often a worker waiting on a rung looks at the study again
@@ -311,28 +314,38 @@ def _race_states():
 
 
 class _Heartbeat:
-    """Records a heartbeat for the trials this worker owns, so a killed worker's trials go stale."""
+    """Records a heartbeat for the trials this worker owns, so a killed worker's trials go stale.
 
-    def __init__(self, storage, trial_ids: set[int]) -> None:
-        self.storage, self.trial_ids = storage, trial_ids
+    A beat that fails (a lost connection) is logged and retried at the next beat; leaving the
+    ``with`` block stops the thread and waits for it, so no beat outlives the race.
+    """
+
+    def __init__(self, storage) -> None:
+        self.storage = storage
+        self.trial_ids: set[int] = set()  # the trials this worker owns now (add / discard)
         interval = storage.get_heartbeat_interval() if hasattr(storage, "get_heartbeat_interval") else None
         self.interval = interval
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._beat, daemon=True)
+        self.thread = threading.Thread(target=self._beat, name="race-heartbeat", daemon=True)
 
     def _beat(self) -> None:
         while not self.stop.wait(self.interval):
             for trial_id in list(self.trial_ids):
                 try:
                     self.storage.record_heartbeat(trial_id)
-                except Exception:  # noqa: BLE001 - a finished trial or a lost connection: the next beat retries
-                    pass
+                except Exception as e:  # noqa: BLE001 - a lost connection: the next beat retries
+                    _log.warning("race: the heartbeat of trial %s failed (%s: %s); retrying at the next beat",
+                                 trial_id, type(e).__name__, e)
 
     def add(self, trial_id: int) -> None:
         """Beat for ``trial_id`` from now on; the first beat at once, so a kill right after leaves it stale."""
         self.trial_ids.add(trial_id)
         if self.interval:
             self.storage.record_heartbeat(trial_id)
+
+    def discard(self, trial_id: int) -> None:
+        """Stop beating for ``trial_id`` (finished, or no longer this worker's)."""
+        self.trial_ids.discard(trial_id)
 
     def __enter__(self) -> _Heartbeat:
         if self.interval:
@@ -341,6 +354,8 @@ class _Heartbeat:
 
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join()
 
 
 def open_race_study(config: SearchConfig, race_dir: Path, plan: RacePlan, finalists: Sequence[dict[str, Any]], *,
@@ -415,7 +430,8 @@ def run_race(rows: Sequence[dict[str, Any]], teacher, dataset, race_dir: Path, c
                   f"(eta {plan.eta}); budget {plan.budget:g} × {full_steps} steps, planned {plan.planned_steps} "
                   f"({plan.planned_steps / full_steps:.2f} distillations)")
     owned: dict[int, Any] = {}  # trial number -> Trial this worker trains
-    with _Heartbeat(study._storage, {t._trial_id for t in owned.values()}) as beat:
+    top = len(plan.rungs) - 1
+    with _Heartbeat(study._storage) as beat:
         for k in range(len(plan.rungs)):
             progress.start("race", f"race rung {k + 1}/{len(plan.rungs)} ({plan.rungs[k]} steps)",
                            plan.survivors[k])
@@ -424,7 +440,13 @@ def run_race(rows: Sequence[dict[str, Any]], teacher, dataset, race_dir: Path, c
                 if _rung_closed(study, plan.rungs[k]):
                     break
                 time.sleep(_POLL_S)
-            _decide(study, owned, plan, k)
+            _decide(study, owned, beat, plan, k)
+            # The top rung closes when every finalist has reported it, but a finalist is complete only once
+            # its owner records it: until then another worker would read a race without a winner.
+            while k == top and not _race_finished(study):
+                time.sleep(_POLL_S)
+                _claim_and_train(study, race, owned, beat, k)  # a dead owner's finalist comes back: finish it
+                _decide(study, owned, beat, plan, k)
             progress.finish("race")
             progress.note(_rung_line(study, plan, k))
     return _result(study, plan, finalists, url)
@@ -481,23 +503,28 @@ def _rung_closed(study, step: int) -> bool:
     return all(step in t.intermediate_values for t in live if "finalist" in t.user_attrs)
 
 
-def _decide(study, owned: dict[int, Any], plan: RacePlan, k: int) -> None:
+def _race_finished(study) -> bool:
+    """No finalist is running or waiting: every owner has recorded its finalists' fate."""
+    running, waiting = _race_states()[:2]
+    return not any("finalist" in t.user_attrs for t in study.get_trials(deepcopy=False, states=(running, waiting)))
+
+
+def _decide(study, owned: dict[int, Any], beat: _Heartbeat, plan: RacePlan, k: int) -> None:
     """After rung ``k`` closed: prune this worker's eliminated trials; at the top rung, complete the rest."""
     import optuna
 
     running = _race_states()[0]
     for number, trial in list(owned.items()):
         frozen = study._storage.get_trial(trial._trial_id)
-        if frozen.state != running:
-            owned.pop(number)
-            continue
-        if k == len(plan.rungs) - 1:
-            study.tell(trial, frozen.intermediate_values[plan.rungs[k]])
-        elif trial.should_prune():
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-        else:
-            continue
+        if frozen.state == running:
+            if k == len(plan.rungs) - 1:
+                study.tell(trial, frozen.intermediate_values[plan.rungs[k]])
+            elif trial.should_prune():
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            else:
+                continue
         owned.pop(number)
+        beat.discard(trial._trial_id)
 
 
 def _finalist_records(study, plan: RacePlan) -> dict[int, dict[str, Any]]:
