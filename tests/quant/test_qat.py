@@ -139,19 +139,57 @@ def test_converted_model_reloads_and_matches_metrics(qat_run) -> None:
     assert any(v.dtype == torch.int8 for v in model.state_dict().values())
 
 
-@pytest.mark.slow
-def test_export_int8_qat_is_qdq_and_agrees(qat_run, cli) -> None:
-    import onnx
+# Two int8 steps of the logits' range: ONNX Runtime and PyTorch round int8 activations apart by a step
+# now and then, and which kernels run (and so where they round) depends on the thread count.
+INT8_LOGIT_RTOL = 2 / 127
+
+
+@pytest.fixture(scope="module")
+def qat_export(qat_run):
+    from kdsearch.cli import main
 
     run, _ = qat_run
-    code, out, err = cli("export", run, "--int8", "qat", "--json", "--quiet", "--latency-runs", "3")
-    assert code == 0, err
-    report = json.loads(out)
-    entry = report["files"]["qat"]
-    assert entry["parity"]["reference"] == "pytorch_qat"
-    assert entry["parity"]["batch_8"]["top1_agreement"] >= 0.99
+    assert main(["export", str(run), "--int8", "qat", "--json", "--quiet", "--latency-runs", "3"]) == 0
+    return run, json.loads((run / "export" / "export.json").read_text())
+
+
+@pytest.mark.slow
+def test_export_int8_qat_is_qdq(qat_export) -> None:
+    import onnx
+
+    run, report = qat_export
+    assert report["files"]["qat"]["parity"]["reference"] == "pytorch_qat"
     ops = {n.op_type for n in onnx.load(str(run / "export" / "student.qat.onnx")).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("threads", [1, 2])
+def test_export_int8_qat_agrees_wherever_the_top1_is_decisive(qat_export, threads) -> None:
+    """The int8 ONNX file and the int8 PyTorch model pick the same class for every image whose top-2
+    margin is beyond int8 rounding, judged as the fp32 parity is (``decisive_top1_agreement``), at 1
+    and 2 threads: a near-tie may flip with the thread count, a decisive answer may not."""
+    import onnxruntime as ort
+
+    from kdsearch.data import NormalizedImages
+    from kdsearch.export.runtime import compare_logits, ort_logits, ort_session, torch_logits
+    from kdsearch.quant.qat import load_qat_model
+
+    run, _ = qat_export
+    dataset = _dataset(run)
+    images = NormalizedImages(dataset.val.images, dataset.mean, dataset.std)[:64]
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = threads
+    session, _ = ort_session(run / "export" / "student.qat.onnx", "cpu", options)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        reference = torch_logits(load_qat_model(run / "qat"), images, 8)
+    finally:
+        torch.set_num_threads(before)
+    stats = compare_logits(reference, ort_logits(session, images, 8), rtol=INT8_LOGIT_RTOL)
+    assert stats["decisive_top1_agreement"] == 1.0, stats
+    assert stats["top1_agreement"] >= 0.9, stats
 
 
 @pytest.mark.slow
