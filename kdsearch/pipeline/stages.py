@@ -132,9 +132,10 @@ def resolve_teacher(run_dir: Path, config: RunConfig, dataset):
 
 
 def search_config_for(config: RunConfig, teacher) -> SearchConfig:
-    """The search configuration with ``--max-params`` defaulting to a fraction of the teacher's size."""
+    """The search configuration with ``--max-params`` defaulting to a fraction of the teacher's size
+    when no speed-up budget is set (under one, speed is the budget)."""
     s = config.search
-    if s.max_params is None and config.student_fraction:
+    if s.max_params is None and config.student_fraction and s.speedup is None:
         module = getattr(teacher, "module", teacher)
         teacher_params = sum(p.numel() for p in module.parameters())
         s = replace(s, max_params=int(teacher_params * config.student_fraction))

@@ -55,14 +55,16 @@ class SpeedModel:
     def _measure(cls, teacher_module, space, num_classes, in_channels, image_size, config) -> SpeedModel:
         import copy
 
-        from kdsearch.export.latency_model import LatencyModel
+        from kdsearch.export.latency_model import LatencyModel, clock_for
         from kdsearch.export.timing import time_models
 
         chw = (in_channels, *image_size)
         teacher = copy.deepcopy(teacher_module).float().cpu().eval()
+        # on the clock the latency model predicts on, so predicted speed-ups compare like with like
         timed = time_models({"teacher": teacher}, chw, batches=config.latency_batches,
                             threads=config.latency_threads, provider=config.latency_provider,
-                            seconds=_TEACHER_SECONDS)["teacher"]
+                            seconds=_TEACHER_SECONDS, clock=clock_for(config.latency_threads,
+                                                                     config.latency_provider))["teacher"]
         models = {}
         for b in config.latency_batches:
             models[b] = LatencyModel.for_space(space, num_classes=num_classes, in_channels=in_channels,
