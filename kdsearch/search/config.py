@@ -38,8 +38,8 @@ class SearchConfig:
     trials: int = 60
     sampler: str = "evolution"
     population: int = 16  # NSGA-II/III population size
-    mutation_prob: float | None = None  # None: Optuna's default, 1/number of genes
-    crossover_prob: float = 0.9
+    mutation_prob: float | None = None  # NSGA-II only; None: Optuna's default, 1/number of genes
+    crossover_prob: float | None = None  # NSGA-II only; None: Optuna's default, 0.9
     max_params: int | None = None
     max_flops: int | None = None
     max_latency_ms: float | None = None  # ONNX Runtime latency at batch 1, predicted by the latency model
@@ -107,6 +107,12 @@ class SearchConfig:
             raise UsageError(f"unknown --latency-provider {self.latency_provider!r}; use cpu, cuda or tensorrt")
         if self.sampler not in SAMPLERS:
             raise UsageError(f"unknown sampler {self.sampler!r}; use one of {', '.join(SAMPLERS)}")
+        for name, value in (("--mutation-prob", self.mutation_prob), ("--crossover-prob", self.crossover_prob)):
+            if value is not None and self.sampler != "evolution":
+                raise UsageError(f"{name} applies to --sampler evolution (NSGA-II) only, not {self.sampler}; "
+                                 f"drop it or use --sampler evolution")
+            if value is not None and not 0 <= value <= 1:
+                raise UsageError(f"{name} is a probability in [0, 1] (got {value})")
         if self.pick not in PICK_RULES:
             raise UsageError(f"unknown --pick {self.pick!r}; use {', '.join(PICK_RULES)}")
         if self.teacher_init not in {"pretrained", "random"}:

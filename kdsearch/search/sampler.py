@@ -14,7 +14,7 @@ def create_sampler(config: SearchConfig):
         return optuna.samplers.NSGAIISampler(
             population_size=config.population,
             mutation_prob=config.mutation_prob,
-            crossover_prob=config.crossover_prob,
+            crossover_prob=0.9 if config.crossover_prob is None else config.crossover_prob,  # Optuna's default
             seed=config.seed,
         )
     if config.sampler == "nsga3":

@@ -161,6 +161,8 @@ CASES = {
     "epochs zero": (lambda f: _distill(f, f["arch"]["ok"], "--epochs", "0"), 2, "--epochs"),
     "epochs negative": (lambda f: _distill(f, f["arch"]["ok"], "--epochs", "-3"), 2, "--epochs"),
     "unknown sampler": (lambda f: _search(f, "--sampler", "annealing"), 2, "sampler"),
+    "crossover prob under tpe": (lambda f: _search(f, "--sampler", "tpe", "--crossover-prob", "0.5"), 2, "--sampler evolution"),
+    "mutation prob under random": (lambda f: _search(f, "--sampler", "random", "--mutation-prob", "0.1"), 2, "--sampler evolution"),
     "correlate edge nothing is near": (lambda f: ["correlate", "--teacher", str(f["teacher"]), "--data", f["npz"], "--archs", "12",
                                                  "--edges", "params=500", "--out", str(f["d"] / "x")], 2, "near the params edge"),
     "unknown race rank": (lambda f: _search(f, "--race", "3", "--race-rank", "vibes"), 2, "--race-rank"),
