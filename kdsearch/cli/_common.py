@@ -45,11 +45,14 @@ def override(config: RunConfig, **sections: dict[str, Any]) -> RunConfig:
     return replace(config, **changes)
 
 
-def data_flags(data: str | None, data_dir: Path | None, subset: int | None, seed: int | None,
+def data_flags(data: str | None, data_dir: Path | None, subset: int | None,
                image_size: int | None = None) -> dict[str, Any]:
-    """The ``data`` section's flags (``--seed`` also seeds the split and the subset)."""
-    return {"spec": data, "data_dir": str(data_dir) if data_dir else None, "subset": subset, "seed": seed,
-            "image_size": image_size}
+    """The ``data`` section's flags.
+
+    ``--seed`` is not among them: the train/val split and the subset follow ``data.seed`` (the config
+    file's), so a teacher, a search and a student trained with different seeds share one validation set.
+    """
+    return {"spec": data, "data_dir": str(data_dir) if data_dir else None, "subset": subset, "image_size": image_size}
 
 
 def require_teacher(config: RunConfig) -> str:

@@ -19,7 +19,7 @@ ImageSize = Annotated[Optional[int], typer.Option("--image-size", help="Square i
 Teacher = Annotated[Optional[str], typer.Option("--teacher", help="Teacher: a zoo name (fresh weights), a model directory, TorchScript .pt or torch.export .pt2 (required here or in --config).", rich_help_panel=RUN)]
 OptTeacher = Annotated[Optional[str], typer.Option("--teacher", help="Teacher: a zoo name, a model directory, .pt (TorchScript) or .pt2; default: train one.", rich_help_panel=RUN)]
 Out = Annotated[Path, typer.Option("--out", help="Run directory to write.", rich_help_panel=OUT)]
-Seed = Annotated[Optional[int], typer.Option("--seed", help="Seed for every random choice (default 0): same seed, same run.", rich_help_panel=RUN)]
+Seed = Annotated[Optional[int], typer.Option("--seed", help="Seed for every random choice of training and search (default 0): same seed, same run. The train/val split follows data.seed in --config.", rich_help_panel=RUN)]
 Device = Annotated[Optional[str], typer.Option("--device", help="auto (default: CUDA when present), cpu or cuda.", rich_help_panel=RUN)]
 Epochs = Annotated[Optional[int], typer.Option("--epochs", help="Training epochs.", rich_help_panel=TRAIN)]
 Trials = Annotated[Optional[int], typer.Option("--trials", help="Candidates to evaluate (complete trials, resumed ones included).", rich_help_panel=SEARCH)]

@@ -55,7 +55,7 @@ def correlate(
     from kdsearch.search.correlate import run_correlate, with_train
 
     extra = () if extra_batches is not None and not extra_batches.strip() else _csv(extra_batches, int)
-    config = override(base_config(config_file), data=data_flags(data, data_dir, subset, seed, image_size), top={"teacher": teacher},
+    config = override(base_config(config_file), data=data_flags(data, data_dir, subset, image_size), top={"teacher": teacher},
                       correlate={"space": space, "archs": archs, "proxies": _csv(proxies), "proxy_batch": proxy_batch,
                                  "extra_batches": extra, "teacher_inits": _csv(teacher_init),
                                  "max_params": max_params, "edges": _csv(edges), "seed": seed, "repeats": repeats})

@@ -34,7 +34,7 @@ def run(
     race_rank: RaceRank = None,
     epochs: o.Epochs = None,
     max_memory: Annotated[Optional[str], typer.Option("--max-memory", help="Memory one training step may use, e.g. 6GB (default: 70% of what is free); past it batches train as micro-batches with gradient accumulation.", rich_help_panel=o.RUN)] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for every stage.", rich_help_panel=o.RUN)] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of every stage's training and search (the train/val split follows data.seed in --config).", rich_help_panel=o.RUN)] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu or cuda.", rich_help_panel=o.RUN)] = None,
     qat: Annotated[Optional[bool], typer.Option("--qat/--no-qat", help="Add quantization-aware training with KD and an int8 export.", rich_help_panel=o.RUN)] = None,
     resume: o.Resume = False,
@@ -53,7 +53,7 @@ def run(
     sd = {"seed": seed} if seed is not None else {}
     config = override(
         config,
-        data={"spec": data, "data_dir": str(data_dir) if data_dir else None, "subset": subset, "image_size": image_size, **sd},
+        data={"spec": data, "data_dir": str(data_dir) if data_dir else None, "subset": subset, "image_size": image_size},
         search={"space": space, "trials": trials, "max_params": max_params, "race": race, "race_budget": race_budget,
                 "speedup": speedup, "latency_batch": latency_batch, "latency_threads": latency_threads,
                 "race_rank": race_rank, **sd},

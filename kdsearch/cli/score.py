@@ -48,7 +48,7 @@ def score(
 
     if bool(arch) == (sample is not None):
         raise UsageError("give either --arch FILE.json (repeatable) or --sample N")
-    config = override(base_config(config_file), data=data_flags(data, data_dir, subset, seed, image_size), top={"teacher": teacher},
+    config = override(base_config(config_file), data=data_flags(data, data_dir, subset, image_size), top={"teacher": teacher},
                       search={"space": space, "teacher_init": teacher_init, "teacher_feature": teacher_feature,
                               "teacher_classifier": teacher_classifier, "proxy_batch": proxy_batch, "seed": seed})
     s = config.search

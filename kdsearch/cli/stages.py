@@ -45,7 +45,7 @@ def teach(
     from kdsearch.pipeline import teach_command
 
     config = base_config(config_file)
-    config = override(config, data=data_flags(data, data_dir, subset, seed, image_size),
+    config = override(config, data=data_flags(data, data_dir, subset, image_size),
                       teach={"epochs": epochs, "batch_size": batch_size, "max_memory": max_memory, "lr": lr, "seed": seed,
                              "device": device},
                       top={"teacher_model": model})
@@ -130,7 +130,7 @@ def search(
     }
     if proxy and not objs:
         search_flags["objectives"] = (proxy, *config.search.objectives[1:])
-    config = override(config, data=data_flags(data, data_dir, subset, seed, image_size), search=search_flags, top={"teacher": teacher})
+    config = override(config, data=data_flags(data, data_dir, subset, image_size), search=search_flags, top={"teacher": teacher})
     seeds = [Arch.load(p) for p in seed_arch or []]
     progress = make_progress(quiet, json_out)
     try:
@@ -178,7 +178,7 @@ def distill(
     loss_option: Annotated[Optional[List[str]], typer.Option("--loss-option", help="A loss option NAME.KEY=VALUE, e.g. dkd.beta=2 (repeatable).", rich_help_panel=o.TRAIN)] = None,
     compile_model: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the student (pays off on a GPU over long runs).", rich_help_panel=o.TRAIN)] = None,
     assistant: Annotated[Optional[str], typer.Option("--assistant", help="Teacher-assistant distillation through ARCH.json, or auto: the search front's arch sized between teacher and student.", rich_help_panel=o.TRAIN)] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed.", rich_help_panel=o.RUN)] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of initialisation, shuffling and augmentation (default 0); the train/val split follows data.seed in --config.", rich_help_panel=o.RUN)] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu or cuda.", rich_help_panel=o.RUN)] = None,
     config_file: o.Config = None,
     resume: o.Resume = False,
@@ -205,7 +205,7 @@ def distill(
              "grad_clip": grad_clip, "weight_decay": weight_decay, "label_smoothing": label_smoothing,
              "temperature_schedule": temperature_schedule, "compile": compile_model,
              "loss_options": tuple(loss_option) if loss_option else None}
-    data_section = data_flags(data, data_dir, subset, seed, image_size)
+    data_section = data_flags(data, data_dir, subset, image_size)
     if run_dir is not None:
         # the run's run.yaml, then --config, then the flags
         config = run_config(run_dir, config_file, data=data_section, distill=flags, top={"teacher": teacher})

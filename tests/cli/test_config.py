@@ -121,3 +121,36 @@ def test_a_broken_config_is_a_usage_error_everywhere(cli, tmp_path, command):
     (tmp_path / "distill" / "student.json").write_text("{}")
     code, out, err = cli(command, *args, "--config", bad)
     assert code == 2 and "colour" in err and "Traceback" not in err, (command, err)
+
+
+@pytest.mark.parametrize("command", ["distill", "correlate"])
+def test_training_seed_does_not_move_the_split(cli, tmp_path, monkeypatch, command):
+    """``--seed`` seeds training; the train/val split stays the run's (``data.seed``)."""
+    import kdsearch.pipeline as pipeline
+    from kdsearch.arch import Arch
+    from kdsearch.pipeline.config import save_run_config
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(config):
+        seen["config"] = config
+        raise Stop
+
+    run = tmp_path / "run"
+    (run / "search").mkdir(parents=True)
+    save_run_config(run, config_from_dict({"teacher": "resnet8", "data": {"seed": 3}}))
+    Arch("resnet_cifar", {"depths": [1, 1, 1], "widths": [8, 8, 8], "block": "basic"}).save(run / "search" / "winner.json")
+    if command == "distill":
+        monkeypatch.setattr(pipeline, "distill_command", lambda out, config, *a, **k: capture(config))
+        argv = ("distill", run, "--seed", "5", "--quiet")
+    else:
+        monkeypatch.setattr(pipeline, "load_run_dataset", capture)
+        argv = ("correlate", "--config", run / "run.yaml", "--seed", "5", "--out", tmp_path / "c", "--quiet")
+    with pytest.raises(Stop):
+        cli(*argv)
+    config = seen["config"]
+    assert config.data.seed == 3  # the run's split, not the training seed
+    assert (config.distill.seed if command == "distill" else config.correlate.seed) == 5
