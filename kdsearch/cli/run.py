@@ -32,7 +32,7 @@ def run(
     race: Race = None,
     race_budget: RaceBudget = None,
     race_rank: RaceRank = None,
-    epochs: o.Epochs = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Distillation epochs of the student; the teacher's (teach) and QAT's epochs stay the preset's or --config's.", rich_help_panel=o.TRAIN)] = None,
     max_memory: Annotated[Optional[str], typer.Option("--max-memory", help="Memory one training step may use, e.g. 6GB (default: 70% of what is free); past it batches train as micro-batches with gradient accumulation.", rich_help_panel=o.RUN)] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of every stage's training and search (the train/val split follows data.seed in --config).", rich_help_panel=o.RUN)] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu or cuda.", rich_help_panel=o.RUN)] = None,

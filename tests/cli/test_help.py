@@ -55,3 +55,19 @@ def test_unknown_option_is_one_line_usage_error(cli):
     assert code == 2
     assert "Traceback" not in err + out
     assert len(err.strip().splitlines()) == 1
+
+
+def _help_text(cli, *argv: str) -> str:
+    code, out, _ = cli(*argv, "--help")
+    assert code == 0
+    return " ".join(out.replace("│", " ").split())
+
+
+def test_run_help_says_which_stage_epochs_and_seed_reach(cli):
+    text = _help_text(cli, "run")
+    assert "Distillation epochs" in text and "teach" in text  # --epochs does not reach teach or QAT
+    assert "data.seed" in text  # --seed does not move the train/val split
+
+
+def test_search_help_says_nsga2_options_need_evolution(cli):
+    assert _help_text(cli, "search").count("--sampler evolution only") == 2  # --mutation-prob, --crossover-prob
