@@ -1,8 +1,8 @@
 """Datasets in memory and fast tensor batches.
 
 ``load_dataset("fashion-mnist")`` finds (or downloads, SHA-256 verified) the files, parses
-them without pickle, and returns a :class:`Dataset` of uint8 tensors; :func:`iterate_batches`
-shuffles, shards, augments and normalises batches straight from those tensors.
+them without pickle, and returns a :class:`Dataset` of uint8 tensors; :func:`augment_batch` and :func:`normalize`
+work on batches of those tensors in place of a data loader.
 Built-in sources: ``fashion-mnist``, ``mnist``, ``cifar10``, ``cifar100``, ``imagefolder:DIR``,
 ``npz:FILE``; a new one is a function registered with ``@DATASETS.register(name)``.
 Photos (``imagefolder``) are decoded once, centre-cropped to ``image_size`` (224 by default),
@@ -11,7 +11,7 @@ into a memory-mapped cache; at 64 px and more training batches get RandomResized
 """
 from __future__ import annotations
 
-from kdsearch.data.batches import NormalizedImages, augment_batch, fixed_batch, iterate_batches, normalize, num_batches
+from kdsearch.data.batches import NormalizedImages, augment_batch, fixed_batch, normalize
 from kdsearch.data.dataset import (
     DATASETS,
     Augment,
@@ -36,7 +36,5 @@ __all__ = [
     "normalize",
     "NormalizedImages",
     "augment_batch",
-    "iterate_batches",
-    "num_batches",
     "fixed_batch",
 ]

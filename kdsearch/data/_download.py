@@ -19,7 +19,6 @@ __all__ = [
     "locate",
     "fetch",
     "download_file",
-    "sha256_file",
     "offline_hint",
 ]
 
@@ -114,15 +113,6 @@ def fetch(url: str, progress: ProgressFn | None = None) -> Iterator[bytes]:
             if progress is not None:
                 progress(done, total)
             yield chunk
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of the file at ``path``."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _network_chunks(url: str, name: str, hint: str, progress: ProgressFn | None) -> Iterator[bytes]:

@@ -1,16 +1,15 @@
-"""Batches straight from in-memory tensors: shuffle, shard, augment and normalise, vectorised."""
+"""Batches straight from in-memory tensors: augment and normalise, vectorised."""
 from __future__ import annotations
 
-import math
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 
-from kdsearch.data.dataset import Augment, Dataset, ImageSet, balanced_order
+from kdsearch.data.dataset import Augment, Dataset, balanced_order
 from kdsearch.data.transforms import random_resized_crop
 from kdsearch.errors import UsageError
 
-__all__ = ["normalize", "NormalizedImages", "augment_batch", "iterate_batches", "num_batches", "fixed_batch"]
+__all__ = ["normalize", "NormalizedImages", "augment_batch", "fixed_batch"]
 
 
 def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -107,79 +106,6 @@ def augment_batch(images_uint8: torch.Tensor, augment: Augment, generator: torch
     flat = flat.to(device).expand(b, c, h * w)  # (B, C, H*W)
     # One gather over the flattened padded images: ~10x faster than 4-D advanced indexing.
     return torch.gather(padded.reshape(b, c, -1), 2, flat).view(b, c, h, w)  # (B, C, H, W)
-
-
-def num_batches(n: int, batch_size: int, drop_last: bool, world_size: int = 1) -> int:
-    """Batches per epoch that :func:`iterate_batches` yields on each rank for ``n`` images."""
-    _check_batching(batch_size, 0, world_size)
-    shard = n // world_size
-    return shard // batch_size if drop_last else math.ceil(shard / batch_size)
-
-
-def _check_batching(batch_size: int, rank: int, world_size: int) -> None:
-    if batch_size <= 0:
-        raise UsageError(f"batch size must be positive, got {batch_size}")
-    if world_size <= 0 or not 0 <= rank < world_size:
-        raise UsageError(f"rank {rank} is not in 0..world_size-1 (world_size={world_size}); check the launcher")
-
-
-def iterate_batches(
-    data: ImageSet,
-    batch_size: int,
-    *,
-    mean: Sequence[float],
-    std: Sequence[float],
-    shuffle: bool,
-    augment: Augment | None = None,
-    generator: torch.Generator | None = None,
-    device: torch.device | str = "cpu",
-    drop_last: bool = False,
-    rank: int = 0,
-    world_size: int = 1,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield normalised ``(x, y)`` batches for one epoch.
-
-    With ``world_size > 1`` every rank must pass a generator in the same state: all ranks
-    draw the same permutation, drop the ``n % world_size`` last indices and take every
-    ``world_size``-th of the rest starting at ``rank``, so shards are disjoint and equal.
-
-    Args:
-        data: the images to batch.
-        batch_size: images per batch (per rank).
-        mean: per-channel mean for :func:`normalize`.
-        std: per-channel std for :func:`normalize`.
-        shuffle: draw a new order from ``generator``; else keep the stored order.
-        augment: augmentation to apply (None or a no-op :class:`Augment`: none).
-        generator: CPU generator for shuffling and augmentation; required when either is on.
-        device: where the batches go; uint8 pixels are moved, then augmented and normalised there.
-        drop_last: drop the last, smaller batch.
-        rank: this process's index among ``world_size``.
-        world_size: number of processes sharing the epoch.
-
-    Yields:
-        ``x`` float32 ``(B, C, H, W)`` on ``device`` and ``y`` int64 ``(B,)`` on ``device``.
-    """
-    _check_batching(batch_size, rank, world_size)
-    augmenting = augment is not None and augment.enabled
-    if (shuffle or augmenting) and generator is None:
-        raise UsageError(
-            "shuffling or augmenting needs a generator; pass generator=torch.Generator().manual_seed(seed)"
-        )
-    device = torch.device(device)
-    n = len(data)
-    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)  # (N,)
-    shard = n // world_size
-    order = order[: shard * world_size][rank::world_size]  # (shard,)
-    for start in range(0, shard, batch_size):
-        index = order[start : start + batch_size]
-        if drop_last and len(index) < batch_size:
-            break
-        x = data.images[index].to(device, non_blocking=True)  # (B, C, H, W) uint8
-        y = data.labels[index].to(device, non_blocking=True)  # (B,)
-        if augmenting:
-            assert augment is not None and generator is not None
-            x = augment_batch(x, augment, generator)
-        yield normalize(x, mean, std), y
 
 
 def fixed_batch(dataset: Dataset, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

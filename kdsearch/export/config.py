@@ -5,9 +5,7 @@ from dataclasses import dataclass
 
 from kdsearch.errors import UsageError
 
-__all__ = ["ExportConfig", "INT8_CHOICES", "parse_int8"]
-
-INT8_CHOICES = ("none", "ptq", "qat", "ptq,qat")
+__all__ = ["ExportConfig", "parse_int8"]
 
 
 def parse_int8(value: str) -> tuple[str, ...]:

@@ -25,8 +25,6 @@ class SearchResult:
     winner_row: dict[str, Any]  # the winner's leaderboard row, plus ``rule`` and ``reason``
     rows: list[dict[str, Any]] = field(default_factory=list)  # every complete trial, in leaderboard order
     feasible: int = 0
-    storage: str = ""
-    study_name: str = ""
 
 
 def json_dumps(obj: Any) -> str:
@@ -119,7 +117,7 @@ def summarise_study(study, config: SearchConfig, out_dir: Path, *, speed=None, s
                     replaced=replaced, table=speed.table_paths()).save(out_dir / SpeedRecord.FILE)
     plot_pareto(list(unique.values()), picked, score, out_dir / "pareto.png")
     winner_row = {**picked, "rule": config.pick, "reason": reason}
-    return SearchResult(winner, winner_row, ranked, len(feasible), str(study._storage), study.study_name)
+    return SearchResult(winner, winner_row, ranked, len(feasible))
 
 
 def _confirm_speed(feasible, rows, score, config, speed, space, shape, note):

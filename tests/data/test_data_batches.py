@@ -1,12 +1,10 @@
-"""normalize, augment_batch, iterate_batches, num_batches and fixed_batch."""
+"""normalize, augment_batch and fixed_batch."""
 from __future__ import annotations
-
-import itertools
 
 import pytest
 import torch
 
-from kdsearch.data import Augment, Dataset, ImageSet, augment_batch, fixed_batch, iterate_batches, normalize, num_batches
+from kdsearch.data import Augment, Dataset, ImageSet, augment_batch, fixed_batch, normalize
 from kdsearch.errors import UsageError
 
 
@@ -22,11 +20,6 @@ def _ids(x_uint8: torch.Tensor) -> list[int]:
     return (x_uint8[:, 0, 0, 0].long() + 256 * x_uint8[:, 0, 0, 1].long()).tolist()
 
 
-def _raw(x: torch.Tensor) -> torch.Tensor:
-    """Undo normalize with mean 0, std 1."""
-    return torch.round(x * 255).to(torch.uint8)
-
-
 def test_normalize_matches_formula() -> None:
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (4, 3, 5, 5), generator=g, dtype=torch.uint8)
@@ -38,56 +31,6 @@ def test_normalize_matches_formula() -> None:
         torch.testing.assert_close(out[:, c].double(), ref, atol=1e-5, rtol=1e-5)
     with pytest.raises(UsageError, match="3 channels but mean/std have 1/1"):
         normalize(images, (0.5,), (0.5,))
-
-
-def test_batches_cover_epoch_and_are_deterministic() -> None:
-    data = _ids_set(23)
-    kw = dict(mean=(0.0,), std=(1.0,), shuffle=True)
-    run = lambda seed: [(_ids(_raw(x)), y.tolist()) for x, y in
-                        iterate_batches(data, 5, generator=torch.Generator().manual_seed(seed), **kw)]
-    first, again, other = run(7), run(7), run(8)
-    assert first == again and first != other
-    ids = [i for batch, _ in first for i in batch]
-    assert sorted(ids) == list(range(23)) and ids != list(range(23))
-    assert [len(b) for b, _ in first] == [5, 5, 5, 5, 3] and len(first) == num_batches(23, 5, False)
-    for batch, labels in first:
-        assert labels == [i % 5 for i in batch]  # labels travel with their images
-    ordered = [_ids(_raw(x)) for x, _ in iterate_batches(data, 5, mean=(0.0,), std=(1.0,), shuffle=False)]
-    assert ordered[0] == [0, 1, 2, 3, 4]
-
-
-def test_drop_last() -> None:
-    data = _ids_set(23)
-    batches = list(iterate_batches(data, 5, mean=(0.0,), std=(1.0,), shuffle=False, drop_last=True))
-    assert [len(y) for _, y in batches] == [5, 5, 5, 5] and num_batches(23, 5, True) == 4
-
-
-@pytest.mark.parametrize("world_size, drop_last", [(2, False), (3, False), (3, True)])
-def test_shards_are_disjoint_and_equal(world_size: int, drop_last: bool) -> None:
-    data = _ids_set(50)
-    shards = []
-    for rank in range(world_size):
-        g = torch.Generator().manual_seed(11)  # every rank: same seed, same permutation
-        batches = list(iterate_batches(data, 4, mean=(0.0,), std=(1.0,), shuffle=True, generator=g,
-                                       drop_last=drop_last, rank=rank, world_size=world_size))
-        assert len(batches) == num_batches(50, 4, drop_last, world_size)
-        shards.append([i for x, _ in batches for i in _ids(_raw(x))])
-    sizes = {len(s) for s in shards}
-    assert len(sizes) == 1  # equal
-    for a, b in itertools.combinations(shards, 2):
-        assert not set(a) & set(b)  # disjoint
-    if not drop_last:
-        assert len(set().union(*shards)) == 50 - 50 % world_size
-
-
-def test_needs_generator_and_valid_rank() -> None:
-    data = _ids_set(8)
-    with pytest.raises(UsageError, match="generator"):
-        next(iterate_batches(data, 4, mean=(0.0,), std=(1.0,), shuffle=True))
-    with pytest.raises(UsageError, match="generator"):
-        next(iterate_batches(data, 4, mean=(0.0,), std=(1.0,), shuffle=False, augment=Augment(pad=1)))
-    with pytest.raises(UsageError, match="rank 2"):
-        next(iterate_batches(data, 4, mean=(0.0,), std=(1.0,), shuffle=False, rank=2, world_size=2))
 
 
 def _naive_candidates(image: torch.Tensor, pad: int, flip: bool) -> list[torch.Tensor]:
@@ -121,13 +64,11 @@ def test_augment_is_a_crop_or_mirror(augment: Augment) -> None:
         assert any(flipped) and not all(flipped)  # a coin per image, not per batch
 
 
-def test_augment_noop_and_in_batches() -> None:
+def test_augment_noop_keeps_the_batch() -> None:
     images = torch.randint(0, 256, (3, 1, 4, 4), dtype=torch.uint8)
     assert torch.equal(augment_batch(images, Augment(), torch.Generator()), images)
-    data = ImageSet(images, torch.zeros(3, dtype=torch.int64))
-    x, _ = next(iterate_batches(data, 3, mean=(0.0,), std=(1.0,), shuffle=False,
-                                augment=Augment(pad=1, flip=True), generator=torch.Generator().manual_seed(0)))
-    assert x.shape == (3, 1, 4, 4) and x.dtype == torch.float32
+    x = augment_batch(images, Augment(pad=1, flip=True), torch.Generator().manual_seed(0))
+    assert x.shape == (3, 1, 4, 4) and x.dtype == torch.uint8
 
 
 def _dataset(train: ImageSet) -> Dataset:

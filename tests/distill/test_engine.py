@@ -11,7 +11,7 @@ from torch import nn
 from kdsearch.data import load_dataset
 from kdsearch.distill.checkpoint import load_checkpoint, save_checkpoint
 from kdsearch.distill.config import TrainConfig
-from kdsearch.distill.engine import Phases, build_criterion, build_optimizer, fit
+from kdsearch.distill.engine import Phases, build_criterion, build_optimizer, epoch_batches, fit
 from kdsearch.errors import UsageError
 from kdsearch.models.resnet_cifar import ResNetCifar
 
@@ -82,3 +82,17 @@ def test_cosine_schedule_with_and_without_warmup(warmup_epochs):
     else:  # ten steps of linear warm-up, then cosine over the other ten
         assert lrs[:10] == pytest.approx([(k + 1) / 10 for k in range(10)])
         assert lrs[10:] == pytest.approx([0.5 * (1 + math.cos(math.pi * k / 10)) for k in range(10)])
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_epoch_batches_are_seeded_full_and_sharded(world_size: int) -> None:
+    """Every rank draws the same permutation: shards are disjoint and equal, batches full, the order seeded."""
+    def shards(seed: int) -> list[list[int]]:
+        return [[i for b in epoch_batches(50, 4, torch.Generator().manual_seed(seed), rank, world_size) for i in b.tolist()]
+                for rank in range(world_size)]
+
+    first = shards(11)
+    assert first == shards(11) and first != shards(12)
+    assert {len(s) for s in first} == {(50 // world_size) // 4 * 4}  # equal shards of full batches
+    flat = [i for s in first for i in s]
+    assert len(set(flat)) == len(flat)  # disjoint
