@@ -140,8 +140,6 @@ def _feasible_samples(space, dataset: Dataset, config: SearchConfig, wanted: int
             ok += 1
             if len(found) < wanted:
                 found.append(arch)
-        elif config.max_params is None and config.max_flops is None and not (speed and config.timed):
-            break
     if ok == 0:
         parts = []
         if config.max_params is not None:
