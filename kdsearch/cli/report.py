@@ -68,10 +68,12 @@ def report(
 
     Example: kdsearch report runs/quick
     """
-    from kdsearch.cli._common import base_config
     from kdsearch.report.html import write_report
 
-    base_config(config_file)  # a project-wide config file works with every command; a broken one is an error
+    if config_file is not None:  # a project-wide config file works with every command; a broken one is an error
+        from kdsearch.cli._common import base_config
+
+        base_config(config_file)  # checking its losses imports torch: only when there is a file to check
 
     result = write_report(run_dir, out)
     for line in result["speed_warnings"]:  # int8 slower than fp32, or the student slower than its teacher

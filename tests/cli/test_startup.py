@@ -75,3 +75,13 @@ def test_version_loads_no_heavy_library():
 
     result = _probe("--version")
     assert result["code"] == 0 and __version__ in result["out"] and result["heavy"] == []
+
+
+def test_report_loads_no_torch(tmp_path):
+    """``kdsearch report`` reads JSON and draws a page: no RunConfig (whose losses import torch) on the way."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.yaml").write_text("teacher: resnet8\n")
+    result = _probe("report", str(run), "--json")
+    assert result["code"] == 0 and (run / "report.html").is_file()
+    assert "torch" not in result["heavy"]
