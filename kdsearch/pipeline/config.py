@@ -58,7 +58,8 @@ class RunConfig:
     quantize: QatConfig = field(default_factory=QatConfig)  # `kdsearch quantize` and `run --qat`
     correlate: CorrelateConfig = field(default_factory=CorrelateConfig)  # `kdsearch correlate`
     student_fraction: float | None = 0.25  # max student params as a fraction of the teacher's (when no --max-params)
-    device: str = "auto"
+    # No top-level device: every training section has its own (teach, distill, quantize, correlate.train);
+    # a config file's top-level ``device:`` sets those it does not set itself (see config_from_dict).
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -150,11 +151,37 @@ def _type_name(hint: Any) -> str:
     return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
 
 
+def _spread_device(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A top-level ``device: cuda`` written into every training section that names no device of its own."""
+    data = dict(data)
+    device = data.pop("device")
+    if not isinstance(device, str):
+        raise ConfigError(f"config key 'device' has the wrong type ({type(device).__name__}); write auto, cpu or cuda")
+    for path in (("teach",), ("distill",), ("quantize",), ("correlate", "train")):
+        outer = data
+        for i, name in enumerate(path):
+            inner = outer.get(name) or {}
+            if not isinstance(inner, Mapping):
+                break  # _section reports it
+            inner = dict(inner)
+            if i == len(path) - 1:
+                inner.setdefault("device", device)
+            outer[name] = inner
+            outer = inner
+    return data
+
+
 def config_from_dict(data: Mapping[str, Any], base: RunConfig | None = None) -> RunConfig:
-    """Overlay a (YAML) mapping on ``base``; unknown keys and wrong types are errors."""
+    """Overlay a (YAML) mapping on ``base``; unknown keys and wrong types are errors.
+
+    A top-level ``device`` is shorthand for the device of every training section (teach, distill,
+    quantize, correlate.train) that does not name its own.
+    """
     base = base or RunConfig()
     if not isinstance(data, Mapping):
         raise ConfigError("a kdsearch config must be a YAML mapping")
+    if "device" in data:
+        data = _spread_device(data)
     top = {f.name for f in fields(RunConfig)}
     unknown = set(data) - top
     if unknown:
@@ -165,7 +192,7 @@ def config_from_dict(data: Mapping[str, Any], base: RunConfig | None = None) -> 
             changes[name] = _section(_SECTIONS[name], getattr(base, name), value or {}, name)
         else:
             changes[name] = value
-    for key, kind in (("teacher", (str, type(None))), ("teacher_model", str), ("device", str),
+    for key, kind in (("teacher", (str, type(None))), ("teacher_model", str),
                       ("student_fraction", (int, float, type(None)))):
         if key in changes and not isinstance(changes[key], kind):
             raise ConfigError(f"config key {key!r} has the wrong type ({type(changes[key]).__name__})")

@@ -80,7 +80,7 @@ def check_inputs(config: RunConfig, dataset, *, search: bool = True, student: Ar
     """
 
 
-    for device in {config.device, config.teach.device, config.distill.device}:
+    for device in {config.teach.device, config.distill.device, *(getattr(config, name).device for name in train)}:
         resolve_device(device)
     for name in train:
         _check_batches(name, getattr(config, name).batch_size, dataset)

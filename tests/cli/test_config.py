@@ -154,3 +154,12 @@ def test_training_seed_does_not_move_the_split(cli, tmp_path, monkeypatch, comma
     config = seen["config"]
     assert config.data.seed == 3  # the run's split, not the training seed
     assert (config.distill.seed if command == "distill" else config.correlate.seed) == 5
+
+
+def test_top_level_device_sets_every_training_section_that_names_none():
+    config = config_from_dict({"device": "cpu", "distill": {"device": "cuda", "epochs": 2}})
+    assert config.teach.device == config.quantize.device == config.correlate.train.device == "cpu"
+    assert config.distill.device == "cuda" and config.distill.epochs == 2  # a section's own device wins
+    assert not hasattr(config, "device")  # nothing left that no stage reads
+    with pytest.raises(ConfigError, match="device"):
+        config_from_dict({"device": 1})
