@@ -141,8 +141,9 @@ def export_model(
         teacher: the teacher's ONNX file (:func:`export_teacher`: its ``path`` in ``out_dir``), timed in
             the same loop as the student's files; or ``{"error": why}``, recorded as it is.
         provider: ONNX Runtime provider ``cpu|cuda|tensorrt``; falls back to CPU with a warning.
-        device: where PyTorch eager latency and accuracy run (``auto`` picks CUDA when present);
-            parity always compares on CPU, where both sides compute exact float32.
+        device: where the eager PyTorch reference (``pytorch_eager`` in export.json: accuracy and
+            latency) runs; ``auto`` picks CUDA when present. Parity always compares on CPU, where both
+            sides compute exact float32, and the ONNX files run on ``provider``.
         parity_images: how many validation images the parity checks use.
         latency_runs: timed rounds per batch size, after :data:`LATENCY_WARMUP` warm-up runs; each
             round runs the teacher and every file once, in a rotated order, so every speed-up
@@ -172,9 +173,9 @@ def export_model(
             f"val_images must be (N, C, H, W) with one label each; "
             f"got {tuple(val_images.shape)} and {len(val_labels)} labels"
         )
+    dev = resolve_device(device)  # a bad device is refused before anything is written
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    dev = resolve_device(device)
     input_chw = tuple(val_images.shape[1:])
     val_images, val_labels = val_images.float().cpu(), val_labels.cpu()
     parity_set = val_images[:parity_images]

@@ -213,10 +213,11 @@ def test_model_is_not_modified(tmp_path: Path, images: torch.Tensor, labels: tor
         ({"int8": "qat"}, "needs qat_model"),
         ({"int8": "ptq"}, "needs calib_images"),
         ({"val_labels": torch.zeros(3, dtype=torch.long)}, "one label each"),
+        ({"device": "tpu"}, "unknown device"),
     ],
 )
 def test_bad_arguments(tmp_path: Path, images: torch.Tensor, labels: torch.Tensor, kwargs: dict, match: str) -> None:
-    args = {"val_images": images[:4], "val_labels": labels[:4], "out_dir": tmp_path, **kwargs}
+    args = {"val_images": images[:4], "val_labels": labels[:4], "out_dir": tmp_path / "export", **kwargs}
     with pytest.raises(UsageError, match=match):
         export_model(nn.Identity(), **args)
-    assert not any(tmp_path.iterdir())
+    assert not any(tmp_path.iterdir())  # refused before the output directory is made
