@@ -63,7 +63,7 @@ def main() -> None:
     rows = []
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
-        os.environ["KDSEARCH_CACHE_DIR"] = str(Path(tmp) / "cache")  # cold: no latency table yet
+        os.environ["KDSEARCH_CACHE"] = str(Path(tmp) / "cache")  # cold: no latency table yet
         rows.append(_one("params budget (1/8 of the teacher)", replace(base, max_params=teacher_params // 8),
                          teacher, dataset, Path(tmp) / "params"))
         rows.append(_one(f"--speedup {args.speedup:g}, table built now", replace(base, speedup=args.speedup),

@@ -64,11 +64,10 @@ _MIN_RUNS, _MAX_RUNS = 5, 100  # ...within these many runs
 
 
 def default_cache_dir() -> Path:
-    """``$KDSEARCH_CACHE_DIR``, else ``$XDG_CACHE_HOME/kdsearch/latency``, else ``~/.cache/kdsearch/latency``."""
-    if os.environ.get("KDSEARCH_CACHE_DIR"):
-        return Path(os.environ["KDSEARCH_CACHE_DIR"])
-    base = Path(os.environ["XDG_CACHE_HOME"]) if os.environ.get("XDG_CACHE_HOME") else Path.home() / ".cache"
-    return base / "kdsearch" / "latency"
+    """``latency/`` in kdsearch's cache: ``$KDSEARCH_CACHE``, else ``$XDG_CACHE_HOME/kdsearch``, else ``~/.cache/kdsearch``."""
+    from kdsearch.data._image_cache import cache_root
+
+    return cache_root() / "latency"
 
 
 def _cpu_model() -> str:

@@ -133,9 +133,9 @@ def test_families_that_are_not_chains_are_timed_whole_and_cached(tmp_path, count
 
 
 def test_default_cache_dir_follows_the_environment(monkeypatch, tmp_path):
-    monkeypatch.setenv("KDSEARCH_CACHE_DIR", str(tmp_path / "k"))
-    assert default_cache_dir() == tmp_path / "k"
-    monkeypatch.delenv("KDSEARCH_CACHE_DIR")
+    monkeypatch.setenv("KDSEARCH_CACHE", str(tmp_path / "k"))
+    assert default_cache_dir() == tmp_path / "k" / "latency"
+    monkeypatch.delenv("KDSEARCH_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
     assert default_cache_dir() == tmp_path / "x" / "kdsearch" / "latency"
 
