@@ -18,6 +18,19 @@ def tiny_run(tmp_path_factory, fashion_npz):
     return out
 
 
+def test_summary_speed_ups_are_the_ones_export_json_recorded(tiny_run):
+    # first of the module's tests: later ones export the shared run again, after summary.json was written
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    export = json.loads((tiny_run / "export" / "export.json").read_text())
+    batches = export["timing"]["batches"]
+    assert batches[0] == 1 and summary["onnx"]["latency_batch"] == batches[-1]
+    for b in batches:
+        assert summary["onnx"][f"speedup_b{b}"] == export["files"]["fp32"]["speedup"][str(b)]
+        teacher, student = export["teacher"]["latency_ms"][f"batch_{b}"], export["files"]["fp32"]["latency_ms"][f"batch_{b}"]
+        assert teacher["runs"] == student["runs"] == export["timing"]["runs"]  # one loop: as many rounds each
+        assert export["files"]["fp32"]["speedup"][str(b)] == pytest.approx(teacher["p50"] / student["p50"])
+
+
 def test_run_directory_is_complete(tiny_run):
     for rel in ["run.yaml", "summary.json", "teacher/model.json", "teacher/model.safetensors", "teacher/metrics.json",
                 "search/study.db", "search/leaderboard.csv", "search/winner.json", "search/pareto.png",
@@ -52,18 +65,6 @@ def test_run_yaml_reproduces(tiny_run, tmp_path, cli):
     assert code == 0, err
     report = json.loads(out)
     assert "ptq" in report["files"]
-
-
-def test_summary_speed_ups_are_the_ones_export_json_recorded(tiny_run):
-    summary = json.loads((tiny_run / "summary.json").read_text())
-    export = json.loads((tiny_run / "export" / "export.json").read_text())
-    batches = export["timing"]["batches"]
-    assert batches[0] == 1 and summary["onnx"]["latency_batch"] == batches[-1]
-    for b in batches:
-        assert summary["onnx"][f"speedup_b{b}"] == export["files"]["fp32"]["speedup"][str(b)]
-        teacher, student = export["teacher"]["latency_ms"][f"batch_{b}"], export["files"]["fp32"]["latency_ms"][f"batch_{b}"]
-        assert teacher["runs"] == student["runs"] == export["timing"]["runs"]  # one loop: as many rounds each
-        assert export["files"]["fp32"]["speedup"][str(b)] == pytest.approx(teacher["p50"] / student["p50"])
 
 
 def test_export_times_at_the_latency_batch_and_threads_asked(tiny_run, cli):
