@@ -9,10 +9,14 @@ test instead of silently blanking a report cell::
       run.yaml  kdsearch.log  summary.json  report.html
       teacher/  model.json model.safetensors metrics.json (TrainMetrics) curves.png
       search/   space.yaml study.db leaderboard.csv winner.json (WinnerRecord) speed.json (SpeedRecord) pareto.png
-      race/     the short-distillation race of the finalists
+      race/     race.json rungs.png, and one folder per finalist and rung (the short-distillation race)
       distill/  student.json student.safetensors metrics.json (TrainMetrics) curves.png last.ckpt
-      qat/      qat.json qat.safetensors metrics.json (QatMetrics) curves.png last.ckpt
-      export/   student.onnx student.ptq.onnx student.qat.onnx export.json (ExportRecord) export.log
+      qat/      qat.json student.qat.safetensors metrics.json (QatMetrics) curves.png last.ckpt
+      export/   student.onnx student.ptq.onnx student.qat.onnx teacher.onnx export.json (ExportRecord) export.log
+      correlate/  correlate.json students.jsonl (``kdsearch correlate``)
+
+A module that writes into a folder it is given (not a :class:`RunDir`) names its files with the
+constants below or a record's ``FILE``; no other module spells a file name of this layout.
 """
 from __future__ import annotations
 
@@ -34,11 +38,51 @@ __all__ = [
     "SpeedRecord",
     "ExportedFile",
     "ExportRecord",
+    "RaceRecord",
+    "RunSummary",
     "INT8_MODES",
     "read_leaderboard",
+    "RUN_CONFIG",
+    "RUN_LOG",
+    "REPORT",
+    "LEADERBOARD",
+    "PARETO_PLOT",
+    "STUDY_DB",
+    "SEARCHED_SPACE",
+    "RACE_PLOT",
+    "CURVES_PLOT",
+    "CHECKPOINT",
+    "STUDENT_ARCH",
+    "STUDENT_WEIGHTS",
+    "QAT_META",
+    "QAT_WEIGHTS",
+    "EXPORT_LOG",
+    "TEACHER_ONNX",
+    "CORRELATE_RECORD",
+    "CORRELATE_STUDENTS",
 ]
 
 INT8_MODES = ("ptq", "qat")  # the int8 files an export can hold beside the fp32 one
+
+# File names of the layout above (the JSON records' names are their classes' FILE).
+RUN_CONFIG = "run.yaml"  # the resolved RunConfig
+RUN_LOG = "kdsearch.log"  # the libraries' chatter, captured
+REPORT = "report.html"
+LEADERBOARD = "leaderboard.csv"  # search/: one row per scored trial (read_leaderboard)
+PARETO_PLOT = "pareto.png"
+STUDY_DB = "study.db"  # search/: the default SQLite Optuna storage
+SEARCHED_SPACE = "space.yaml"  # search/: the definition of the space searched
+RACE_PLOT = "rungs.png"
+CURVES_PLOT = "curves.png"  # every training folder: the learning curves
+CHECKPOINT = "last.ckpt"  # every training folder: the state to resume from
+STUDENT_ARCH = "student.json"  # distill/: the student's arch and metadata
+STUDENT_WEIGHTS = "student.safetensors"
+QAT_META = "qat.json"  # qat/: the quantized student's arch, recipe and quantizer settings
+QAT_WEIGHTS = "student.qat.safetensors"  # qat/: the prepared (fake-quant) student's state
+EXPORT_LOG = "export.log"  # export/: the exporters' captured output
+TEACHER_ONNX = "teacher.onnx"  # export/: the teacher, timed beside the student's files
+CORRELATE_RECORD = "correlate.json"  # correlate/: the study's config, budgets and metrics
+CORRELATE_STUDENTS = "students.jsonl"  # correlate/: one finished student per line (the resume log)
 
 R = TypeVar("R", bound="Record")
 
@@ -55,19 +99,19 @@ class RunDir:
     # top level
     @property
     def config(self) -> Path:
-        return self.root / "run.yaml"
+        return self.root / RUN_CONFIG
 
     @property
     def log(self) -> Path:
-        return self.root / "kdsearch.log"
+        return self.root / RUN_LOG
 
     @property
     def summary(self) -> Path:
-        return self.root / "summary.json"
+        return self.root / RunSummary.FILE
 
     @property
     def report(self) -> Path:
-        return self.root / "report.html"
+        return self.root / REPORT
 
     # one folder per stage
     @property
@@ -105,13 +149,25 @@ class RunDir:
 
     @property
     def leaderboard(self) -> Path:
-        return self.search / "leaderboard.csv"
+        return self.search / LEADERBOARD
+
+    @property
+    def pareto_plot(self) -> Path:
+        return self.search / PARETO_PLOT
+
+    @property
+    def race_record(self) -> Path:
+        return self.race / RaceRecord.FILE
+
+    @property
+    def race_plot(self) -> Path:
+        return self.race / RACE_PLOT
 
     @property
     def searched_space(self) -> Path:
         """The definition of the space the run searched, copied from its YAML: later stages,
         ``--resume`` and a copy of the run on another machine read this, not the user's file."""
-        return self.search / "space.yaml"
+        return self.search / SEARCHED_SPACE
 
     @property
     def distill_metrics(self) -> Path:
@@ -131,11 +187,11 @@ class RunDir:
 
     @property
     def student_json(self) -> Path:
-        return self.distill / "student.json"
+        return self.distill / STUDENT_ARCH
 
     @property
     def student_weights(self) -> Path:
-        return self.distill / "student.safetensors"
+        return self.distill / STUDENT_WEIGHTS
 
 
 class Record:
@@ -351,6 +407,49 @@ class ExportRecord(Record):
     def shipped(self) -> ExportedFile:
         """The file to ship: :attr:`recommended`, or the fp32 file."""
         return self.files.get(self.recommended or "fp32", self.fp32)
+
+
+@dataclass(frozen=True)
+class RaceRecord(Record):
+    """``race/race.json`` (and ``winner.json``'s ``race``): the short-distillation race of the finalists."""
+
+    FILE: ClassVar[str] = "race.json"
+
+    rule: str  # one line: how the race ranked and cut
+    rank: str  # tse | val (kdsearch.search.config.RACE_RANKS)
+    eta: int  # each rung keeps the best 1/eta
+    rungs: list[int]  # the optimizer step each rung ends at
+    survivors: list[int]  # finalists trained to each rung
+    full_steps: int  # the optimizer steps of one full distillation
+    budget: float  # --race-budget, in full distillations
+    planned_steps: int
+    spent_steps: int
+    spent_distillations: float
+    finalists: list[dict[str, Any]]  # finalist, arch (canonical JSON), state, rung_reached, rungs: [{val_acc, ...}]
+    winner: str  # the winning arch, canonical JSON
+    storage: str  # the Optuna storage the race's trials live in
+    study_name: str
+
+    @property
+    def won(self) -> dict[str, Any]:
+        """The winner's finalist entry: complete, with every rung it trained."""
+        return next(f for f in self.finalists if f["state"] == "complete" and f["arch"] == self.winner)
+
+
+@dataclass(frozen=True)
+class RunSummary(Record):
+    """``summary.json``: the headline figures of a finished ``kdsearch run``."""
+
+    FILE: ClassVar[str] = "summary.json"
+
+    run_dir: str
+    dataset: str
+    teacher: dict[str, Any]  # source, val_acc, params, flops, onnx_latency_ms_b<batch>
+    student: dict[str, Any]  # arch, val_acc, test_acc, params, flops, agreement
+    reduction: dict[str, float]  # params, flops: the teacher's over the student's
+    onnx: dict[str, Any]  # the fp32 file: path, val_acc, latencies and speed-ups per batch, the recommended file
+    timings_s: dict[str, float]  # stage -> seconds
+    report: str | None = None  # the report.html written after it
 
 
 # search/leaderboard.csv: one row per scored trial, in the order of the rule that chose the winner

@@ -52,6 +52,7 @@ def correlate(
     from kdsearch.spaces.model_files import load_teacher
     from kdsearch.pipeline import load_run_dataset, save_run_config
     from kdsearch.pipeline.workspace import opened_run_dir
+    from kdsearch.rundir import RunDir
     from kdsearch.search.correlate import run_correlate, with_train
 
     extra = () if extra_batches is not None and not extra_batches.strip() else _csv(extra_batches, int)
@@ -68,7 +69,7 @@ def correlate(
                          image_size=dataset.image_size)
         with opened_run_dir(out, resume=True, force=False):  # refused before any student: nothing left behind
             save_run_config(out, replace(config, correlate=c))
-            with capture_library_noise(out / "kdsearch.log"):
+            with capture_library_noise(RunDir(out).log):
                 result = run_correlate(t, dataset, out / "correlate", c, progress=progress)
     finally:
         close(progress)

@@ -115,6 +115,7 @@ def search(
     """
     from kdsearch.arch import Arch
     from kdsearch.pipeline import search_command
+    from kdsearch.rundir import RunDir
 
     config = base_config(config_file)
     objs = tuple(x.strip() for x in objectives.split(",") if x.strip()) if objectives else None
@@ -147,7 +148,7 @@ def search(
 
         console.print(leaderboard_table(outcome.rows, config.search.proxy, outcome.winner_row))
         why = f": {winner.reason}" if winner.reason else ""
-        console.print(f"winner by --pick {winner.rule}{why} → {out / 'search' / 'winner.json'}")
+        console.print(f"winner by --pick {winner.rule}{why} → {RunDir(out).winner}")
         console.print(f"view the study: optuna-dashboard {outcome.storage_url}", highlight=False)
 
 
@@ -198,6 +199,7 @@ def distill(
     from kdsearch.distill.distributed import is_main_process
     from kdsearch.errors import UsageError
     from kdsearch.pipeline import distill_command
+    from kdsearch.rundir import RunDir
 
     flags = {"loss": loss, "epochs": epochs, "batch_size": batch_size, "max_memory": max_memory, "lr": lr, "temperature": temperature,
              "cache_teacher": cache_teacher, "augment": augment, "seed": seed, "device": device,
@@ -210,7 +212,7 @@ def distill(
         # the run's run.yaml, then --config, then the flags
         config = run_config(run_dir, config_file, data=data_section, distill=flags, top={"teacher": teacher})
         out = out or run_dir
-        arch_file = student or run_dir / "search" / "winner.json"
+        arch_file = student or RunDir(run_dir).winner
         if not arch_file.exists():
             raise UsageError(f"{run_dir} has no search/winner.json; run `kdsearch search` first or give --student")
         if config.teacher is None:

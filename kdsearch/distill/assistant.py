@@ -21,6 +21,7 @@ from kdsearch.errors import UsageError
 from kdsearch.models.teacher import Teacher
 from kdsearch.pareto import pareto_front
 from kdsearch.progress import NULL_PROGRESS, Progress
+from kdsearch.rundir import TrainMetrics
 
 __all__ = ["Candidate", "choose_assistant", "resolve_assistant", "distill_with_assistant", "assistant_stage"]
 
@@ -89,7 +90,6 @@ def distill_with_assistant(
     Both legs use ``config``; the student's metrics.json records the assistant and its accuracy.
     """
     from kdsearch.distill.stage import distill_student, student_space
-    from kdsearch.files import read_json
     from kdsearch.spaces.model_files import load_model_dir
 
     progress.note(f"teacher assistant: {assistant.space} {assistant.key}")
@@ -97,7 +97,7 @@ def distill_with_assistant(
     if resume and (ta_dir / "model.safetensors").exists():
         progress.note(f"assistant already distilled in {ta_dir}")
         ta_module, _ = load_model_dir(ta_dir)
-        ta_metrics = read_json(ta_dir / "metrics.json")
+        ta_metrics = TrainMetrics.load(ta_dir / TrainMetrics.FILE).to_dict()
     else:
         ta_metrics = distill_student(assistant, teacher, dataset, ta_dir, config, resume=resume, space_spec=space_spec,
                                      progress=progress, weights_name="model", keep_module=True)

@@ -60,6 +60,7 @@ from kdsearch.errors import Interrupted, KdsearchWarning, MemoryBudgetError, Tra
 from kdsearch.memory import MemoryBudget, MemoryEstimate, estimate_step_memory, format_bytes, memory_budget
 from kdsearch.models.features import FeatureTap
 from kdsearch.progress import NULL_PROGRESS, Progress
+from kdsearch.rundir import CHECKPOINT
 
 __all__ = [
     "Phases",
@@ -84,7 +85,6 @@ __all__ = [
     "train_step",
 ]
 
-CHECKPOINT = "last.ckpt"
 
 
 # ---- 1. batches -----------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from kdsearch.distill.config import TrainConfig
 from kdsearch.distill.curves import plot_curves
 from kdsearch.distill.evaluate import predict_logits, topk_accuracy
 from kdsearch.distill.trainer import train
-from kdsearch.rundir import TrainMetrics
+from kdsearch.rundir import CURVES_PLOT, TrainMetrics
 from kdsearch.models.teacher import Teacher
 from kdsearch.spaces.model_files import save_model_dir
 from kdsearch.progress import NULL_PROGRESS, Progress
@@ -92,7 +92,7 @@ def _finish(
         weights_name=weights_name,
     )
     TrainMetrics.from_dict(metrics).save(out_dir / TrainMetrics.FILE)
-    plot_curves(metrics["history"], out_dir / "curves.png")
+    plot_curves(metrics["history"], out_dir / CURVES_PLOT)
     return metrics
 
 

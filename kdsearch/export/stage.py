@@ -31,7 +31,7 @@ from kdsearch.export.runtime import (
 from kdsearch.export.timing import interleaved_latency_ms, session_options, speedup
 from kdsearch.files import write_text
 from kdsearch.ratios import export_speed_warnings, threads_text
-from kdsearch.rundir import INT8_MODES, ExportedFile, ExportRecord
+from kdsearch.rundir import EXPORT_LOG, INT8_MODES, TEACHER_ONNX, ExportedFile, ExportRecord
 
 __all__ = ["LATENCY_WARMUP", "PARITY_MIN_AGREEMENT", "export_model", "export_teacher", "recommend_file"]
 
@@ -198,8 +198,8 @@ def export_model(
         fp32_parity = parity(cpu_session, fp32_model, parity_set, batch_sizes=(1, parity_batch))
         _check_fp32_parity(fp32_parity)
     except ExportError as e:
-        (out_dir / "export.json").unlink(missing_ok=True)  # a stale report must not vouch for a failed export
-        write_text(out_dir / "export.log", "\n".join(logs) + "\n")
+        (out_dir / ExportRecord.FILE).unlink(missing_ok=True)  # a stale report must not vouch for a failed export
+        write_text(out_dir / EXPORT_LOG, "\n".join(logs) + "\n")
         if not fp32_path.exists():
             raise
         os.replace(fp32_path, paths["failed"])
@@ -290,20 +290,20 @@ def export_model(
         },
         "files": files,
         "pytorch_eager": pytorch,
-        "log": "export.log",
+        "log": EXPORT_LOG,
         "student_digest": student_digest,
         "input_size": list(input_chw),
         "teacher": teacher,
         "timing": {"batches": list(batches), "threads": latency_threads, "runs": latency_runs,
                    "warmup": LATENCY_WARMUP, "interleaved": True},
     }
-    write_text(out_dir / "export.log", "\n".join(logs) + "\n")
+    write_text(out_dir / EXPORT_LOG, "\n".join(logs) + "\n")
     record = ExportRecord.from_dict(report)
     record = dataclasses.replace(record, recommended=recommend_file(record.files))
     for line in export_speed_warnings(record):  # one line each on the terminal; export.json holds the ratios
         warnings.warn(line, KdsearchWarning, stacklevel=2)
     record.save(out_dir / ExportRecord.FILE)
-    say(f"wrote {out_dir / 'export.json'}")
+    say(f"wrote {out_dir / ExportRecord.FILE}")
     return record.to_dict()
 
 
@@ -323,7 +323,7 @@ def export_teacher(
     """
     say = progress or (lambda _msg: None)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    path = Path(out_dir) / "teacher.onnx"
+    path = Path(out_dir) / TEACHER_ONNX
     model = copy.deepcopy(teacher).float().cpu().eval()
     sample = torch.randn(2, *input_chw, generator=torch.Generator().manual_seed(0))  # (2, C, H, W)
     say(f"exporting {path.name} to time the teacher beside the student in ONNX Runtime")

@@ -18,7 +18,7 @@ from kdsearch.arch import Arch
 from kdsearch.devices import resolve_device
 from kdsearch.distill.distributed import DistributedContext, is_main_process
 from kdsearch.errors import KdsearchError, SpaceError, UsageError
-from kdsearch.files import write_json, write_text
+from kdsearch.files import write_text
 from kdsearch.logs import capture_library_noise
 from kdsearch.pipeline.config import RunConfig, save_run_config
 from kdsearch.pipeline.stages import (
@@ -284,8 +284,7 @@ def _run_stages(config: RunConfig, run: RunDir, dataset, timings: dict[str, floa
     with _timed(timings, "export"):
         export = export_stage(run, config, dataset, progress=progress)
     summary = summary_for(run, dataset, teacher, teacher_metrics, winner, student_metrics, export, timings)
-    summary["report"] = str(run.report)
-    write_json(run.summary, summary)
+    summary.save(run.summary)
 
     write_report(run.root)  # after summary.json: the page reads it (teacher FLOPs, timings)
-    return summary
+    return summary.to_dict()

@@ -22,14 +22,14 @@ from kdsearch.distill.losses import CombinedLoss
 from kdsearch.distill.stage import distill_student, student_space, train_teacher
 from kdsearch.errors import ConfigError, UsageError
 from kdsearch.export.stage import export_model, export_teacher
-from kdsearch.files import write_json
 from kdsearch.models.zoo import MODELS, create_model, model_arch
 from kdsearch.pipeline.config import RunConfig
 from kdsearch.progress import NULL_PROGRESS, Progress
 from kdsearch.proxies import PROXIES, count_flops
 from kdsearch.quant.qat import load_qat_model, quantize_student
 from kdsearch.report.plots import plot_race_rungs
-from kdsearch.rundir import ExportRecord, QatMetrics, RunDir, TrainMetrics, WinnerRecord, read_leaderboard
+from kdsearch.rundir import (ExportRecord, QatMetrics, RaceRecord, RunDir, RunSummary, TrainMetrics, WinnerRecord,
+                             read_leaderboard)
 from kdsearch.search.config import COST_OBJECTIVES, SearchConfig
 from kdsearch.search.objective import feasible_samples
 from kdsearch.search.race import run_race
@@ -182,11 +182,11 @@ def race_stage(run: RunDir, config: RunConfig, dataset, teacher, *, resume: bool
 
     result = run_race(read_leaderboard(run.leaderboard), teacher, dataset, run.race, search_config_for(config, teacher),
                       config.distill, space_spec=config.search.space, resume=resume, progress=progress)
-    race = result.record()
-    write_json(run.race / "race.json", race)
-    plot_race_rungs(race["finalists"], race["rungs"], run.race / "rungs.png", race["rank"])
-    progress.note(f"race: spent {race['spent_steps']} optimizer steps = {race['spent_distillations']:.2f} of one "
-                  f"distillation ({race['full_steps']} steps; budget {race['budget']:g})")
+    race = RaceRecord.from_dict(result.record(), "the race's record")
+    race.save(run.race_record)
+    plot_race_rungs(race.finalists, race.rungs, run.race_plot, race.rank)
+    progress.note(f"race: spent {race.spent_steps} optimizer steps = {race.spent_distillations:.2f} of one "
+                  f"distillation ({race.full_steps} steps; budget {race.budget:g})")
     return record_race(run.search, race)
 
 
@@ -336,7 +336,7 @@ def _previous_export(run: RunDir) -> ExportRecord | None:
 
 
 def summary_for(run: RunDir, dataset, teacher, teacher_metrics: TrainMetrics | None, winner: WinnerRecord,
-                student_metrics: TrainMetrics, export: ExportRecord, timings: dict[str, float]) -> dict[str, Any]:
+                student_metrics: TrainMetrics, export: ExportRecord, timings: dict[str, float]) -> RunSummary:
     """``summary.json``: the headline figures of a finished run."""
 
     h, w = dataset.image_size
@@ -345,12 +345,12 @@ def summary_for(run: RunDir, dataset, teacher, teacher_metrics: TrainMetrics | N
     teacher_acc = (teacher_metrics.val_acc if teacher_metrics else None) or student_metrics.teacher_val_acc
     fp32, shipped = export.fp32, export.shipped
     batches = export.latency_batches
-    return {
-        "run_dir": str(run.root),
-        "dataset": dataset.name,
-        "teacher": {"source": teacher.source, "val_acc": teacher_acc, "params": teacher_params, "flops": teacher_flops,
-                    **{f"onnx_latency_ms_b{b}": export.teacher_p50(b) for b in batches}},
-        "student": {
+    return RunSummary(
+        run_dir=str(run.root),
+        dataset=dataset.name,
+        teacher={"source": teacher.source, "val_acc": teacher_acc, "params": teacher_params, "flops": teacher_flops,
+                 **{f"onnx_latency_ms_b{b}": export.teacher_p50(b) for b in batches}},
+        student={
             "arch": winner.arch,
             "val_acc": student_metrics.val_acc,
             "test_acc": student_metrics.test_acc,
@@ -358,8 +358,8 @@ def summary_for(run: RunDir, dataset, teacher, teacher_metrics: TrainMetrics | N
             "flops": winner.flops,
             "agreement": student_metrics.agreement,
         },
-        "reduction": {"params": teacher_params / max(1, winner.params), "flops": teacher_flops / max(1, winner.flops)},
-        "onnx": {
+        reduction={"params": teacher_params / max(1, winner.params), "flops": teacher_flops / max(1, winner.flops)},
+        onnx={
             "path": str(run.export / fp32.path),
             "val_acc": fp32.accuracy,
             "top1_agreement": fp32.min_top1_agreement,
@@ -371,5 +371,6 @@ def summary_for(run: RunDir, dataset, teacher, teacher_metrics: TrainMetrics | N
             "input_size": export.input_size,
             "pytorch_latency_ms_b1": export.pytorch_eager["latency_ms"]["batch_1"]["p50"],
         },
-        "timings_s": timings,
-    }
+        timings_s=timings,
+        report=str(run.report),
+    )

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Iterator
 
 from kdsearch.errors import UsageError
-from kdsearch.rundir import RunDir
+from kdsearch.rundir import RUN_CONFIG, RUN_LOG, RunDir
 
 __all__ = ["prepare_run_dir", "opened_run_dir", "holds_results"]
 
 # what a command writes before any stage produces a result
-_BOOKKEEPING = {"run.yaml", "kdsearch.log"}
+_BOOKKEEPING = {RUN_CONFIG, RUN_LOG}
 
 
 def prepare_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:

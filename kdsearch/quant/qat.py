@@ -31,11 +31,10 @@ from kdsearch.distill.evaluate import predict_logits, topk_accuracy
 from kdsearch.errors import UsageError
 from kdsearch.progress import NULL_PROGRESS, Progress
 from kdsearch.quant.config import QatConfig
+from kdsearch.rundir import CURVES_PLOT, QAT_META, QAT_WEIGHTS
 
 __all__ = ["QatConfig", "QatPhases", "quantize_student", "load_qat_model", "QAT_WEIGHTS", "QAT_META"]
 
-QAT_WEIGHTS = "student.qat.safetensors"
-QAT_META = "qat.json"
 _MISSING = "run `kdsearch quantize RUN_DIR` first"
 
 
@@ -207,5 +206,5 @@ def quantize_student(
         history=history,
     )
     metrics.save(out_dir / QatMetrics.FILE)
-    plot_curves(history, out_dir / "curves.png")
+    plot_curves(history, out_dir / CURVES_PLOT)
     return metrics.to_dict()

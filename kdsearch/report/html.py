@@ -18,6 +18,7 @@ from kdsearch.files import write_text
 from kdsearch.ratios import fewer_text, points_text, speed_text
 from kdsearch.report.summary import RunContents, key_figures, read_run
 from kdsearch.report.tables import fmt_int, fmt_ms, fmt_pct, latency_columns
+from kdsearch.rundir import PARETO_PLOT, RunDir
 
 __all__ = ["write_report", "render_report", "png_data_uri"]
 
@@ -130,7 +131,8 @@ def _cards(figures: dict[str, Any]) -> str:
 
 def _comparison(run: RunContents, figures: dict[str, Any]) -> str:
     t, s = figures["teacher"], figures["student"]
-    teacher_name = (run.teacher_model or {}).get("model") or ((run.summary or {}).get("teacher") or {}).get("source") or ""
+    summary_teacher = run.summary.teacher if run.summary is not None else {}
+    teacher_name = (run.teacher_model or {}).get("model") or summary_teacher.get("source") or ""
     rows = []
     if s["arch"] is not None:
         note = "" if s["is_search_winner"] or run.winner is None else "distilled with --student, not the search's winner"
@@ -189,7 +191,7 @@ def _pareto_png(run: RunContents) -> bytes | None:
         return None
     unique = list({r["arch"]: r for r in run.leaderboard}.values())
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "pareto.png"
+        path = Path(tmp) / PARETO_PLOT
         plot_pareto(unique, winner_row, score, path)
         return path.read_bytes()
 
@@ -261,7 +263,7 @@ def _search(run: RunContents) -> str:
     png = _pareto_png(run)
     if png is not None:
         parts.append(f'<div class="figures">{_figure(png, "Proxy score against parameters; ★ the winner")}</div>')
-    rungs_png = run.run_dir / "race" / "rungs.png"
+    rungs_png = RunDir(run.run_dir).race_plot
     if rungs_png.is_file():
         caption = ("The race by rung: validation top-1 and mean training loss so far (what it ranked by, unless "
                    "--race-rank val); the eliminated in grey, the winner in red")
@@ -408,6 +410,6 @@ def write_report(run_dir: Path, out: Path | None = None) -> dict[str, Any]:
         UsageError: ``run_dir`` is not a run directory (no ``run.yaml``).
     """
     run = read_run(Path(run_dir))
-    path = Path(out) if out is not None else run.run_dir / "report.html"
+    path = Path(out) if out is not None else RunDir(run.run_dir).report
     write_text(path, render_report(run))
     return {"report": str(path), **key_figures(run)}

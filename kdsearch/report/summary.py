@@ -14,9 +14,12 @@ from kdsearch.errors import ConfigError, KdsearchError, UsageError
 from kdsearch.files import read_json
 from kdsearch.ratios import export_speed_warnings
 from kdsearch.rundir import (
+    CURVES_PLOT,
+    PARETO_PLOT,
     ExportRecord,
     QatMetrics,
     RunDir,
+    RunSummary,
     SpeedRecord,
     TrainMetrics,
     WinnerRecord,
@@ -42,7 +45,7 @@ class RunContents:
     student_model: dict[str, Any] | None = None  # distill/student.json: the student that was trained (its arch)
     qat: QatMetrics | None = None  # qat/metrics.json
     export: ExportRecord | None = None  # export/export.json
-    summary: dict[str, Any] | None = None  # summary.json (written by `kdsearch run`)
+    summary: RunSummary | None = None  # summary.json (written by `kdsearch run`)
     images: dict[str, list[Path]] = field(default_factory=dict)  # section -> PNGs, in page order
 
     @property
@@ -70,7 +73,7 @@ def read_run(run_dir: Path) -> RunContents:
     import yaml
 
     run_dir = Path(run_dir)
-    config_path = run_dir / "run.yaml"
+    config_path = RunDir(run_dir).config
     if not config_path.is_file():
         raise UsageError(
             f"{run_dir} is not a kdsearch run directory (no run.yaml); give the --out folder of a `kdsearch run`"
@@ -92,12 +95,12 @@ def read_run(run_dir: Path) -> RunContents:
     contents.student_model = _optional_json(run.student_json)
     contents.qat = QatMetrics.load_optional(run.qat_metrics)
     contents.export = ExportRecord.load_optional(run.export_record)
-    contents.summary = _optional_json(run.summary)
+    contents.summary = RunSummary.load_optional(run.summary)
     contents.images = {
-        "search": _pngs(run_dir / "search", ("pareto.png",)),
-        "teacher": _pngs(run_dir / "teacher", ("curves.png",)),
-        "distill": _pngs(run_dir / "distill", ("curves.png",)),
-        "qat": _pngs(run_dir / "qat", ("curves.png",)),
+        "search": _pngs(run_dir / "search", (PARETO_PLOT,)),
+        "teacher": _pngs(run_dir / "teacher", (CURVES_PLOT,)),
+        "distill": _pngs(run_dir / "distill", (CURVES_PLOT,)),
+        "qat": _pngs(run_dir / "qat", (CURVES_PLOT,)),
         "correlate": _pngs(run_dir / "correlate"),
     }
     return contents
@@ -111,7 +114,7 @@ def _input_size(run: RunContents) -> list[int] | None:
     """(C, H, W) the student takes: from export.json, else summary.json."""
     if run.export is not None and run.export.input_size:
         return list(run.export.input_size)
-    return ((run.summary or {}).get("onnx") or {}).get("input_size")
+    return run.summary.onnx.get("input_size") if run.summary is not None else None
 
 
 def _counted_flops(model: dict[str, Any], input_size: list[int] | None) -> int | None:
@@ -132,7 +135,7 @@ def trained_student(run: RunContents) -> dict[str, Any]:
     """The arch, params and FLOPs of the student that was distilled (``distill/student.json``), which
     ``kdsearch distill --student`` makes another than the search's winner; the winner before a distillation."""
     winner, model = run.winner, run.student_model or {}
-    summary_student = (run.summary or {}).get("student") or {}
+    summary_student = run.summary.student if run.summary is not None else {}
     arch = model.get("arch") or (winner.arch if winner else summary_student.get("arch"))
     if arch is None:
         return {"arch": None, "params": run.distill.params if run.distill else None, "flops": None,
@@ -171,8 +174,7 @@ def key_figures(run: RunContents) -> dict[str, Any]:
     Every speed-up is one ``export.json`` records: the ratio of two ONNX Runtime medians timed
     side by side; none is computed here from latencies taken apart.
     """
-    s = run.summary or {}
-    teacher = s.get("teacher", {})
+    teacher = run.summary.teacher if run.summary is not None else {}
     winner, distill = run.winner, run.distill
     teacher_acc = teacher.get("val_acc")
     if teacher_acc is None:

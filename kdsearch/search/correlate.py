@@ -43,6 +43,7 @@ from kdsearch.errors import UsageError
 from kdsearch.files import write_json, write_text
 from kdsearch.models.teacher import Teacher
 from kdsearch.progress import NULL_PROGRESS, Progress
+from kdsearch.rundir import CHECKPOINT, CORRELATE_RECORD, CORRELATE_STUDENTS
 from kdsearch.search.config import CorrelateConfig, parse_edges
 
 __all__ = [
@@ -275,7 +276,7 @@ def _train_one(arch: Arch, teacher: Teacher, dataset: Dataset, work: Path, confi
                space_spec: str) -> dict[str, Any]:
     from kdsearch.distill.stage import distill_student
 
-    resume = (work / "last.ckpt").exists()
+    resume = (work / CHECKPOINT).exists()
     t0 = time.perf_counter()
     metrics = distill_student(arch, teacher, dataset, work, config.train, resume=resume, space_spec=space_spec)
     return {"val_acc": metrics["val_acc"], "test_acc": metrics["test_acc"], "train_s": time.perf_counter() - t0,
@@ -346,7 +347,7 @@ def run_correlate(
     out_dir.mkdir(parents=True, exist_ok=True)
     archs = stratified_archs(space, dataset, config.archs, seed=config.seed, pool=config.pool, max_params=config.max_params,
                              edges=parse_edges(config.edges))
-    students_path = out_dir / "students.jsonl"
+    students_path = out_dir / CORRELATE_STUDENTS
     seeds = [config.train.seed + r for r in range(config.repeats)]
     done = _read_students(students_path, config.train.seed)
     # seed-major: every arch is trained once before any is trained twice, so a cut-short study is still whole
@@ -414,7 +415,7 @@ def _write_outputs(out_dir: Path, students: list[dict[str, Any]], metrics: list[
         writer.writerow([m["proxy"], *[f"{m[c]:.4f}" for c in cols]])
     write_text(out_dir / "correlate.csv", buf.getvalue())
     plain = asdict(config)
-    write_json(out_dir / "correlate.json", {"config": plain, "budgets": budgets, "metrics": metrics,
+    write_json(out_dir / CORRELATE_RECORD, {"config": plain, "budgets": budgets, "metrics": metrics,
                                             "reliability": reliability, "archs": len(students)})
     shown = [m["proxy"] for m in metrics if "@" not in m["proxy"] and "[" not in m["proxy"]]
     acc = [s["acc"] for s in students]

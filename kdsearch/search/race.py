@@ -50,6 +50,7 @@ from typing import Any, Sequence
 from kdsearch.arch import Arch
 from kdsearch.errors import SearchError, UsageError
 from kdsearch.progress import NULL_PROGRESS, Progress
+from kdsearch.rundir import CHECKPOINT
 from kdsearch.search.config import RACE_RANKS, SearchConfig
 from kdsearch.search.storage import GRACE_BEATS, StaleTrials, get_storage
 from kdsearch.search.winner import rank_by_rule
@@ -259,7 +260,7 @@ class _Race:
         student = build_student(arch, self.dataset, config.seed, self.space_spec)
         checkpoint: dict[str, Any] = {}
         if rung:  # a warm restart: the student and the loss's adapters where the previous rung left them
-            previous = rung_dir(self.race_dir, finalist, rung - 1) / "last.ckpt"
+            previous = rung_dir(self.race_dir, finalist, rung - 1) / CHECKPOINT
             if not previous.exists():  # that rung was trained by a worker on another machine, which died
                 self.train_rung(arch, finalist, rung - 1)  # the same seeded steps: the same weights, here
             checkpoint = load_checkpoint(previous)

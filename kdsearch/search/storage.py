@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from kdsearch.errors import UsageError
+from kdsearch.rundir import STUDY_DB
 from kdsearch.search.config import SearchConfig
 
 __all__ = ["storage_url", "get_storage", "StaleTrials", "GRACE_BEATS"]
@@ -22,7 +23,7 @@ _JITTER = random.Random()  # its own stream: seeded searches must not see the re
 
 def storage_url(config: SearchConfig, out_dir: Path) -> str:
     """``--storage`` or SQLite in the run directory."""
-    return config.storage or f"sqlite:///{(out_dir / 'study.db').resolve()}"
+    return config.storage or f"sqlite:///{(out_dir / STUDY_DB).resolve()}"
 
 
 def _lost_schema_race(error: Exception) -> bool:

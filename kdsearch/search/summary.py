@@ -7,12 +7,12 @@ import io
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from kdsearch.arch import Arch
 from kdsearch.errors import BudgetError, SearchError
 from kdsearch.files import write_text
-from kdsearch.rundir import SpeedRecord, WinnerRecord
+from kdsearch.rundir import LEADERBOARD, PARETO_PLOT, RaceRecord, SpeedRecord, WinnerRecord
 from kdsearch.search.config import RACE_RANKS, SearchConfig
 from kdsearch.search.winner import explain_winner, pick_winner, rank_by_rule
 
@@ -93,7 +93,7 @@ def summarise_study(study, config: SearchConfig, out_dir: Path, *, speed=None, s
         "speedup": config.speedup})
     winner = Arch.from_json(picked["arch"])
     ranked = rank_leaderboard(rows, picked, score, config.pick)
-    write_text(out_dir / "leaderboard.csv", _to_csv(ranked))
+    write_text(out_dir / LEADERBOARD, _to_csv(ranked))
     WinnerRecord(
         arch=winner.to_dict(),
         rule=config.pick,
@@ -115,7 +115,7 @@ def summarise_study(study, config: SearchConfig, out_dir: Path, *, speed=None, s
                     batches=list(config.latency_batches), teacher_ms={str(b): v for b, v in speed.teacher_ms.items()},
                     speedup_budget=config.speedup, timed=[_timed_entry(r, score, config) for r in timed],
                     replaced=replaced, table=speed.table_paths()).save(out_dir / SpeedRecord.FILE)
-    plot_pareto(list(unique.values()), picked, score, out_dir / "pareto.png")
+    plot_pareto(list(unique.values()), picked, score, out_dir / PARETO_PLOT)
     winner_row = {**picked, "rule": config.pick, "reason": reason}
     return SearchResult(winner, winner_row, ranked, len(feasible))
 
@@ -164,37 +164,41 @@ def _timed_entry(row: dict[str, Any], score: str, config: SearchConfig) -> dict[
             "meets_budget": row["meets_budget"]}
 
 
-def record_race(out_dir: Path, race: dict[str, Any]) -> WinnerRecord:
+def record_race(out_dir: Path, race: RaceRecord | Mapping[str, Any]) -> WinnerRecord:
     """Add the race's columns to ``leaderboard.csv`` (its winner's rows on top) and record the race
-    and its winner in ``winner.json``; ``race`` is :meth:`kdsearch.search.race.RaceResult.record`."""
+    and its winner in ``winner.json``; ``race`` is :meth:`kdsearch.search.race.RaceResult.record`
+    (a mapping is loaded strictly as a :class:`~kdsearch.rundir.RaceRecord`)."""
     from kdsearch.rundir import read_leaderboard
     from kdsearch.search.race import training_loss_sum
 
-    rows = read_leaderboard(out_dir / "leaderboard.csv")
-    by_arch = {f["arch"]: f for f in race["finalists"]}
+    if not isinstance(race, RaceRecord):
+        race = RaceRecord.from_dict(race, "the race's record")
+    rows = read_leaderboard(out_dir / LEADERBOARD)
+    by_arch = {f["arch"]: f for f in race.finalists}
     for row in rows:
         f = by_arch.get(row["arch"])
         row["race_finalist"] = f["finalist"] if f else None
         row["race_rung"] = f["rung_reached"] if f else None
-        for k in range(len(race["rungs"])):
+        for k in range(len(race.rungs)):
             rungs = f["rungs"] if f else []
             row[f"race_val_acc_{k}"] = rungs[k]["val_acc"] if k < len(rungs) else None
             row[f"race_tse_{k}"] = training_loss_sum(rungs[: k + 1]) if k < len(rungs) else None
-    won = next(f for f in race["finalists"] if f["state"] == "complete" and f["arch"] == race["winner"])
+    won = race.won
     rows.sort(key=lambda r: r["arch"] != won["arch"])  # stable: the first row is the winner
-    write_text(out_dir / "leaderboard.csv", _to_csv(rows))
+    write_text(out_dir / LEADERBOARD, _to_csv(rows))
     previous = WinnerRecord.load(out_dir / WinnerRecord.FILE)
     row = rows[0]
     acc = won["rungs"][-1]["val_acc"]
     tse = training_loss_sum(won["rungs"])
-    reason = (f"won the race of {len(race['finalists'])} finalists chosen by --pick {previous.rule}, ranked by "
-              f"{RACE_RANKS[race['rank']]}: training-loss sum {tse:.4g}, val top-1 {acc:.4f} after {race['rungs'][-1]} steps; "
-              f"the race cost {race['spent_distillations']:.2f} distillations")
+    reason = (f"won the race of {len(race.finalists)} finalists chosen by --pick {previous.rule}, ranked by "
+              f"{RACE_RANKS[race.rank]}: training-loss sum {tse:.4g}, val top-1 {acc:.4f} after {race.rungs[-1]} "
+              f"steps; "
+              f"the race cost {race.spent_distillations:.2f} distillations")
     score = f"score_{previous.proxy}"
     fields = {} if row["arch"] == json_dumps(previous.arch) else {
         "arch": Arch.from_json(row["arch"]).to_dict(), "score": row[score], "params": row["params"],
         "flops": row["flops"], "latency_ms": row.get("latency_ms"), "trial": row["trial"]}
-    record = replace(previous, **fields, reason=reason, race=race)
+    record = replace(previous, **fields, reason=reason, race=race.to_dict())
     record.save(out_dir / WinnerRecord.FILE)
     return record
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 import kdsearch.pipeline.commands as commands
-from kdsearch.rundir import RunDir, WinnerRecord, read_leaderboard
+from kdsearch.rundir import RaceRecord, RunDir, WinnerRecord, read_leaderboard
 from kdsearch.search.summary import record_race
 
 
@@ -14,8 +14,10 @@ def _race_won_by_the_runner_up(run: RunDir, config, dataset, teacher, *, resume:
     finalists = [{"arch": r["arch"], "finalist": i, "rung_reached": 1 if i == 1 else 0,
                   "state": "complete" if i == 1 else "pruned",
                   "rungs": [{"step": 4, "val_acc": 0.5, "train_loss_sum": 1.0 + i}]} for i, r in enumerate(rows[:2])]
-    return record_race(run.search, {"rank": "tse", "rungs": [4, 12], "finalists": finalists,
-                                    "winner": rows[1]["arch"], "spent_distillations": 0.5})
+    return record_race(run.search, RaceRecord(
+        rule="a stand-in race", rank="tse", eta=3, rungs=[4, 12], survivors=[2, 1], full_steps=12, budget=1.0,
+        planned_steps=20, spent_steps=6, spent_distillations=0.5, finalists=finalists, winner=rows[1]["arch"],
+        storage="", study_name="kdsearch-race"))
 
 
 def test_the_terminal_table_stars_the_race_winner(tmp_path, fashion_npz, cli, monkeypatch):
