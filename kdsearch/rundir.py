@@ -11,7 +11,7 @@ test instead of silently blanking a report cell::
       search/   space.yaml study.db leaderboard.csv winner.json (WinnerRecord) speed.json (SpeedRecord) pareto.png
       race/     race.json rungs.png, and one folder per finalist and rung (the short-distillation race)
       distill/  student.json student.safetensors metrics.json (TrainMetrics) curves.png last.ckpt
-      qat/      qat.json student.qat.safetensors metrics.json (QatMetrics) curves.png last.ckpt
+      qat/      qat.json (QatModel) student.qat.safetensors metrics.json (QatMetrics) curves.png last.ckpt
       export/   student.onnx student.ptq.onnx student.qat.onnx teacher.onnx export.json (ExportRecord) export.log
       correlate/  correlate.json students.jsonl (``kdsearch correlate``)
 
@@ -34,6 +34,7 @@ __all__ = [
     "Record",
     "TrainMetrics",
     "QatMetrics",
+    "QatModel",
     "WinnerRecord",
     "SpeedRecord",
     "ExportedFile",
@@ -277,6 +278,18 @@ class QatMetrics(Record):
     recipe: str
     epochs: int
     history: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class QatModel(Record):
+    """``qat/qat.json``: what rebuilds the quantized student around ``student.qat.safetensors``."""
+
+    FILE: ClassVar[str] = QAT_META
+
+    student: dict[str, Any]  # the student's description: arch, space, family, model, num_classes, in_channels, normalization
+    recipe: str  # the quantization recipe (kdsearch.quant.QUANTIZERS)
+    image_size: list[int]  # (H, W) the prepared graph was captured at
+    config: dict[str, Any]  # the QatConfig it was trained with
 
 
 @dataclass(frozen=True)

@@ -69,3 +69,19 @@ def test_race_record_is_strict():
     assert record.won["finalist"] == 1 and rundir.RaceRecord.from_dict(record.to_dict()) == record
     with pytest.raises(ConfigError, match="race.json"):
         rundir.RaceRecord.from_dict({k: v for k, v in race.items() if k != "winner"})
+
+
+def test_qat_json_is_read_strictly(tmp_path):
+    """qat/qat.json is a QatModel: the QAT student is rebuilt from a record, not from loose JSON."""
+    import json
+
+    import pytest
+
+    from kdsearch.errors import ConfigError
+    from kdsearch.quant.qat import load_qat_model
+
+    (tmp_path / rundir.QAT_WEIGHTS).write_bytes(b"")
+    (tmp_path / rundir.QatModel.FILE).write_text(json.dumps(
+        {"student": {}, "recipe": "x86", "image_size": [28, 28], "config": {}, "colour": "blue"}))
+    with pytest.raises(ConfigError, match=r"qat\.json.*colour"):
+        load_qat_model(tmp_path)

@@ -31,7 +31,7 @@ from kdsearch.distill.evaluate import predict_logits, topk_accuracy
 from kdsearch.errors import UsageError
 from kdsearch.progress import NULL_PROGRESS, Progress
 from kdsearch.quant.config import QatConfig
-from kdsearch.rundir import CURVES_PLOT, QAT_META, QAT_WEIGHTS
+from kdsearch.rundir import CURVES_PLOT, QAT_META, QAT_WEIGHTS, QatModel
 
 __all__ = ["QatConfig", "QatPhases", "quantize_student", "load_qat_model", "QAT_WEIGHTS", "QAT_META"]
 
@@ -62,17 +62,16 @@ def load_qat_model(qat_dir: Path) -> torch.fx.GraphModule:
 
     from kdsearch.distill.checkpoint import load_module_state
     from kdsearch.errors import ModelError
-    from kdsearch.files import read_json
     from kdsearch.quant.pt2e import convert
     from kdsearch.spaces.catalog import build_from_description
 
     qat_dir = Path(qat_dir)
     if not (qat_dir / QAT_META).exists() or not (qat_dir / QAT_WEIGHTS).exists():
         raise UsageError(f"{qat_dir} holds no quantized student ({QAT_META} + {QAT_WEIGHTS}); {_MISSING}")
-    info = read_json(qat_dir / QAT_META, QAT_META)
-    student_meta = info["student"]
+    info = QatModel.load(qat_dir / QatModel.FILE)
+    student_meta = info.student
     model = build_from_description(student_meta, student_meta["num_classes"], student_meta["in_channels"])
-    prepared = _prepare(model, student_meta, tuple(info["image_size"]), info["recipe"])
+    prepared = _prepare(model, student_meta, tuple(info.image_size), info.recipe)
     try:
         load_module_state(prepared, load_file(str(qat_dir / QAT_WEIGHTS)))
     except RuntimeError as e:
@@ -152,7 +151,7 @@ def quantize_student(
     from safetensors.torch import save_file
 
     from kdsearch.devices import resolve_device
-    from kdsearch.files import atomic_path, write_json
+    from kdsearch.files import atomic_path
     from kdsearch.rundir import QatMetrics
     from kdsearch.quant.pt2e import convert, count_fake_quantizers, set_phase
 
@@ -187,8 +186,8 @@ def quantize_student(
     with atomic_path(out_dir / QAT_WEIGHTS) as tmp:
         save_file(state, str(tmp))
     keep = ("arch", "space", "family", "model", "num_classes", "in_channels", "normalization")
-    write_json(out_dir / QAT_META, {"student": {k: student_meta.get(k) for k in keep}, "recipe": config.recipe,
-                                    "image_size": list(dataset.image_size), "config": asdict(config)})
+    QatModel(student={k: student_meta.get(k) for k in keep}, recipe=config.recipe,
+             image_size=list(dataset.image_size), config=asdict(config)).save(out_dir / QatModel.FILE)
     fake_quant_acc = topk_accuracy(predict_logits(prepared, val.images, dataset.mean, dataset.std,
                                                   batch_size=eval_batch), val.labels)
     progress.note("converting to int8 (convert_pt2e)")
