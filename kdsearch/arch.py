@@ -106,8 +106,8 @@ class Arch:
     def load(cls, path: str | os.PathLike[str]) -> "Arch":
         """Read an arch file (``winner.json``, ``student.json``...)."""
         data = read_json(path, "arch file")
-        if isinstance(data, Mapping) and "arch" in data and "space" not in data:
-            data = data["arch"]  # model.json / winner.json wrap the arch with metadata
+        if isinstance(data, Mapping) and isinstance(data.get("arch"), Mapping):
+            data = data["arch"]  # model.json / winner.json / student.json wrap the arch with metadata
         return cls.from_dict(data)
 
     def save(self, path: str | os.PathLike[str]) -> None:

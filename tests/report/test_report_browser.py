@@ -52,7 +52,7 @@ def test_run_writes_the_report(tiny_run):
     assert summary["report"] == str(page)
     text = page.read_text(encoding="utf-8")
     uris = re.findall(r'<img src="([^"]+)"', text)
-    assert len(uris) == 3  # pareto, teacher curves, distill curves
+    assert len(uris) == 4  # pareto, accuracy against measured speed-up, teacher curves, distill curves
     for uri in uris:
         assert uri.startswith("data:image/png;base64,")
         img = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
