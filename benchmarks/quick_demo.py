@@ -36,6 +36,7 @@ def main() -> None:
     import onnxruntime
 
     from kdsearch.arch import Arch
+    from kdsearch.export.latency_model import cpu_model
     from kdsearch.export.timing import speed_text, time_models
     from kdsearch.pipeline import load_run_config, load_run_dataset
     from kdsearch.rundir import RunDir, TrainMetrics
@@ -67,7 +68,7 @@ def main() -> None:
         baseline_acc = TrainMetrics.load(RunDir(args.baseline_run).distill_metrics).val_acc
     result = {
         "command": "python benchmarks/quick_demo.py " + " ".join(sys.argv[1:]),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": _cpu(),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": cpu_model(),
                     "onnxruntime": onnxruntime.__version__, "threads": args.threads,
                     "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
         "run_dir": str(args.run_dir),
@@ -89,16 +90,6 @@ def main() -> None:
               f"{speed_text(ups['1'])} at b=1, {speed_text(ups['32'])} at b=32")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ from kdsearch.export.timing import interleaved_latency_ms, probe_session
 if TYPE_CHECKING:
     import onnxruntime as ort
 
-__all__ = ["LatencyModel", "clock_for", "default_cache_dir"]
+__all__ = ["LatencyModel", "clock_for", "cpu_model", "default_cache_dir"]
 
 _FORMAT = 1  # bump when the table's meaning changes: older files are then re-measured
 _CALIBRATION_ARCHS = 5  # whole candidates timed for real to fit the scale of the parts' sum
@@ -70,7 +70,8 @@ def default_cache_dir() -> Path:
     return cache_root() / "latency"
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), as latency tables and benchmarks record the machine."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -402,7 +403,7 @@ def _table_key(space, num_classes: int, in_channels: int, image_size: tuple[int,
     genes = space.genes_for(form)
     return {
         "format": _FORMAT,
-        "machine": {"node": platform.node(), "cpu": _cpu_model(), "cpus": os.cpu_count()},
+        "machine": {"node": platform.node(), "cpu": cpu_model(), "cpus": os.cpu_count()},
         "onnxruntime": ort.__version__, "torch": torch.__version__.split("+")[0],
         "provider": provider, "threads": threads, "input_chw": [in_channels, *image_size], "batch": batch,
         "num_classes": num_classes,
