@@ -94,4 +94,4 @@ def test_page_renders_in_headless_chromium(tiny_run, tmp_path):
     assert "Teacher against student" in dom and "Deployment (ONNX)" in dom
     match = re.search(r'id="image-probe">images=(\d+) broken=(\d+)<', dom)
     assert match is not None, "the probe did not run"
-    assert int(match.group(1)) == 3 and int(match.group(2)) == 0
+    assert int(match.group(1)) == 4 and int(match.group(2)) == 0  # pareto, speed, teacher and student curves
