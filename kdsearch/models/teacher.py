@@ -36,6 +36,13 @@ class Teacher:
     # fresh_copy), a copy of the file's network for an opaque one (then re-initialised by tensor shape).
     rebuild: Callable[[], nn.Module] | None = field(default=None, repr=False, compare=False)
 
+    def exportable(self) -> nn.Module:
+        """The network in a form that can be deep-copied and exported to ONNX: a ``.pt2`` teacher's
+        unflattened program can be neither, so its flat graph module is loaded again."""
+        if Path(self.source).suffix == ".pt2":
+            return torch.export.load(self.source).module()
+        return self.module
+
     def fresh_copy(self, seed: int) -> nn.Module:
         """A newly initialised network of the same architecture (DisWOT's reference teacher)."""
         if self.rebuild is None:

@@ -115,7 +115,7 @@ def check_inputs(config: RunConfig, dataset, *, search: bool = True, student: Ar
         if s.timed and not any(p.device.type != "meta" for p in module.parameters()):
             # latency does not depend on the weights: time the architecture the teacher will have
             module = create_model(config.teacher_model, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
-        speed = measure_speed(module, space, dataset, s)  # remembered: the search reuses it
+        speed = measure_speed(teacher.exportable() if teacher is not None else module, space, dataset, s)  # reused
         feasible_samples(space, dataset, s, wanted=s.population, speed=speed)  # remembered too
     if search and config.search.storage:
 
@@ -277,9 +277,7 @@ def export_stage(run: RunDir, config: RunConfig, dataset, *, progress: Progress 
     if e.teacher_latency:
 
         teacher = resolve_teacher(run.root, config, dataset)
-        module = teacher.module
-        if Path(teacher.source).suffix == ".pt2":  # the unflattened program can be neither deep-copied nor exported
-            module = torch.export.load(teacher.source).module()  # the flat graph module can
+        module = teacher.exportable()
         teacher_figures = export_teacher(module, (dataset.in_channels, *dataset.image_size), run.export,
                                          opset=e.opset, progress=progress.note)
     calib = dataset.train.images[: e.calib_images]

@@ -80,7 +80,7 @@ def run_search(
     space = load_space(config.space)
     proxy_names = list(dict.fromkeys(o for o in config.objectives if o not in COST_OBJECTIVES))
     proxies = {name: create_proxy(name) for name in proxy_names}
-    speed = measure_speed(teacher.module, space, dataset, config, progress)
+    speed = measure_speed(teacher.exportable() if config.timed else teacher.module, space, dataset, config, progress)
     # The first generation is drawn from inside the budget, so evolution starts where the winner must be.
     initial, feasible_fraction = feasible_samples(space, dataset, config, wanted=config.population, speed=speed)
     if config.max_params is not None or config.max_flops is not None or speed is not None:
