@@ -610,7 +610,10 @@ def estimate_inference_memory(
     runs them, with the feature maps at ``paths`` kept as the teacher cache's pass keeps them.
     The probe runs a copy, so the model's BatchNorm statistics and QAT observers never see it.
     """
-    model = copy.deepcopy(model).eval()
+    try:
+        model = copy.deepcopy(model).eval()
+    except RuntimeError:  # a torch.export program (a .pt2 teacher) cannot be deep-copied; it runs as it is
+        pass
 
     def step(batch: int) -> None:
         with torch.inference_mode(), FeatureTap(model, paths or []):
