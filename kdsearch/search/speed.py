@@ -74,8 +74,7 @@ class SpeedModel:
 
     def describe(self) -> str:
         """One line: the teacher's timing every speed-up of this search is judged against."""
-        threads = "default threads" if self.threads is None else f"{self.threads} thread{'s' if self.threads != 1 else ''}"
-        return (f"teacher in ONNX Runtime ({self.provider}, {threads}): "
+        return (f"teacher in ONNX Runtime ({_setting(self.provider, self.threads)}): "
                 + ", ".join(f"{ms:.3g} ms at batch {b}" for b, ms in self.teacher_ms.items()))
 
     def predict(self, arch: Arch) -> dict[str, float]:
@@ -91,10 +90,10 @@ class SpeedModel:
         return {str(b): (str(m.path) if getattr(m, "path", None) else None) for b, m in self.models.items()}
 
 
-def _setting(config: SearchConfig) -> str:
-    threads = "default threads" if config.latency_threads is None else \
-        f"{config.latency_threads} thread{'s' if config.latency_threads != 1 else ''}"
-    return f"{config.latency_provider}, {threads}"
+def _setting(provider: str, threads: int | None) -> str:
+    """``cpu, 1 thread``: where and how latencies are timed, as the search's lines say it."""
+    words = "default threads" if threads is None else f"{threads} thread{'s' if threads != 1 else ''}"
+    return f"{provider}, {words}"
 
 
 def speed_violations(config: SearchConfig, costs: dict[str, float], prefix: str = "pred_") -> dict[str, float]:
@@ -135,7 +134,8 @@ def time_candidates(rows: Sequence[dict[str, Any]], space, speed: SpeedModel, co
     models = {"teacher": speed.teacher_module}
     for i, row in enumerate(rows):
         models[f"c{i}"] = build_candidate(space, Arch.from_json(row["arch"]), num_classes, in_channels, config.seed)
-    note(f"timing {len(rows)} candidate(s) against the teacher in ONNX Runtime ({_setting(config)})")
+    setting = _setting(config.latency_provider, config.latency_threads)
+    note(f"timing {len(rows)} candidate(s) against the teacher in ONNX Runtime ({setting})")
     ms = time_models(models, (in_channels, *image_size), batches=config.latency_batches,
                      threads=config.latency_threads, provider=config.latency_provider, seconds=_TEACHER_SECONDS)
     teacher_ms = ms.pop("teacher")
