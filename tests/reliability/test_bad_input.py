@@ -166,6 +166,7 @@ CASES = {
     "correlate edge nothing is near": (lambda f: ["correlate", "--teacher", str(f["teacher"]), "--data", f["npz"], "--archs", "12",
                                                  "--edges", "params=500", "--out", str(f["d"] / "x")], 2, "near the params edge"),
     "unknown race rank": (lambda f: _search(f, "--race", "3", "--race-rank", "vibes"), 2, "--race-rank"),
+    "speed-up below 1": (lambda f: _search(f, "--speedup", "0.5"), 2, "--speedup must be at least 1"),
     "unknown proxy": (lambda f: _search(f, "--proxy", "vibes"), 2, "Known"),
     "unknown loss": (lambda f: _distill(f, f["arch"]["ok"], "--loss", "kd:1,magic:2"), 2, "magic"),
     "output dir exists": (lambda f: _search(f, out=f["existing"]), 2, "--resume"),
