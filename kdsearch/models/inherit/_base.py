@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
+from kdsearch.models.base import ImageClassifier
 from kdsearch.models.inherit._copy import WeightCopier
 from kdsearch.registry import Registry
 
@@ -18,12 +19,14 @@ INHERITORS: Registry[type["Inheritor"]] = Registry("inheritance family")
 class Inheritor(ABC):
     """Cuts a student of one family out of a trained teacher.
 
-    :meth:`problem` is called first, with the teacher and a freshly built student (possibly on
-    the ``meta`` device: it must look at types and shapes only); :meth:`copy` is called only
-    when it returned None.
+    :meth:`problem` is called first, with a teacher of class :attr:`network` and a freshly built
+    student (possibly on the ``meta`` device: it must look at types and shapes only); :meth:`copy`
+    is called only when it returned None.
     """
 
     family: ClassVar[str]  # the student family (a name in kdsearch.spaces.SPACES)
+    network: ClassVar[type[nn.Module]]  # the class of the family's networks, teacher and student alike
+    teachers: ClassVar[str]  # the teachers it takes, in words: "a zoo resnet or a model directory of ..."
 
     @abstractmethod
     def problem(self, teacher: nn.Module, student: nn.Module) -> str | None:
@@ -57,7 +60,26 @@ def inheritance_problem(family: str, teacher: nn.Module, student: nn.Module) -> 
     """Why a ``family`` student cannot inherit from ``teacher`` (one phrase), or None when it can."""
     if family not in INHERITORS:
         return f"students of the {family} family cannot inherit weights (families that can: {', '.join(INHERITORS)})"
-    return INHERITORS.get(family)().problem(teacher, student)
+    if not isinstance(teacher, ImageClassifier):
+        return "the teacher is not a network kdsearch builds (a .pt2 or TorchScript file cannot be cut into a student)"
+    inheritor = INHERITORS.get(family)()
+    if not isinstance(teacher, inheritor.network):
+        return f"the teacher is a {type(teacher).__name__}, not a {inheritor.network.__name__} ({inheritor.teachers})"
+    problem = inheritor.problem(teacher, student)
+    if problem is not None:
+        return problem
+    t_in, s_in = _first_conv(teacher).in_channels, _first_conv(student).in_channels
+    if t_in != s_in:
+        return f"the teacher takes {t_in}-channel images and the student {s_in}-channel ones"
+    t_out, s_out = teacher.classifier.out_features, student.classifier.out_features
+    if t_out != s_out:
+        return f"the teacher predicts {t_out} classes and the student {s_out}"
+    return None
+
+
+def _first_conv(model: nn.Module) -> nn.Conv2d:
+    """The layer that reads the image (every family of the zoo starts with a convolution)."""
+    return next(m for m in model.modules() if isinstance(m, nn.Conv2d))
 
 
 def inherit_weights(family: str, teacher: nn.Module, student: nn.Module) -> Inheritance:

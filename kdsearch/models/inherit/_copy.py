@@ -11,12 +11,13 @@ A student tensor takes the teacher's values through one *index* per dimension:
 """
 from __future__ import annotations
 
-from typing import Hashable, Sequence, Union
+from typing import Callable, Hashable, Sequence, Union
 
 import torch
 from torch import nn
 
-__all__ = ["Index", "WeightCopier", "Streams", "ChannelPlan", "top_channels", "keep_blocks", "first_channels"]
+__all__ = ["Index", "WeightCopier", "Streams", "ChannelPlan", "STEM", "stage_streams", "top_channels", "keep_blocks",
+           "bn_scale", "stages_problem"]
 
 Index = Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor], None]
 
@@ -28,11 +29,6 @@ def top_channels(importance: torch.Tensor, k: int) -> torch.Tensor:
     """
     order = torch.sort(importance.detach().float().cpu(), descending=True, stable=True).indices
     return order[: min(k, importance.numel())].sort().values
-
-
-def first_channels(n: int, k: int) -> torch.Tensor:
-    """The first ``min(n, k)`` positions."""
-    return torch.arange(min(n, k))
 
 
 def keep_blocks(importance: Sequence[float], depth: int) -> list[int]:
@@ -113,8 +109,8 @@ class WeightCopier:
 
 
 class Streams:
-    """Positions of a network (``"stem"``, ``"layer2.0"``...) grouped into residual streams: the
-    positions whose outputs are added together share one channel space (union-find)."""
+    """Positions of a network (:data:`STEM`, ``(stage, block)``...) grouped into residual streams:
+    the positions whose outputs are added together share one channel space (union-find)."""
 
     def __init__(self) -> None:
         self._parent: dict[Hashable, Hashable] = {}
@@ -161,3 +157,33 @@ class ChannelPlan:
         if (s, t) not in self._chosen:
             self._chosen[s, t] = top_channels(self.importance[t], self.widths[s])
         return self._chosen[s, t]
+
+
+STEM = (-1, 0)  # the position of a CNN's stem in :func:`stage_streams`; blocks are (stage, block)
+
+
+def stage_streams(stages: Sequence[Sequence[nn.Module]],
+                  adds_input: Callable[[nn.Module], bool]) -> tuple[Streams, list[list[tuple[int, int]]]]:
+    """The residual streams of a stem followed by stages of blocks, and each block's input position.
+
+    ``adds_input(block)``: the block adds its input, as it is, to its output (an identity shortcut),
+    so its output lies in its input's stream.
+    """
+    streams, inputs, previous = Streams(), [], STEM
+    streams.add(STEM)
+    for i, blocks in enumerate(stages):
+        inputs.append([])
+        for j, block in enumerate(blocks):
+            inputs[i].append(previous)
+            streams.add((i, j), same_as=previous if adds_input(block) else None)
+            previous = (i, j)
+    return streams, inputs
+
+
+def stages_problem(teacher: Sequence[Sequence[nn.Module]], student: Sequence[Sequence[nn.Module]]) -> str | None:
+    """Why a stem-and-stages student cannot be matched stage by stage with the teacher, or None."""
+    if len(teacher) != len(student):
+        return f"the teacher has {len(teacher)} stages and the student {len(student)}"
+    if any(not blocks for blocks in teacher):
+        return "the teacher has a stage without blocks"
+    return None

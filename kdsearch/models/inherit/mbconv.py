@@ -15,17 +15,18 @@ from __future__ import annotations
 from torch import nn
 
 from kdsearch.models.inherit._base import INHERITORS, Inheritor
-from kdsearch.models.inherit._copy import ChannelPlan, Streams, WeightCopier, bn_scale, keep_blocks, top_channels
+from kdsearch.models.inherit._copy import (STEM, ChannelPlan, WeightCopier, bn_scale, keep_blocks, stage_streams,
+                                           stages_problem, top_channels)
 from kdsearch.models.mbconv import InvertedResidual, MBConvNet, SqueezeExcite
 
 __all__ = ["MBConvInheritor"]
 
-Position = tuple[int, int]  # (stage, block); the stem is (-1, 0)
-STEM: Position = (-1, 0)
-
-
 def _blocks(model: MBConvNet) -> list[list[InvertedResidual]]:
     return [list(stage) for stage in model.stages]
+
+
+def _adds_input(block: nn.Module) -> bool:
+    return block.use_residual
 
 
 class _Parts:
@@ -44,45 +45,21 @@ class _Parts:
         return self.block.conv[index][1]
 
 
-def _streams(model: MBConvNet) -> tuple[Streams, list[list[Position]]]:
-    streams, inputs, previous = Streams(), [], STEM
-    streams.add(STEM)
-    for i, blocks in enumerate(_blocks(model)):
-        inputs.append([])
-        for j, block in enumerate(blocks):
-            inputs[i].append(previous)
-            streams.add((i, j), same_as=previous if block.use_residual else None)
-            previous = (i, j)
-    return streams, inputs
-
-
 @INHERITORS.register("mbconv")
 class MBConvInheritor(Inheritor):
     family = "mbconv"
+    network = MBConvNet
+    teachers = "a zoo mobilenetv2 or a model directory of the mbconv family"
 
     def problem(self, teacher: nn.Module, student: nn.Module) -> str | None:
-        if not isinstance(teacher, MBConvNet):
-            return (f"the teacher is a {type(teacher).__name__}, not a kdsearch MBConv network (a zoo mobilenetv2 or "
-                    "a model directory of the mbconv family)")
-        assert isinstance(student, MBConvNet)
-        t_stages, s_stages = len(teacher.stages), len(student.stages)
-        if t_stages != s_stages:
-            return f"the teacher has {t_stages} stages and the student {s_stages}"
-        if any(not blocks for blocks in _blocks(teacher)):
-            return "the teacher has a stage without blocks"
-        if teacher.stem[0].in_channels != student.stem[0].in_channels:
-            return (f"the teacher takes {teacher.stem[0].in_channels}-channel images and the student "
-                    f"{student.stem[0].in_channels}-channel ones")
-        if teacher.classifier.out_features != student.classifier.out_features:
-            return (f"the teacher predicts {teacher.classifier.out_features} classes and the student "
-                    f"{student.classifier.out_features}")
-        return None
+        assert isinstance(teacher, MBConvNet) and isinstance(student, MBConvNet)
+        return stages_problem(_blocks(teacher), _blocks(student))
 
     def copy(self, teacher: nn.Module, student: nn.Module, copier: WeightCopier) -> None:
         assert isinstance(teacher, MBConvNet) and isinstance(student, MBConvNet)
         t_blocks, s_blocks = _blocks(teacher), _blocks(student)
-        t_streams, t_inputs = _streams(teacher)
-        s_streams, s_inputs = _streams(student)
+        t_streams, t_inputs = stage_streams(t_blocks, _adds_input)
+        s_streams, s_inputs = stage_streams(s_blocks, _adds_input)
         importance = {STEM: bn_scale(teacher.stem[1])}
         importance.update({(i, j): bn_scale(b.conv[-1]) for i, blocks in enumerate(t_blocks) for j, b in enumerate(blocks)})
         widths = {STEM: student.stem[1].num_features}

@@ -13,14 +13,11 @@ from __future__ import annotations
 from torch import nn
 
 from kdsearch.models.inherit._base import INHERITORS, Inheritor
-from kdsearch.models.inherit._copy import ChannelPlan, Streams, WeightCopier, bn_scale, keep_blocks, top_channels
+from kdsearch.models.inherit._copy import (STEM, ChannelPlan, WeightCopier, bn_scale, keep_blocks, stage_streams,
+                                           stages_problem, top_channels)
 from kdsearch.models.resnet_cifar import Bottleneck, ResNetCifar
 
 __all__ = ["ResNetInheritor"]
-
-Position = tuple[int, int]  # (stage, block); the stem is (-1, 0)
-STEM: Position = (-1, 0)
-
 
 def _blocks(model: ResNetCifar) -> list[list[nn.Module]]:
     stages = [getattr(model, path) for path in model.stage_paths]
@@ -33,56 +30,37 @@ def _layers(block: nn.Module) -> list[tuple[str, str]]:
     return pairs + [("conv3", "bn3")] if isinstance(block, Bottleneck) else pairs
 
 
+def _adds_input(block: nn.Module) -> bool:
+    return len(block.shortcut) == 0  # an identity shortcut
+
+
 def _form(model: ResNetCifar) -> str:
     return "imagenet" if model.stem[0].kernel_size[0] == 7 else "cifar"
-
-
-def _streams(model: ResNetCifar) -> tuple[Streams, list[list[Position]]]:
-    """Its residual streams, and each block's input position."""
-    streams, inputs, previous = Streams(), [], STEM
-    streams.add(STEM)
-    for i, blocks in enumerate(_blocks(model)):
-        inputs.append([])
-        for j, block in enumerate(blocks):
-            inputs[i].append(previous)
-            identity = len(block.shortcut) == 0  # the block adds its input as it is
-            streams.add((i, j), same_as=previous if identity else None)
-            previous = (i, j)
-    return streams, inputs
 
 
 @INHERITORS.register("resnet_cifar")
 class ResNetInheritor(Inheritor):
     family = "resnet_cifar"
+    network = ResNetCifar
+    teachers = "a zoo resnet or a model directory of the resnet_cifar family"
 
     def problem(self, teacher: nn.Module, student: nn.Module) -> str | None:
-        if not isinstance(teacher, ResNetCifar):
-            return (f"the teacher is a {type(teacher).__name__}, not a kdsearch ResNet (a zoo resnet or a model "
-                    "directory of the resnet_cifar family)")
-        assert isinstance(student, ResNetCifar)
-        t_stages, s_stages = len(teacher.stage_paths), len(student.stage_paths)
-        if t_stages != s_stages:
-            return f"the teacher has {t_stages} stages and the student {s_stages}"
+        assert isinstance(teacher, ResNetCifar) and isinstance(student, ResNetCifar)
+        stages = stages_problem(_blocks(teacher), _blocks(student))
+        if stages is not None:
+            return stages
         if _form(teacher) != _form(student):
             return f"the teacher is of the {_form(teacher)} form (stem) and the student of the {_form(student)} form"
         kinds = {type(b).__name__ for m in (teacher, student) for stage in _blocks(m) for b in stage}
         if len(kinds) > 1:
             return f"teacher and student mix block kinds ({', '.join(sorted(kinds))})"
-        if any(not blocks for blocks in _blocks(teacher)):
-            return "the teacher has a stage without blocks"
-        if teacher.stem[0].in_channels != student.stem[0].in_channels:
-            return (f"the teacher takes {teacher.stem[0].in_channels}-channel images and the student "
-                    f"{student.stem[0].in_channels}-channel ones")
-        if teacher.classifier.out_features != student.classifier.out_features:
-            return (f"the teacher predicts {teacher.classifier.out_features} classes and the student "
-                    f"{student.classifier.out_features}")
         return None
 
     def copy(self, teacher: nn.Module, student: nn.Module, copier: WeightCopier) -> None:
         assert isinstance(teacher, ResNetCifar) and isinstance(student, ResNetCifar)
         t_blocks, s_blocks = _blocks(teacher), _blocks(student)
-        t_streams, t_inputs = _streams(teacher)
-        s_streams, s_inputs = _streams(student)
+        t_streams, t_inputs = stage_streams(t_blocks, _adds_input)
+        s_streams, s_inputs = stage_streams(s_blocks, _adds_input)
         importance = {STEM: bn_scale(teacher.stem[1])}
         for i, blocks in enumerate(t_blocks):
             for j, block in enumerate(blocks):

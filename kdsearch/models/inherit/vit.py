@@ -37,22 +37,16 @@ def _attention_index(t_heads: torch.Tensor, t_dim: int, s_dim: int, parts: int =
 @INHERITORS.register("vit")
 class VitInheritor(Inheritor):
     family = "vit"
+    network = ViT
+    teachers = "a zoo vit_tiny or a model directory of the vit family"
 
     def problem(self, teacher: nn.Module, student: nn.Module) -> str | None:
-        if not isinstance(teacher, ViT):
-            return (f"the teacher is a {type(teacher).__name__}, not a kdsearch ViT (a zoo vit_tiny or a model "
-                    "directory of the vit family)")
-        assert isinstance(student, ViT)
+        assert isinstance(teacher, ViT) and isinstance(student, ViT)
         t_embed, s_embed = teacher.patch_embed, student.patch_embed
         if t_embed.kernel_size != s_embed.kernel_size:
             return f"the teacher's patches are {t_embed.kernel_size[0]} px and the student's {s_embed.kernel_size[0]} px"
         if teacher.pos_embed.shape[-2:] != student.pos_embed.shape[-2:]:
             return "the teacher's position embedding is sized for another token grid"
-        if t_embed.in_channels != s_embed.in_channels:
-            return f"the teacher takes {t_embed.in_channels}-channel images and the student {s_embed.in_channels}-channel ones"
-        if teacher.classifier.out_features != student.classifier.out_features:
-            return (f"the teacher predicts {teacher.classifier.out_features} classes and the student "
-                    f"{student.classifier.out_features}")
         return None
 
     def copy(self, teacher: nn.Module, student: nn.Module, copier: WeightCopier) -> None:
