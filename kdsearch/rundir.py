@@ -261,6 +261,10 @@ class TrainMetrics(Record):
     agreement: float | None = None  # student-teacher top-1 agreement on the validation split
     loss: str | None = None  # e.g. "kd:1,ce:1"
     assistant: dict[str, Any] | None = None  # teacher-assistant distillation: the assistant's arch and figures
+    # how a distilled student started: {"mode": "random"} (with a "reason" when --init auto could not
+    # inherit) or {"mode": "inherit", "teacher", "family", "fraction", "inherited", "total", "parameters"}:
+    # the share of its parameter values cut from the teacher and which parameters hold them
+    init: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -32,3 +32,4 @@ Force = Annotated[bool, typer.Option("--force", help="Start over, replacing an e
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout and nothing else.", rich_help_panel=OUT)]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.", rich_help_panel=OUT)]
 Config = Annotated[Optional[Path], typer.Option("--config", help="YAML file of options (run.yaml format: one section per command); flags override it.", rich_help_panel=RUN)]
+Init = Annotated[Optional[str], typer.Option("--init", help="How the student starts: random (default: fresh weights); inherit: cut from the teacher's weights (its most important blocks and channels), for a resnet_cifar, mbconv or vit student of a teacher of its family (a zoo model or model directory), refused otherwise; auto: inherit where it can, else random, saying which.", rich_help_panel=TRAIN)]

@@ -178,6 +178,7 @@ def distill(
     temperature_schedule: Annotated[Optional[str], typer.Option("--temperature-schedule", help="fixed, or dts: the KD temperature follows the student-teacher cross-entropy gap.", rich_help_panel=o.TRAIN)] = None,
     loss_option: Annotated[Optional[List[str]], typer.Option("--loss-option", help="A loss option NAME.KEY=VALUE, e.g. dkd.beta=2 (repeatable).", rich_help_panel=o.TRAIN)] = None,
     compile_model: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the student (pays off on a GPU over long runs).", rich_help_panel=o.TRAIN)] = None,
+    init: o.Init = None,
     assistant: Annotated[Optional[str], typer.Option("--assistant", help="Teacher-assistant distillation through ARCH.json, or auto: the search front's arch sized between teacher and student.", rich_help_panel=o.TRAIN)] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of initialisation, shuffling and augmentation (default 0); the train/val split follows data.seed in --config.", rich_help_panel=o.RUN)] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu or cuda.", rich_help_panel=o.RUN)] = None,
@@ -206,7 +207,7 @@ def distill(
              "optimizer": optimizer, "schedule": schedule, "warmup_epochs": warmup_epochs,
              "grad_clip": grad_clip, "weight_decay": weight_decay, "label_smoothing": label_smoothing,
              "temperature_schedule": temperature_schedule, "compile": compile_model,
-             "loss_options": tuple(loss_option) if loss_option else None}
+             "loss_options": tuple(loss_option) if loss_option else None, "init": init}
     data_section = data_flags(data, data_dir, subset, image_size)
     if run_dir is not None:
         # the run's run.yaml, then --config, then the flags

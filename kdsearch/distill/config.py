@@ -11,7 +11,9 @@ from typing import Any
 
 from kdsearch.errors import UsageError
 
-__all__ = ["TrainConfig", "check_shared_settings", "parse_loss_options", "loss_options_for"]
+__all__ = ["INIT_MODES", "TrainConfig", "check_shared_settings", "parse_loss_options", "loss_options_for"]
+
+INIT_MODES = ("random", "inherit", "auto")  # how a distilled student starts (TrainConfig.init)
 
 
 def check_shared_settings(epochs: int, batch_size: int, lr: float | None, temperature: float) -> None:
@@ -51,6 +53,9 @@ class TrainConfig:
     compile: bool = False
     eval_batch_size: int = 512
     seed: int = 0
+    # how a distilled student starts: random (fresh weights), inherit (cut from the teacher's weights,
+    # refused for a student the teacher's family cannot give weights to) or auto (inherit when it can)
+    init: str = "random"
     device: str = "auto"
     # what one training step may use, e.g. "6GB"; None: 70% of the memory free when training
     # starts. Past it the batch is split into micro-batches with gradient accumulation.
@@ -64,6 +69,8 @@ class TrainConfig:
             raise UsageError(f"unknown schedule {self.schedule!r}; use cosine or onecycle")
         if self.temperature_schedule not in {"fixed", "dts"}:
             raise UsageError(f"unknown temperature schedule {self.temperature_schedule!r}; use fixed or dts")
+        if self.init not in INIT_MODES:
+            raise UsageError(f"unknown --init {self.init!r}; use {', '.join(INIT_MODES)}")
         if self.weight_decay < 0 or self.warmup_epochs < 0:
             raise UsageError("--weight-decay and --warmup-epochs must be >= 0")
         if self.grad_clip is not None and self.grad_clip < 0:

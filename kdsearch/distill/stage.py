@@ -13,13 +13,14 @@ from kdsearch.distill.config import TrainConfig
 from kdsearch.distill.curves import plot_curves
 from kdsearch.distill.evaluate import predict_logits, topk_accuracy
 from kdsearch.distill.trainer import train
+from kdsearch.errors import UsageError
 from kdsearch.rundir import CURVES_PLOT, TrainMetrics
 from kdsearch.models.teacher import Teacher
 from kdsearch.spaces.model_files import save_model_dir
 from kdsearch.progress import NULL_PROGRESS, Progress
 from kdsearch.spaces.base import SearchSpace
 
-__all__ = ["distill_student", "train_teacher", "build_student"]
+__all__ = ["distill_student", "train_teacher", "build_student", "inheritance_refusal", "start_student"]
 
 
 def student_space(arch: Arch, space_spec: str | None = None) -> SearchSpace:
@@ -40,6 +41,43 @@ def build_student(arch: Arch, dataset: Dataset, seed: int, space_spec: str | Non
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return space.build(arch, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
+
+
+def inheritance_refusal(family: str, teacher: nn.Module, student: nn.Module, source: str) -> str | None:
+    """The one line ``--init inherit`` stops with when a ``family`` student cannot inherit from
+    ``teacher`` (``student`` may be on the meta device), or None when it can."""
+    from kdsearch.models.inherit import inheritance_problem
+
+    problem = inheritance_problem(family, teacher, student)
+    if problem is None:
+        return None
+    return (f"--init inherit: a {family} student cannot inherit from teacher {source}: {problem}; "
+            "use --init auto (random weights where it cannot) or --init random")
+
+
+def start_student(student: nn.Module, family: str, teacher: Teacher, init: str,
+                  progress: Progress = NULL_PROGRESS) -> dict[str, Any]:
+    """Give ``student`` its starting weights as ``init`` says (random | inherit | auto); what
+    metrics.json records under ``init``. ``random`` keeps the seeded initialisation it was built with.
+
+    Raises:
+        UsageError: ``init`` is ``inherit`` and the student cannot inherit from ``teacher``.
+    """
+    from kdsearch.models.inherit import inherit_weights, inheritance_problem
+
+    if init == "random":
+        return {"mode": "random"}
+    problem = inheritance_problem(family, teacher.module, student)
+    if problem is not None:
+        if init == "inherit":
+            raise UsageError(inheritance_refusal(family, teacher.module, student, teacher.source))
+        progress.note(f"init: random weights, since a {family} student cannot inherit from teacher "
+                      f"{teacher.source}: {problem}")
+        return {"mode": "random", "reason": problem}
+    inherited = inherit_weights(family, teacher.module, student)
+    progress.note(f"init: {inherited.fraction:.1%} of the student's {inherited.total:,} parameters inherited from "
+                  f"teacher {teacher.source} ({len(inherited.parameters)} tensors)")
+    return {"mode": "inherit", "teacher": teacher.source, **inherited.to_dict()}
 
 
 def _finish(
@@ -112,13 +150,18 @@ def distill_student(
 ) -> dict[str, Any]:
     """Distil ``arch`` from ``teacher``; writes student.safetensors/json, metrics.json, curves.png.
 
+    The student starts as ``config.init`` says (:func:`start_student`); metrics.json records how.
+
     ``weights_name="model"`` writes a model directory usable as ``--teacher`` (an assistant);
     ``extra`` adds entries to metrics.json; ``keep_module`` returns the trained network
     under ``"module"``. Under ``torchrun`` only rank 0 writes files.
     """
+    space = student_space(arch, space_spec)
     student = build_student(arch, dataset, config.seed, space_spec)
+    init = start_student(student, space.family, teacher, config.init, progress)
     result = train(student, dataset, out_dir, config, teacher=teacher.module, resume=resume, progress=progress)
     info = {
+        "init": init,
         "teacher": teacher.source,
         "teacher_val_acc": result.get("teacher_val_acc"),
         "agreement": result.get("agreement"),
@@ -126,7 +169,7 @@ def distill_student(
         **(extra or {}),
     }
     metrics = _finish(student, dataset, out_dir, result, weights_name=weights_name, arch=arch, model_name=None,
-                      extra=info, space=student_space(arch, space_spec))
+                      extra=info, space=space)
     if keep_module:
         metrics["module"] = student
     return metrics

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from kdsearch.data import NormalizedImages, load_dataset, normalize
 from kdsearch.devices import resolve_device
 from kdsearch.distill.assistant import Candidate, assistant_stage
 from kdsearch.distill.losses import CombinedLoss
-from kdsearch.distill.stage import distill_student, student_space, train_teacher
+from kdsearch.distill.stage import distill_student, inheritance_refusal, student_space, train_teacher
 from kdsearch.errors import ConfigError, UsageError
 from kdsearch.export.stage import export_model, export_teacher
 from kdsearch.models.zoo import MODELS, create_model, model_arch
@@ -84,6 +85,9 @@ def check_inputs(config: RunConfig, dataset, *, search: bool = True, student: Ar
         resolve_device(device)
     for name in train:
         _check_batches(name, getattr(config, name).batch_size, dataset)
+    if "teach" in train and config.teach.init != "random":
+        raise UsageError(f"teach.init is {config.teach.init!r}, but a teacher has no teacher to inherit from; "
+                         "remove it (init belongs in the distill section)")
     if (train or (search and config.search.race)) and len(dataset.val) == 0:
         raise UsageError(
             f"the validation split is empty: {len(dataset.train)} training images of {dataset.num_classes} classes "
@@ -110,6 +114,8 @@ def check_inputs(config: RunConfig, dataset, *, search: bool = True, student: Ar
         MODELS.get(config.teacher_model)
         with torch.device("meta"):
             module = create_model(config.teacher_model, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
+    if "distill" in train and config.distill.init == "inherit":
+        _check_inheritance(config, dataset, module, student, teacher.source if teacher else config.teacher_model)
     if search:
         s = search_config_for(config, module)
         if s.timed and not any(p.device.type != "meta" for p in module.parameters()):
@@ -121,6 +127,19 @@ def check_inputs(config: RunConfig, dataset, *, search: bool = True, student: Ar
 
         get_storage(config.search.storage)
     return teacher
+
+
+def _check_inheritance(config: RunConfig, dataset, teacher_module, student: Arch | None, source: str) -> None:
+    """Refuse ``--init inherit`` for a student that cannot inherit from the teacher, before anything is
+    written. Without the student's arch (``kdsearch run``: the search picks it) a member of the space
+    stands for it: a space mixing families or block kinds can still refuse its winner after the search."""
+    arch = student or load_space(config.search.space).sample(random.Random(0), dataset.image_size)
+    space = student_space(arch, config.search.space)
+    with torch.device("meta"):  # the check reads types and shapes only
+        module = space.build(arch, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
+    refusal = inheritance_refusal(space.family, teacher_module, module, source)
+    if refusal is not None:
+        raise UsageError(refusal)
 
 
 def resolve_teacher(run_dir: Path, config: RunConfig, dataset):
