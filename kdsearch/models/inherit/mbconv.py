@@ -21,6 +21,7 @@ from kdsearch.models.mbconv import InvertedResidual, MBConvNet, SqueezeExcite
 
 __all__ = ["MBConvInheritor"]
 
+
 def _blocks(model: MBConvNet) -> list[list[InvertedResidual]]:
     return [list(stage) for stage in model.stages]
 
@@ -71,7 +72,7 @@ class MBConvInheritor(Inheritor):
         copier.norm("stem.1", "stem.1", stem)
         last = (STEM, STEM)
         for i in range(len(s_blocks)):
-            scores = [b.conv[-1].weight.detach().abs().mean().item() for b in t_blocks[i]]
+            scores = [bn_scale(b.conv[-1]).mean().item() for b in t_blocks[i]]
             kept = keep_blocks(scores, len(s_blocks[i]))
             for j, tj in enumerate(kept):
                 s, t = _Parts(s_blocks[i][j]), _Parts(t_blocks[i][tj])

@@ -19,6 +19,7 @@ from kdsearch.models.resnet_cifar import Bottleneck, ResNetCifar
 
 __all__ = ["ResNetInheritor"]
 
+
 def _blocks(model: ResNetCifar) -> list[list[nn.Module]]:
     stages = [getattr(model, path) for path in model.stage_paths]
     return [list(stage) if isinstance(stage, nn.Sequential) else [] for stage in stages]
@@ -28,6 +29,11 @@ def _layers(block: nn.Module) -> list[tuple[str, str]]:
     """The block's (conv, BN) pairs from input to residual sum."""
     pairs = [("conv1", "bn1"), ("conv2", "bn2")]
     return pairs + [("conv3", "bn3")] if isinstance(block, Bottleneck) else pairs
+
+
+def _last_bn(block: nn.Module) -> nn.BatchNorm2d:
+    """The BN whose output the block adds to its shortcut."""
+    return getattr(block, _layers(block)[-1][1])
 
 
 def _adds_input(block: nn.Module) -> bool:
@@ -64,12 +70,11 @@ class ResNetInheritor(Inheritor):
         importance = {STEM: bn_scale(teacher.stem[1])}
         for i, blocks in enumerate(t_blocks):
             for j, block in enumerate(blocks):
-                last_bn = getattr(block, _layers(block)[-1][1])
-                importance[(i, j)] = bn_scale(last_bn) + (bn_scale(block.shortcut[1]) if len(block.shortcut) else 0)
+                importance[(i, j)] = bn_scale(_last_bn(block)) + (bn_scale(block.shortcut[1]) if len(block.shortcut) else 0)
         widths = {STEM: student.stem[1].num_features}
         for i, blocks in enumerate(s_blocks):
             for j, block in enumerate(blocks):
-                widths[(i, j)] = getattr(block, _layers(block)[-1][1]).num_features
+                widths[(i, j)] = _last_bn(block).num_features
         plan = ChannelPlan(t_streams, s_streams, importance, widths)
 
         stem = plan.select(STEM, STEM)
@@ -77,7 +82,7 @@ class ResNetInheritor(Inheritor):
         copier.norm("stem.1", "stem.1", stem)
         last = (STEM, STEM)  # the student's and the teacher's positions feeding the classifier
         for i, (path, t_path) in enumerate(zip(student.stage_paths, teacher.stage_paths)):
-            scores = [getattr(b, _layers(b)[-1][1]).weight.detach().abs().mean().item() for b in t_blocks[i]]
+            scores = [bn_scale(_last_bn(b)).mean().item() for b in t_blocks[i]]
             kept = keep_blocks(scores, len(s_blocks[i]))
             for j, tj in enumerate(kept):
                 s_block, t_block = s_blocks[i][j], t_blocks[i][tj]
