@@ -17,6 +17,7 @@ Space = Annotated[Optional[str], typer.Option("--space", help="Search space: a b
 Lr = Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (default 0.1·batch/128 for SGD).", rich_help_panel=o.TRAIN)]
 Batch = Annotated[Optional[int], typer.Option("--batch-size", help="Training batch size.", rich_help_panel=o.TRAIN)]
 MaxMemory = Annotated[Optional[str], typer.Option("--max-memory", help="Memory one training step may use, e.g. 6GB or 512MB (default: 70% of what is free); past it batches train as micro-batches with gradient accumulation.", rich_help_panel=o.TRAIN)]
+ExportMaxMemory = Annotated[Optional[str], typer.Option("--max-memory", help="Memory one accuracy or calibration batch may use, e.g. 4GB or 512MB (default: 70% of what is free); past it fewer images run at a time.", rich_help_panel=o.OUT)]
 
 
 def teach(
@@ -249,6 +250,7 @@ def export(
     latency_runs: Annotated[Optional[int], typer.Option("--latency-runs", help="Timed rounds per batch size; each round runs the teacher and every file once, interleaved.", rich_help_panel=o.OUT)] = None,
     latency_batch: Annotated[Optional[int], typer.Option("--latency-batch", help="Throughput batch timed beside batch 1 (default: the run's search.latency_batch, 32).", rich_help_panel=o.OUT)] = None,
     latency_threads: Annotated[Optional[int], typer.Option("--latency-threads", help="ONNX Runtime threads when timing (default: the run's search.latency_threads, 1: one core of an edge CPU).", rich_help_panel=o.OUT)] = None,
+    max_memory: ExportMaxMemory = None,
     config_file: o.Config = None,
     json_out: o.Json = False,
     quiet: o.Quiet = False,
@@ -264,7 +266,7 @@ def export(
 
     config = run_config(run_dir, config_file, export={"int8": int8, "opset": opset, "provider": provider, "calib_images": calib_images,
                                       "latency_runs": latency_runs, "latency_batch": latency_batch,
-                                      "latency_threads": latency_threads})
+                                      "latency_threads": latency_threads, "max_memory": max_memory})
     progress = make_progress(quiet, json_out)
     try:
         record = export_command(run_dir, config, progress=progress)

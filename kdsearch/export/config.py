@@ -28,6 +28,7 @@ class ExportConfig:
     teacher_latency: bool = True  # also export the teacher (export/teacher.onnx) and time it in the same loop
     latency_batch: int | None = None  # the throughput batch timed beside batch 1 (None: the search's, default 32)
     latency_threads: int | None = None  # ONNX Runtime threads when timing (None: the search's, default 1)
+    max_memory: str | None = None  # what the accuracy and calibration batches may use (e.g. "4GB"); None: 70 % of what is free
 
     def __post_init__(self) -> None:
         parse_int8(self.int8)
@@ -40,6 +41,10 @@ class ExportConfig:
         for flag, value in (("--latency-batch", self.latency_batch), ("--latency-threads", self.latency_threads)):
             if value is not None and value < 1:
                 raise UsageError(f"{flag} must be at least 1 (got {value})")
+        if self.max_memory is not None:
+            from kdsearch.memory import parse_memory
+
+            parse_memory(self.max_memory)
 
     @property
     def int8_modes(self) -> tuple[str, ...]:

@@ -17,10 +17,10 @@ __all__ = ["quantize_ptq", "CALIB_BATCH"]
 CALIB_BATCH = 32  # images per calibration forward; MinMax calibration does not depend on it
 
 
-def _batches(calibration: Iterable[np.ndarray] | np.ndarray) -> Iterator[np.ndarray]:
+def _batches(calibration: Iterable[np.ndarray] | np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
     if isinstance(calibration, np.ndarray):
-        for i in range(0, len(calibration), CALIB_BATCH):
-            yield np.ascontiguousarray(calibration[i : i + CALIB_BATCH], dtype=np.float32)
+        for i in range(0, len(calibration), batch_size):
+            yield np.ascontiguousarray(calibration[i : i + batch_size], dtype=np.float32)
     else:
         for batch in calibration:
             batch = np.asarray(batch, dtype=np.float32)
@@ -34,6 +34,7 @@ def quantize_ptq(
     *,
     per_channel: bool = True,
     activations: str = "uint8",
+    batch_size: int = CALIB_BATCH,
     on_log: Callable[[str], None] | None = None,
 ) -> Path:
     """Quantize ``fp32_path`` to int8 QDQ with ONNX Runtime static quantization.
@@ -44,7 +45,8 @@ def quantize_ptq(
     activations are ``QUInt8`` (asymmetric, uses the ReLU outputs' full range): ONNX Runtime's CPU
     kernels run U8S8 2-3x faster than S8S8 on CPUs without VNNI (benchmarks/deploy.py);
     ``activations="int8"`` gives S8S8 instead. The fp32 file's ``metadata_props`` are copied,
-    plus ``quantization=ptq``.
+    plus ``quantization=ptq``. ``batch_size``: images per calibration forward when ``calibration``
+    is an array (the ranges do not depend on it; its memory does).
     """
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -59,7 +61,9 @@ def quantize_ptq(
     if isinstance(calibration, np.ndarray) and (calibration.ndim != 4 or len(calibration) == 0):
         raise UsageError(f"calibration images must be a non-empty (N, C, H, W) array, got {calibration.shape}")
     input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
-    batches = _batches(calibration)
+    if batch_size < 1:
+        raise UsageError(f"the calibration batch must be at least 1 image (got {batch_size})")
+    batches = _batches(calibration, batch_size)
 
     class _Reader(CalibrationDataReader):
         def get_next(self) -> dict[str, np.ndarray] | None:

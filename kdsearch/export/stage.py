@@ -14,10 +14,10 @@ import torch
 from torch import nn
 
 from kdsearch.devices import resolve_device
-from kdsearch.errors import ExportError, KdsearchWarning, UsageError
+from kdsearch.errors import ExportError, KdsearchWarning, MemoryBudgetError, UsageError
 from kdsearch.export.config import parse_int8
 from kdsearch.export.onnx_export import export_onnx, kdsearch_version
-from kdsearch.export.ptq import quantize_ptq
+from kdsearch.export.ptq import CALIB_BATCH, quantize_ptq
 from kdsearch.export.runtime import (
     PARITY_RTOL,
     compare_logits,
@@ -30,13 +30,54 @@ from kdsearch.export.runtime import (
 )
 from kdsearch.export.timing import interleaved_latency_ms, session_options, speedup
 from kdsearch.files import write_text
+from kdsearch.memory import MemoryBudget, MemoryEstimate, estimate_step_memory, format_bytes, memory_budget
 from kdsearch.ratios import export_speed_warnings, threads_text
 from kdsearch.rundir import EXPORT_LOG, INT8_MODES, TEACHER_ONNX, ExportedFile, ExportRecord
 
-__all__ = ["LATENCY_WARMUP", "PARITY_MIN_AGREEMENT", "export_model", "export_teacher", "recommend_file"]
+__all__ = ["ACCURACY_BATCH", "LATENCY_WARMUP", "PARITY_MIN_AGREEMENT", "export_model", "export_teacher",
+           "forward_memory", "recommend_file"]
 
 LATENCY_WARMUP = 10  # untimed runs of every session before the timed rounds at each batch size
 PARITY_MIN_AGREEMENT = 0.999  # fp32 gate on decisive top-1 agreement; max |diff| is gated by PARITY_RTOL
+ACCURACY_BATCH = 256  # images per accuracy forward (ONNX Runtime and the eager reference) when memory allows
+
+
+def forward_memory(model: nn.Module, images: torch.Tensor) -> MemoryEstimate:
+    """The peak memory of one inference forward of ``model`` (eval mode, CPU) over ``images[:b]``, as a line in b.
+
+    Measured on 2 and 4 images (:func:`kdsearch.memory.estimate_step_memory`), the slicing included
+    (:class:`~kdsearch.data.NormalizedImages` makes each batch's float copy). It stands for ONNX Runtime
+    too: the peak RSS of an ONNX Runtime CPU session grew by 1.12× (ResNet-18) and 1.20× (an MBConv
+    student) these live bytes per image at 224 px, inside :data:`~kdsearch.memory.CPU_SLACK`'s 1.6×.
+    """
+
+    def step(batch: int) -> None:
+        with torch.inference_mode():
+            model(images[:batch].float())
+
+    return estimate_step_memory(step, torch.device("cpu"), (2, 4) if len(images) >= 4 else (1, 2))
+
+
+def _batch_in_budget(estimate: MemoryEstimate, budget: MemoryBudget, latency_batch: int,
+                     say: Callable[[str], None]) -> int:
+    """The accuracy batch (:data:`ACCURACY_BATCH` or the largest that fits ``budget``), saying so when smaller.
+
+    Raises:
+        MemoryBudgetError: not even one image fits.
+    """
+    if estimate.at(1) > budget.nbytes:
+        raise MemoryBudgetError(
+            f"measuring the student's accuracy needs ≈ {format_bytes(estimate.at(1))} for one image but "
+            f"{format_bytes(budget.nbytes)} is available ({budget.source}); raise --max-memory"
+        )
+    batch = min(ACCURACY_BATCH, estimate.largest_batch(budget.nbytes))
+    if batch < ACCURACY_BATCH:
+        say(f"accuracy at batch {ACCURACY_BATCH} needs ≈ {format_bytes(estimate.at(ACCURACY_BATCH))} but "
+            f"{format_bytes(budget.nbytes)} is available ({budget.source}): measuring {batch} images at a time")
+    if estimate.at(latency_batch) > budget.nbytes:  # what is timed is the user's choice: said, not changed
+        say(f"timing at --latency-batch {latency_batch} needs ≈ {format_bytes(estimate.at(latency_batch))} per file, "
+            f"more than {format_bytes(budget.nbytes)} ({budget.source}); it is timed as asked")
+    return batch
 
 
 def _file_entry(path: Path, out_dir: Path, opset: int, provider_used: str) -> dict[str, Any]:
@@ -112,6 +153,7 @@ def export_model(
     latency_runs: int = 100,
     latency_batch: int = 32,
     latency_threads: int | None = 1,
+    max_memory: str | None = None,
     metadata: Mapping[str, str] | None = None,
     keep: Mapping[str, ExportedFile] | None = None,
     student_digest: str | None = None,
@@ -151,12 +193,17 @@ def export_model(
         latency_batch: the throughput batch timed beside batch 1.
         latency_threads: ONNX Runtime intra-op threads when timing (None: its default, all cores);
             accuracy and parity run with the default.
+        max_memory: what one accuracy or calibration batch may use (e.g. ``"4GB"``; None: 70 % of the
+            memory free now). The batch is the largest up to :data:`ACCURACY_BATCH` (calibration:
+            :data:`~kdsearch.export.ptq.CALIB_BATCH`) that :func:`forward_memory` says fits, measured
+            on the host whatever ``provider`` runs the files; export.json's ``memory`` records it.
 
     An int8 file slower than the fp32 one, or a file to ship slower than the teacher, gets one
     :class:`~kdsearch.errors.KdsearchWarning` line; ``recommended`` names the file to ship.
 
     Raises:
         ExportError: the fp32 parity check failed; the file is renamed ``<name>.failed.onnx``.
+        MemoryBudgetError: not even one image fits in ``max_memory`` (before anything is written).
     """
     say = progress or (lambda _msg: None)
     modes = parse_int8(int8) if isinstance(int8, str) else parse_int8(",".join(int8) or "none")
@@ -174,10 +221,15 @@ def export_model(
             f"got {tuple(val_images.shape)} and {len(val_labels)} labels"
         )
     dev = resolve_device(device)  # a bad device is refused before anything is written
+    # Parity runs on CPU on both sides: exact float32 kernels, no TF32, whatever provider is measured.
+    fp32_model = copy.deepcopy(model).float().cpu().eval()
+    val_images, val_labels = val_images.float().cpu(), val_labels.cpu()
+    budget = memory_budget(max_memory, torch.device("cpu"))
+    estimate = forward_memory(fp32_model, val_images)
+    batch = _batch_in_budget(estimate, budget, latency_batch, say)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     input_chw = tuple(val_images.shape[1:])
-    val_images, val_labels = val_images.float().cpu(), val_labels.cpu()
     parity_set = val_images[:parity_images]
     logs: list[str] = []
 
@@ -186,8 +238,6 @@ def export_model(
 
     meta = {"kdsearch_version": kdsearch_version(), "opset": str(opset),
             "input_size": json.dumps(list(val_images.shape[1:])), **(metadata or {})}  # (C, H, W) the model expects
-    # Parity runs on CPU on both sides: exact float32 kernels, no TF32, whatever provider is measured.
-    fp32_model = copy.deepcopy(model).float().cpu().eval()
     paths = {mode: out_dir / f"{name}.{mode}.onnx" for mode in (*INT8_MODES, "failed")}
     fp32_path = out_dir / f"{name}.onnx"
     try:
@@ -214,9 +264,10 @@ def export_model(
         "fp32": {
             **_file_entry(fp32_path, out_dir, opset, used),
             "parity": fp32_parity,
-            "accuracy": onnx_accuracy(session, val_images, val_labels),
+            "accuracy": onnx_accuracy(session, val_images, val_labels, batch_size=batch),
         }
     }
+    del session, cpu_session  # a session's arena keeps its peak until it closes: sessions in turn, not stacked
 
     for mode in modes:
         int8_path = paths[mode]
@@ -224,7 +275,7 @@ def export_model(
             assert calib_images is not None
             calib = calib_images[:num_calib].float().cpu().numpy()  # (n, C, H, W)
             say(f"quantizing {int8_path.name} (post-training static, {len(calib)} images)")
-            quantize_ptq(fp32_path, int8_path, calib, on_log=keep_log("ptq"))
+            quantize_ptq(fp32_path, int8_path, calib, batch_size=min(batch, CALIB_BATCH), on_log=keep_log("ptq"))
             reference = fp32_model  # PTQ is judged against the model it approximates
         else:
             say(f"exporting {int8_path.name} from the QAT model")
@@ -245,8 +296,9 @@ def export_model(
                 "reference": "pytorch_fp32" if mode == "ptq" else "pytorch_qat",
                 f"batch_{parity_batch}": agreement,
             },
-            "accuracy": onnx_accuracy(int8_session, val_images, val_labels),
+            "accuracy": onnx_accuracy(int8_session, val_images, val_labels, batch_size=batch),
         }
+        del int8_session, int8_cpu
         if mode == "ptq":
             files[mode]["calib_images"] = len(calib)
 
@@ -275,7 +327,7 @@ def export_model(
     fp32_model.to(dev)
     pytorch = {
         "device": str(dev),
-        "accuracy": float(np.mean(torch_logits(fp32_model, val_images, 256).argmax(1) == val_labels.numpy())),
+        "accuracy": float(np.mean(torch_logits(fp32_model, val_images, batch).argmax(1) == val_labels.numpy())),
         "latency_ms": {f"batch_{b}": torch_latency_ms(fp32_model, (b, *input_chw), runs=latency_runs) for b in batches},
     }
     report = {
@@ -296,6 +348,9 @@ def export_model(
         "teacher": teacher,
         "timing": {"batches": list(batches), "threads": latency_threads, "runs": latency_runs,
                    "warmup": LATENCY_WARMUP, "interleaved": True},
+        "memory": {"budget_bytes": budget.nbytes, "budget_source": budget.source,
+                   "per_image_bytes": int(estimate.slack * estimate.per_image), "accuracy_batch": batch,
+                   "calib_batch": min(batch, CALIB_BATCH) if "ptq" in modes else None},
     }
     write_text(out_dir / EXPORT_LOG, "\n".join(logs) + "\n")
     record = ExportRecord.from_dict(report)

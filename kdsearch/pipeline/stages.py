@@ -321,6 +321,7 @@ def export_stage(run: RunDir, config: RunConfig, dataset, *, progress: Progress 
         latency_runs=e.latency_runs,
         latency_batch=latency_batch(config),
         latency_threads=latency_threads(config),
+        max_memory=e.max_memory,
         metadata=metadata,
         keep=keep,
         student_digest=digest,
