@@ -16,6 +16,7 @@ Which run directory holds the student and teacher is the pipeline's business, no
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -166,9 +167,7 @@ def quantize_student(
         teacher = None
     device = resolve_device(config.device)
     val = dataset.val
-    fp32_acc = topk_accuracy(predict_logits(student.to(device), val.images, dataset.mean, dataset.std, device=device,
-                                            batch_size=config.eval_batch_size), val.labels)
-    student.to("cpu")
+    fp32_student = copy.deepcopy(student).eval()  # the prepared graph trains the student's own parameters in place
 
     progress.note("preparing the student for quantization-aware training (torch.export + PT2E)")
     prepared = _prepare(student, student_meta, dataset.image_size, config.recipe)
@@ -177,7 +176,12 @@ def quantize_student(
     result = fit(prepared, criterion, dataset, out_dir, train_config, teacher=teacher, phases=QatPhases(config),
                  settings=asdict(config), resume=resume, progress=progress, device=device)
     history = result["history"]
+    # the engine's memory guard sized evaluation to --max-memory for the fake-quant model beside its training
+    # state; the fp32 student's forward is no larger, and the training state is gone by now
     eval_batch = history[-1].get("eval_batch", config.eval_batch_size) if history else config.eval_batch_size
+    fp32_acc = topk_accuracy(predict_logits(fp32_student.to(device), val.images, dataset.mean, dataset.std,
+                                            device=device, batch_size=eval_batch), val.labels)
+    del fp32_student
 
     set_phase(prepared, training=False, freeze_bn=True, observe=False)
     prepared.to("cpu")

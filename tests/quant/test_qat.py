@@ -54,6 +54,39 @@ def test_qat_refuses_in_one_line_past_max_memory(fresh_run: Path, cli) -> None:
     assert code == 2 and "--max-memory" in err and "Traceback" not in err
 
 
+def test_export_refuses_in_one_line_past_max_memory(fresh_run: Path, cli) -> None:
+    for text, said in (("1kB", "raise --max-memory"), ("lots", "is not an amount of memory")):
+        code, _, err = cli("export", fresh_run, "--max-memory", text, "--latency-runs", "1", "--quiet")
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and said in lines[0] and "Traceback" not in err, err
+        assert not (fresh_run / "export" / "student.onnx").exists()  # refused before anything is exported
+
+
+def test_every_evaluation_runs_at_the_guards_batch(fresh_run: Path, quantize, monkeypatch) -> None:
+    """The fp32, fake-quant and int8 accuracies use the evaluation batch the memory guard chose in training."""
+    import kdsearch.quant.qat as qat
+    from kdsearch.quant import QatConfig
+
+    batches: list[int] = []
+    real = qat.predict_logits
+
+    def recorded(model, images, mean, std, *, batch_size=512, **kwargs):
+        batches.append(batch_size)
+        return real(model, images, mean, std, batch_size=batch_size, **kwargs)
+
+    def fit(*args, **kwargs):
+        result = real_fit(*args, **kwargs)
+        result["history"][-1]["eval_batch"] = 7  # as the guard chooses under a tight --max-memory
+        return result
+
+    real_fit = qat.fit
+    monkeypatch.setattr(qat, "predict_logits", recorded)
+    monkeypatch.setattr(qat, "fit", fit)
+    metrics = quantize(fresh_run, QatConfig(epochs=1, eval_batch_size=512, device="cpu"))
+    assert batches == [7, 7, 7]  # fp32, fake-quant, int8: none at --eval-batch-size 512
+    assert 0.0 <= metrics["fp32_val_acc"] <= 1.0
+
+
 def test_export_qat_without_quantize(fresh_run: Path, cli) -> None:
     code, _, err = cli("export", fresh_run, "--int8", "qat", "--quiet", "--latency-runs", "2")
     assert code == 2 and "kdsearch quantize RUN_DIR" in err and "Traceback" not in err
