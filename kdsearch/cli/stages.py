@@ -180,6 +180,7 @@ def distill(
     loss_option: Annotated[Optional[List[str]], typer.Option("--loss-option", help="A loss option NAME.KEY=VALUE, e.g. dkd.beta=2 (repeatable).", rich_help_panel=o.TRAIN)] = None,
     compile_model: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the student (pays off on a GPU over long runs).", rich_help_panel=o.TRAIN)] = None,
     init: o.Init = None,
+    space: Annotated[Optional[str], typer.Option("--space", help="The space the student's arch belongs to, a built-in name or a YAML file: needed for an arch of your own space without a RUN_DIR (a run directory keeps its space).", rich_help_panel=o.RUN)] = None,
     assistant: Annotated[Optional[str], typer.Option("--assistant", help="Teacher-assistant distillation through ARCH.json, or auto: the search front's arch sized between teacher and student.", rich_help_panel=o.TRAIN)] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of initialisation, shuffling and augmentation (default 0); the train/val split follows data.seed in --config.", rich_help_panel=o.RUN)] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu or cuda.", rich_help_panel=o.RUN)] = None,
@@ -212,7 +213,8 @@ def distill(
     data_section = data_flags(data, data_dir, subset, image_size)
     if run_dir is not None:
         # the run's run.yaml, then --config, then the flags
-        config = run_config(run_dir, config_file, data=data_section, distill=flags, top={"teacher": teacher})
+        config = run_config(run_dir, config_file, data=data_section, distill=flags, search={"space": space},
+                            top={"teacher": teacher})
         out = out or run_dir
         arch_file = student or RunDir(run_dir).winner
         if not arch_file.exists():
@@ -222,7 +224,8 @@ def distill(
     else:
         if teacher is None or student is None or out is None:
             raise UsageError("give a RUN_DIR, or all of --teacher, --student and --out")
-        config = override(base_config(config_file), data=data_section, distill=flags, top={"teacher": teacher})
+        config = override(base_config(config_file), data=data_section, distill=flags, search={"space": space},
+                          top={"teacher": teacher})
         arch_file = student
     arch = Arch.load(arch_file)
     main = is_main_process()  # under torchrun, rank 0 alone prints

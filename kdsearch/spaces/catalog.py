@@ -86,7 +86,7 @@ def space_for_arch(arch: Arch, spec: str | Path | None = None) -> SearchSpace:
         if space.family == arch.space:
             return space
     raise SpaceError(f"arch space {arch.space!r} is not a built-in space ({', '.join(names)}); "
-                     "pass the YAML file of the space it came from")
+                     "pass the YAML file of the space it came from (--space FILE)")
 
 
 def family_space(arch: Arch, family: str | None = None) -> SearchSpace:

@@ -78,3 +78,16 @@ def test_an_unknown_space_without_family_names_what_to_give():
     arch = Arch("tiny_resnets", {"depths": [1, 2, 1], "widths": [24, 8, 16], "block": "basic"})
     with pytest.raises(SpaceError, match="YAML"):
         family_space(arch)
+
+
+def test_distill_takes_a_user_space_student_without_a_run_directory_through_space(cli, fashion_npz, user_space,
+                                                                                 tmp_path):
+    arch = tmp_path / "arch.json"
+    Arch("tiny_resnets", {"depths": [1, 1, 1], "widths": [8, 16, 24], "block": "basic"}, "cifar").save(arch)
+    common = ["distill", "--teacher", "resnet8", "--student", str(arch), "--data", f"npz:{fashion_npz}",
+              "--epochs", "1", "--batch-size", "32", "-q"]
+    code, _, err = cli(*common, "--out", str(tmp_path / "without"))
+    assert code == 2 and "--space FILE" in err and not (tmp_path / "without").exists()
+    code, out, err = cli(*common, "--out", str(tmp_path / "with"), "--space", str(user_space))
+    assert code == 0, err
+    assert (tmp_path / "with" / "distill" / "student.safetensors").exists()
