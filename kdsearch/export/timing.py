@@ -144,8 +144,15 @@ def time_models(models: Mapping[str, nn.Module], input_chw: tuple[int, int, int]
     if PROVIDERS[provider][0] not in ort.get_available_providers():
         raise UsageError(f"ONNX Runtime provider {provider!r} is not available here "
                          f"({', '.join(ort.get_available_providers())}); time on cpu or install its runtime")
-    sessions = {n: probe_session(m, input_chw, threads=threads, providers=tuple(PROVIDERS[provider]))
-                for n, m in models.items()}
+    from kdsearch.export._capture import captured_output
+
+    with captured_output():  # ORT prints its own warning when a provider cannot start
+        sessions = {n: probe_session(m, input_chw, threads=threads, providers=tuple(PROVIDERS[provider]))
+                    for n, m in models.items()}
+    started = {s.get_providers()[0] for s in sessions.values()}
+    if started != {PROVIDERS[provider][0]}:  # ONNX Runtime fell back silently (no GPU, or its libraries missing)
+        raise UsageError(f"ONNX Runtime could not start provider {provider!r} here (it ran on "
+                         f"{', '.join(sorted(started))}); time on cpu, or install the GPU and its CUDA/cuDNN libraries")
     out: dict[str, dict[int, float]] = {n: {} for n in models}
     for b in batches:
         n_runs, n_warmup = runs, warmup

@@ -88,6 +88,7 @@ def files(tmp_path_factory, fashion_npz):
                           "teacher: {depths: [1,1,1], widths: [8,8,8], block: basic}\n"),
         "config_unknown": "search: {trials: 3, colour: blue}\n",
         "config_types": "search: {trials: many}\n",
+        "config_cuda_timing": "search: {latency_provider: cuda}\n",
     }.items():
         yamls[name] = d / f"{name}.yaml"
         yamls[name].write_text(content)
@@ -167,6 +168,9 @@ CASES = {
                                                  "--edges", "params=500", "--out", str(f["d"] / "x")], 2, "near the params edge"),
     "unknown race rank": (lambda f: _search(f, "--race", "3", "--race-rank", "vibes"), 2, "--race-rank"),
     "speed-up below 1": (lambda f: _search(f, "--speedup", "0.5"), 2, "--speedup must be at least 1"),
+    "speed-up no candidate meets": (lambda f: _search(f, "--speedup", "50"), 2, "--speedup 50 (fastest sampled"),
+    "speed-up on a missing provider": (lambda f: _search(f, "--speedup", "2", "--config",
+                                                         f["yaml"]["config_cuda_timing"]), 2, "provider 'cuda'"),
     "unknown proxy": (lambda f: _search(f, "--proxy", "vibes"), 2, "Known"),
     "unknown loss": (lambda f: _distill(f, f["arch"]["ok"], "--loss", "kd:1,magic:2"), 2, "magic"),
     "output dir exists": (lambda f: _search(f, out=f["existing"]), 2, "--resume"),
@@ -188,7 +192,7 @@ STARTED_RUNS = {"absurd learning rate"}  # inputs were valid; training itself fa
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_input(case, files, cli):
-    if case == "cuda on a cpu machine" and torch.cuda.is_available():
+    if case in ("cuda on a cpu machine", "speed-up on a missing provider") and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     build, code_expected, words = CASES[case]
     argv = build(files)
