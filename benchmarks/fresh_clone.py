@@ -5,7 +5,7 @@ Clones this repository's committed HEAD into a temporary folder, runs ``make run
 teacher) and records the wall time of the whole command, of the install part (until the run's
 first line) and of each stage as the run's ``summary.json`` states it, with what was shipped.
 
-    python benchmarks/fresh_clone.py --json benchmarks/fresh_clone.json
+    python benchmarks/fresh_clone.py --keep runs/quick --json benchmarks/fresh_clone.json
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--make-args", default="", help="extra arguments for make, e.g. TEACHER=train")
+    parser.add_argument("--keep", type=Path, default=None, help="copy the run directory here (for quick_demo.py)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
@@ -48,6 +49,11 @@ def main() -> None:
             print("\n".join(tail))
             sys.exit(f"make run failed with exit {rc}")
         summary = json.loads((clone / "runs/quick/summary.json").read_text())
+        if args.keep is not None:
+            import shutil
+
+            shutil.rmtree(args.keep, ignore_errors=True)
+            shutil.copytree(clone / "runs/quick", args.keep)
     result = {
         "command": "python benchmarks/fresh_clone.py " + " ".join(sys.argv[1:]),
         "commit": head,
