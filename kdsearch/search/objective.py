@@ -102,119 +102,6 @@ def _sample_small(space, rng: random.Random, image_size, fraction: float) -> Arc
     return Arch(space.name, genes, form)
 
 
-def _meta_params(space, arch: Arch, dataset: Dataset) -> int:
-    with torch.device("meta"):  # parameter count without allocating or initialising
-        model = space.build(arch, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
-    return sum(p.numel() for p in model.parameters())
-
-
-def _numeric(gene) -> bool:
-    return all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in gene.choices)
-
-
-def _valid(space, arch: Arch, image_size) -> bool:
-    from kdsearch.errors import SpaceError
-
-    try:
-        space.validate(arch, image_size)
-    except SpaceError:
-        return False
-    return True
-
-
-def _moves(space, arch: Arch, image_size) -> list[Arch]:
-    """The archs one step from ``arch``: one numeric gene position one choice up, alone or with
-    another position one choice down (a trade, so a walk can give depth for width)."""
-    slots = []  # (gene, position, sorted choices)
-    for gene in space.genes_for(arch.form).values():
-        if gene.fixed or not _numeric(gene):
-            continue
-        for i in range(gene.length or 1):
-            slots.append((gene, i, sorted(gene.choices)))
-
-    def shifted(genes: dict[str, Any], slot, direction: int) -> dict[str, Any] | None:
-        gene, i, choices = slot
-        values = list(genes[gene.name]) if gene.length is not None else [genes[gene.name]]
-        at = choices.index(values[i]) + direction
-        if not 0 <= at < len(choices):
-            return None
-        values[i] = choices[at]
-        return {**genes, gene.name: values if gene.length is not None else values[0]}
-
-    out = []
-    for up in slots:
-        grown = shifted(arch.genes, up, +1)
-        if grown is None:
-            continue
-        options = [grown] + [g for down in slots if down is not up and (g := shifted(grown, down, -1)) is not None]
-        out += [step for genes in options if _valid(space, step := Arch(space.name, genes, arch.form), image_size)]
-    return out
-
-
-def _usage(space, arch: Arch, dataset: Dataset, config: SearchConfig, speed: SpeedModel | None) -> tuple[int, bool]:
-    """Parameters of ``arch`` and whether its (predicted) costs are within every budget."""
-    costs: dict[str, float] = {"params": _meta_params(space, arch, dataset)}
-    if config.max_flops is not None:
-        costs = _cost_of(space, arch, dataset)
-    if speed is not None:
-        costs.update(speed.predict(arch))
-        costs["latency"] = costs["pred_ms_b1"]
-    return int(costs["params"]), all(v <= 0 for v in _violations(config, costs).values())
-
-
-_EDGE_STARTS = 4  # random gene orders walked from the smallest member
-_EDGE_PRICES = 300  # archs priced at most by one walk to the edge (a new part costs a timing)
-
-
-def grow_to_edge(space, dataset: Dataset, config: SearchConfig, speed: SpeedModel | None,
-                 rng: random.Random) -> list[Arch]:
-    """Distinct archs at the budgets' edge, largest first.
-
-    From the space's smallest member, each numeric gene position in a random order is raised
-    while every (predicted) budget holds; then moves (a position one choice up, alone or traded
-    against another one down) add parameters while they fit. ``--pick largest`` takes the
-    largest candidate that fits, and under a speed budget few samples land near its edge: the
-    latency model makes this walk cheap, each arch priced once.
-    """
-    priced: dict[str, tuple[int, bool]] = {}
-
-    def price(a: Arch) -> tuple[int, bool]:
-        if a.key not in priced:
-            priced[a.key] = (0, False) if len(priced) >= _EDGE_PRICES else _usage(space, a, dataset, config, speed)
-        return priced[a.key]
-
-    smallest = _sample_small(space, rng, dataset.image_size, 0.0)
-    if not price(smallest)[1]:
-        return []
-    slots = [(g, i) for g in space.genes_for(smallest.form).values() if not g.fixed and _numeric(g)
-             for i in range(g.length or 1)]
-    ends: dict[str, tuple[int, Arch]] = {}
-    for _ in range(_EDGE_STARTS):
-        arch = smallest
-        for gene, i in rng.sample(slots, len(slots)):
-            for choice in sorted(gene.choices):
-                values = list(arch.genes[gene.name]) if gene.length is not None else [arch.genes[gene.name]]
-                if choice <= values[i]:
-                    continue
-                values[i] = choice
-                step = Arch(space.name, {**arch.genes, gene.name: values if gene.length is not None else choice},
-                            arch.form)
-                if not _valid(space, step, dataset.image_size):
-                    continue
-                if not price(step)[1]:
-                    break  # larger choices cost more still
-                arch = step
-        params = price(arch)[0]
-        while True:
-            best = max(((p, a) for a in _moves(space, arch, dataset.image_size) for p, ok in [price(a)]
-                        if ok and p > params), key=lambda pa: pa[0], default=None)
-            if best is None:
-                break
-            params, arch = best
-        ends[arch.key] = (params, arch)
-    return [a for _, a in sorted(ends.values(), key=lambda pa: -pa[0])]
-
-
 def _feasible_samples(space, dataset: Dataset, config: SearchConfig, wanted: int, samples: int,
                       speed: SpeedModel | None) -> tuple[list[Arch], float]:
     rng = random.Random(config.seed)
@@ -268,11 +155,6 @@ def _feasible_samples(space, dataset: Dataset, config: SearchConfig, wanted: int
             f"no candidate of space {space.name} meets {' and '.join(parts)} in {len(seen)} samples; "
             "raise the budget or use a space with smaller members"
         )
-    if config.pick == "largest" and (speed is not None or config.max_params is not None
-                                     or config.max_flops is not None):
-        edge = grow_to_edge(space, dataset, config, speed, rng)[: max(1, wanted // 2)]
-        keys = {a.key for a in edge}
-        found = (edge + [a for a in found if a.key not in keys])[:wanted]
     return found, ok / max(1, len(seen))
 
 
