@@ -55,6 +55,7 @@ __all__ = [
     "measure_peak",
     "memory_budget",
     "parse_memory",
+    "resident_memory",
 ]
 
 DEFAULT_SHARE = 0.7  # without --max-memory: this share of what is free now (other processes need the rest)
@@ -122,6 +123,16 @@ def available_memory() -> tuple[int, str]:
     if room is not None and room < host:
         return room, "memory the cgroup limit leaves"
     return host, "available memory"
+
+
+def resident_memory() -> int:
+    """This process's resident set now (``VmRSS``): libraries, models and data it already holds; 0 without /proc."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    return 0
 
 
 def _mem_available() -> int:
@@ -206,7 +217,8 @@ def _cgroup_folder_room(folder: Path, limit_file: str, usage_file: str, inactive
 
 
 class _Peak:
-    nbytes: int = 0
+    nbytes: int = 0  # the peak of live bytes above the start
+    allocated: int = 0  # every byte allocated inside the block, freed or not
 
 
 @contextlib.contextmanager
@@ -218,10 +230,12 @@ def measure_peak(device: torch.device) -> Iterator[_Peak]:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         base = torch.cuda.memory_allocated(device)
+        total = torch.cuda.memory_stats(device).get("allocated_bytes.all.allocated", 0)
         torch.cuda.reset_peak_memory_stats(device)
         yield peak
         torch.cuda.synchronize(device)
         peak.nbytes = torch.cuda.max_memory_allocated(device) - base
+        peak.allocated = torch.cuda.memory_stats(device).get("allocated_bytes.all.allocated", 0) - total
         return
     from torch.autograd.profiler import profile
 
@@ -233,6 +247,7 @@ def measure_peak(device: torch.device) -> Iterator[_Peak]:
         live += delta
         top = max(top, live)
     peak.nbytes = top
+    peak.allocated = sum(delta for _, delta in deltas if delta > 0)
 
 
 @contextlib.contextmanager
@@ -271,19 +286,22 @@ class MemoryEstimate:
 
 
 def estimate_step_memory(
-    step: Callable[[int], None], device: torch.device, probes: tuple[int, int] = (2, 4)
+    step: Callable[[int], None], device: torch.device, probes: tuple[int, int] = (2, 4), *, allocated: bool = False
 ) -> MemoryEstimate:
     """Run ``step(b)`` at the two ``probes`` batches and extrapolate its peak memory linearly.
 
     ``step`` must start from the same state each time (fresh gradients and optimizer state),
     so each peak includes what the step allocates once; it must not touch a run's state.
+    ``allocated``: extrapolate every byte the step allocates, freed or not, instead of the
+    peak: what a runtime that keeps each intermediate tensor of a pass alive holds (ONNX
+    Runtime's calibration session, see :mod:`kdsearch.export.stage`).
     """
     small, large = probes
     peaks = []
     for batch in (small, large):
         with measure_peak(device) as peak:
             step(batch)
-        peaks.append(peak.nbytes)
+        peaks.append(peak.allocated if allocated else peak.nbytes)
     per_image = max(0.0, (peaks[1] - peaks[0]) / (large - small))
     fixed = max(0.0, peaks[0] - small * per_image)
     return MemoryEstimate(fixed, per_image, CUDA_SLACK if device.type == "cuda" else CPU_SLACK)

@@ -401,8 +401,8 @@ class ExportRecord(Record):
     timing: dict[str, Any] | None = None  # how every latency was taken: batches, threads, runs, warmup (one
     #   interleaved loop per batch over the teacher and every file); None: an export.json of an older version
     recommended: str | None = None  # the file to ship: fp32, unless an int8 file is faster than it at every batch
-    memory: dict[str, Any] | None = None  # the memory guard's choice: budget_bytes, budget_source, per_image_bytes,
-    #   accuracy_batch, calib_batch (None: no PTQ); None: an export.json of an older version
+    memory: dict[str, Any] | None = None  # the memory guard's choice: budget_bytes, budget_source, held_bytes (the
+    #   process's RSS before the batches), per_image_bytes, accuracy_batch, calib_batch (None: no PTQ); None: older
 
     def __post_init__(self) -> None:
         files = {k: v if isinstance(v, ExportedFile) else ExportedFile.from_dict(v, f"export.json files.{k}")

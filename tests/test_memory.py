@@ -97,3 +97,19 @@ def test_processes_of_one_run_share_the_budget(monkeypatch, max_memory):
     monkeypatch.setattr(kdsearch.memory, "cgroup_room", lambda *a: None, raising=False)
     one, four = memory_budget(max_memory, CPU), memory_budget(max_memory, CPU, processes=4)
     assert four.nbytes == one.nbytes // 4 and "shared by 4 processes" in four.source
+
+
+def test_allocated_counts_what_a_pass_frees_and_the_peak_does_not():
+    from kdsearch.memory import estimate_step_memory, measure_peak
+
+    def step(batch: int) -> None:
+        for _ in range(3):  # three tensors in turn, each freed before the next
+            x = torch.ones(batch, 250_000)  # (b, 250k) float32: 1 MB per image
+            del x
+
+    with measure_peak(CPU) as peak:
+        step(2)
+    assert peak.nbytes == 2 * 10**6 and peak.allocated == 6 * 10**6
+    peak_line = estimate_step_memory(step, CPU)
+    allocated_line = estimate_step_memory(step, CPU, allocated=True)
+    assert peak_line.per_image == 10**6 and allocated_line.per_image == 3 * 10**6

@@ -30,7 +30,14 @@ from kdsearch.export.runtime import (
 )
 from kdsearch.export.timing import interleaved_latency_ms, session_options, speedup
 from kdsearch.files import write_text
-from kdsearch.memory import MemoryBudget, MemoryEstimate, estimate_step_memory, format_bytes, memory_budget
+from kdsearch.memory import (
+    MemoryBudget,
+    MemoryEstimate,
+    estimate_step_memory,
+    format_bytes,
+    memory_budget,
+    resident_memory,
+)
 from kdsearch.ratios import export_speed_warnings, threads_text
 from kdsearch.rundir import EXPORT_LOG, INT8_MODES, TEACHER_ONNX, ExportedFile, ExportRecord
 
@@ -42,42 +49,64 @@ PARITY_MIN_AGREEMENT = 0.999  # fp32 gate on decisive top-1 agreement; max |diff
 ACCURACY_BATCH = 256  # images per accuracy forward (ONNX Runtime and the eager reference) when memory allows
 
 
-def forward_memory(model: nn.Module, images: torch.Tensor) -> MemoryEstimate:
+def forward_memory(model: nn.Module, images: torch.Tensor, *, allocated: bool = False) -> MemoryEstimate:
     """The peak memory of one inference forward of ``model`` (eval mode, CPU) over ``images[:b]``, as a line in b.
 
     Measured on 2 and 4 images (:func:`kdsearch.memory.estimate_step_memory`), the slicing included
     (:class:`~kdsearch.data.NormalizedImages` makes each batch's float copy). It stands for ONNX Runtime
     too: the peak RSS of an ONNX Runtime CPU session grew by 1.12× (ResNet-18) and 1.20× (an MBConv
     student) these live bytes per image at 224 px, inside :data:`~kdsearch.memory.CPU_SLACK`'s 1.6×.
+
+    ``allocated``: every byte the forward allocates instead of its peak, for PTQ calibration: ONNX
+    Runtime's calibration session keeps every intermediate tensor of a run alive (its ReduceMin/Max
+    outputs run late), and from its second run on holds that twice (the memory pattern's block beside
+    the first run's): 1.36× PyTorch's allocations per image for an MBConv student at 224 px.
     """
 
     def step(batch: int) -> None:
         with torch.inference_mode():
             model(images[:batch].float())
 
-    return estimate_step_memory(step, torch.device("cpu"), (2, 4) if len(images) >= 4 else (1, 2))
+    probes = (2, 4) if len(images) >= 4 else (1, 2)
+    return estimate_step_memory(step, torch.device("cpu"), probes, allocated=allocated)
 
 
-def _batch_in_budget(estimate: MemoryEstimate, budget: MemoryBudget, latency_batch: int,
-                     say: Callable[[str], None]) -> int:
-    """The accuracy batch (:data:`ACCURACY_BATCH` or the largest that fits ``budget``), saying so when smaller.
+@dataclasses.dataclass(frozen=True)
+class _Batches:
+    """How many images each pass of the export runs at once under the memory budget."""
+
+    accuracy: int  # ONNX Runtime accuracy and the eager reference
+    calib: int | None  # PTQ calibration; None: no PTQ
+    per_image: int  # bytes one more image adds to the accuracy pass (allocator slack included)
+
+
+def _batches_in_budget(model: nn.Module, images: torch.Tensor, budget: MemoryBudget, *, calibrate: bool,
+                       latency_batch: int, say: Callable[[str], None]) -> _Batches:
+    """The largest accuracy (and calibration) batch up to the defaults that fits ``budget``; one line each when smaller.
 
     Raises:
-        MemoryBudgetError: not even one image fits.
+        MemoryBudgetError: not even one image's forward fits.
     """
-    if estimate.at(1) > budget.nbytes:
+    forward = forward_memory(model, images)
+    if forward.at(1) > budget.nbytes:
         raise MemoryBudgetError(
-            f"measuring the student's accuracy needs ≈ {format_bytes(estimate.at(1))} for one image but "
+            f"measuring the student's accuracy needs ≈ {format_bytes(forward.at(1))} for one image but "
             f"{format_bytes(budget.nbytes)} is available ({budget.source}); raise --max-memory"
         )
-    batch = min(ACCURACY_BATCH, estimate.largest_batch(budget.nbytes))
-    if batch < ACCURACY_BATCH:
-        say(f"accuracy at batch {ACCURACY_BATCH} needs ≈ {format_bytes(estimate.at(ACCURACY_BATCH))} but "
-            f"{format_bytes(budget.nbytes)} is available ({budget.source}): measuring {batch} images at a time")
-    if estimate.at(latency_batch) > budget.nbytes:  # what is timed is the user's choice: said, not changed
-        say(f"timing at --latency-batch {latency_batch} needs ≈ {format_bytes(estimate.at(latency_batch))} per file, "
-            f"more than {format_bytes(budget.nbytes)} ({budget.source}); it is timed as asked")
-    return batch
+    passes = [("accuracy", forward, ACCURACY_BATCH, "measuring")]
+    if calibrate:
+        passes.append(("PTQ calibration", forward_memory(model, images, allocated=True), CALIB_BATCH, "calibrating"))
+    chosen = []
+    for what, estimate, default, doing in passes:
+        batch = max(1, min(default, estimate.largest_batch(budget.nbytes)))
+        if batch < default:
+            say(f"{what} at batch {default} needs ≈ {format_bytes(estimate.at(default))} but "
+                f"{format_bytes(budget.nbytes)} is available ({budget.source}): {doing} {batch} images at a time")
+        chosen.append(batch)
+    if forward.at(latency_batch) > budget.nbytes:  # what is timed is the user's choice: said, not changed
+        say(f"timing at --latency-batch {latency_batch} needs ≈ {format_bytes(forward.at(latency_batch))} per "
+            f"file, more than {format_bytes(budget.nbytes)} ({budget.source}); it is timed as asked")
+    return _Batches(chosen[0], chosen[1] if calibrate else None, int(forward.slack * forward.per_image))
 
 
 def _file_entry(path: Path, out_dir: Path, opset: int, provider_used: str) -> dict[str, Any]:
@@ -193,10 +222,11 @@ def export_model(
         latency_batch: the throughput batch timed beside batch 1.
         latency_threads: ONNX Runtime intra-op threads when timing (None: its default, all cores);
             accuracy and parity run with the default.
-        max_memory: what one accuracy or calibration batch may use (e.g. ``"4GB"``; None: 70 % of the
-            memory free now). The batch is the largest up to :data:`ACCURACY_BATCH` (calibration:
+        max_memory: what the export may hold (e.g. ``"4GB"``; None: 70 % of the memory free now); what
+            the process holds already is taken off, the rest is what one accuracy or calibration batch
+            may use. Each batch is the largest up to :data:`ACCURACY_BATCH` (calibration:
             :data:`~kdsearch.export.ptq.CALIB_BATCH`) that :func:`forward_memory` says fits, measured
-            on the host whatever ``provider`` runs the files; export.json's ``memory`` records it.
+            on the host whatever ``provider`` runs the files; export.json's ``memory`` records them.
 
     An int8 file slower than the fp32 one, or a file to ship slower than the teacher, gets one
     :class:`~kdsearch.errors.KdsearchWarning` line; ``recommended`` names the file to ship.
@@ -224,9 +254,11 @@ def export_model(
     # Parity runs on CPU on both sides: exact float32 kernels, no TF32, whatever provider is measured.
     fp32_model = copy.deepcopy(model).float().cpu().eval()
     val_images, val_labels = val_images.float().cpu(), val_labels.cpu()
-    budget = memory_budget(max_memory, torch.device("cpu"))
-    estimate = forward_memory(fp32_model, val_images)
-    batch = _batch_in_budget(estimate, budget, latency_batch, say)
+    # the batches get what the process does not hold already (libraries, the models, the data)
+    budget, held = memory_budget(max_memory, torch.device("cpu")), resident_memory()
+    sizes = _batches_in_budget(fp32_model, val_images, budget.less(held, "what the export holds already"),
+                               calibrate="ptq" in modes, latency_batch=latency_batch, say=say)
+    batch = sizes.accuracy
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     input_chw = tuple(val_images.shape[1:])
@@ -275,7 +307,7 @@ def export_model(
             assert calib_images is not None
             calib = calib_images[:num_calib].float().cpu().numpy()  # (n, C, H, W)
             say(f"quantizing {int8_path.name} (post-training static, {len(calib)} images)")
-            quantize_ptq(fp32_path, int8_path, calib, batch_size=min(batch, CALIB_BATCH), on_log=keep_log("ptq"))
+            quantize_ptq(fp32_path, int8_path, calib, batch_size=sizes.calib or CALIB_BATCH, on_log=keep_log("ptq"))
             reference = fp32_model  # PTQ is judged against the model it approximates
         else:
             say(f"exporting {int8_path.name} from the QAT model")
@@ -348,9 +380,8 @@ def export_model(
         "teacher": teacher,
         "timing": {"batches": list(batches), "threads": latency_threads, "runs": latency_runs,
                    "warmup": LATENCY_WARMUP, "interleaved": True},
-        "memory": {"budget_bytes": budget.nbytes, "budget_source": budget.source,
-                   "per_image_bytes": int(estimate.slack * estimate.per_image), "accuracy_batch": batch,
-                   "calib_batch": min(batch, CALIB_BATCH) if "ptq" in modes else None},
+        "memory": {"budget_bytes": budget.nbytes, "budget_source": budget.source, "held_bytes": held,
+                   "per_image_bytes": sizes.per_image, "accuracy_batch": sizes.accuracy, "calib_batch": sizes.calib},
     }
     write_text(out_dir / EXPORT_LOG, "\n".join(logs) + "\n")
     record = ExportRecord.from_dict(report)
