@@ -7,6 +7,7 @@ that is at least ``--min-speedup``× faster at batch 1 and 32 with the quick pre
 under ``--work`` and reused when the script runs again, so it resumes where it stopped.
 
     python benchmarks/quick_frontier.py --json benchmarks/quick_frontier.json
+    python benchmarks/quick_frontier.py --init inherit --work runs/frontier-inherit --only NAME,... --json ...
 """
 from __future__ import annotations
 
@@ -69,6 +70,8 @@ def main() -> None:
     parser.add_argument("--min-speedup", type=float, default=3.0, help="distil students at least this much faster")
     parser.add_argument("--runs", type=int, default=300, help="timed rounds at batch 1 (a tenth at batch 32)")
     parser.add_argument("--time-only", action="store_true", help="time, do not distil")
+    parser.add_argument("--init", default="random", help="how students start: random, or inherit from the teacher")
+    parser.add_argument("--only", default=None, help="distil only these students (names as printed, comma-separated)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
@@ -84,7 +87,8 @@ def main() -> None:
     from kdsearch.spaces import load_space
     from kdsearch.spaces.model_files import load_teacher
 
-    config = replace(preset("quick"), teacher=args.teacher)
+    quick = preset("quick")
+    config = replace(quick, teacher=args.teacher, distill=replace(quick.distill, init=args.init))
     dataset = load_run_dataset(config)
     teacher = load_teacher(args.teacher, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
                            image_size=dataset.image_size)
@@ -115,7 +119,7 @@ def main() -> None:
               flush=True)
     if not args.time_only:
         for p in sorted(points, key=lambda p: -p["speedup_min"]):
-            if p["speedup_min"] < args.min_speedup:
+            if p["speedup_min"] < args.min_speedup or (args.only and p["name"] not in args.only.split(",")):
                 continue
             out = args.work / p["name"]
             run = RunDir(out)
@@ -124,7 +128,8 @@ def main() -> None:
                 distill_command(out, config, archs[p["name"]], resume=out.exists())
                 p["distill_s"] = round(time.perf_counter() - start, 1)
             metrics = TrainMetrics.load(run.distill_metrics)
-            p.update(val_acc=metrics.val_acc, test_acc=metrics.test_acc, teacher_val_acc=metrics.teacher_val_acc)
+            p.update(val_acc=metrics.val_acc, test_acc=metrics.test_acc, teacher_val_acc=metrics.teacher_val_acc,
+                     init=(metrics.init or {"mode": "random"}))
             print(f"{p['name']:>24}  val {100 * metrics.val_acc:.2f} %  test {100 * metrics.test_acc:.2f} %", flush=True)
     result = {
         "command": "python benchmarks/quick_frontier.py " + " ".join(sys.argv[1:]),
@@ -133,7 +138,7 @@ def main() -> None:
                     "loadavg_before_timing": load_before, "loadavg_after_timing": load_timed},
         "teacher": {"source": args.teacher, "ms": ms["teacher"],
                     "params": sum(p.numel() for p in teacher.module.parameters())},
-        "recipe": "quick preset distill section (4 epochs, batch 128, onecycle, lr 0.2), seed 0",
+        "recipe": f"quick preset distill section (4 epochs, batch 128, onecycle, lr 0.2), seed 0, init {args.init}",
         "students": points,
         "pareto": pareto(points),
     }
