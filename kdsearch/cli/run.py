@@ -21,7 +21,7 @@ def run(
     subset: o.Subset = None,
     image_size: o.ImageSize = None,
     teacher: o.OptTeacher = None,
-    preset_name: Annotated[str, typer.Option("--preset", help="quick (≈15 min on 2 CPU cores), tiny (seconds) or standard.", rich_help_panel=o.RUN)] = "quick",
+    preset_name: Annotated[str, typer.Option("--preset", help="quick (about 3 min on 2 CPU cores with --teacher, 9 min when it trains the teacher too), tiny (seconds) or standard.", rich_help_panel=o.RUN)] = "quick",
     config_file: o.Config = None,
     space: Annotated[Optional[str], typer.Option("--space", help="Search space name or YAML file.", rich_help_panel=o.SEARCH)] = None,
     trials: o.Trials = None,
