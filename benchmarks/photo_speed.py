@@ -65,7 +65,7 @@ def main() -> None:
         load_before = os.getloadavg()
         ms = {"teacher": {}, "student": {}}
         for batch, runs in ((1, args.runs), (32, max(5, args.runs // 6))):
-            timed = time_models({"teacher": teacher.module, "student": student}, (3, 224, 224), batches=(batch,),
+            timed = time_models({"teacher": teacher.exportable(), "student": student}, (3, 224, 224), batches=(batch,),
                                 threads=1, runs=runs, warmup=3)
             for name in ms:
                 ms[name][str(batch)] = timed[name][batch]
