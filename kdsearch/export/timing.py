@@ -49,7 +49,10 @@ def probe_session(model: nn.Module, input_chw: tuple[int, int, int], *, threads:
     """
     import onnxruntime as ort
 
-    model = model.eval()
+    try:
+        model = model.eval()
+    except NotImplementedError:  # a .pt2 program's module: its mode was fixed when it was exported
+        pass
     buffer = io.BytesIO()
     try:
         with warnings.catch_warnings(), torch.no_grad():

@@ -124,3 +124,19 @@ def tiny_models():
     space = load_space("resnet_cifar")
     rng = random.Random(0)
     return {f"m{i}": space.build(space.sample(rng, (28, 28)), num_classes=10, in_channels=1) for i in range(2)}
+
+
+def test_a_pt2_teachers_program_module_is_timed_as_it_is(tmp_path):
+    """A .pt2 teacher's module refuses eval()/train(); timing must not ask for them."""
+    import torch
+
+    from kdsearch.export.timing import time_models
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(4, 2)).eval()
+    batch = torch.export.Dim("batch", min=1, max=64)
+    program = torch.export.export(model, (torch.zeros(2, 1, 16, 16),), dynamic_shapes=({0: batch},))
+    torch.export.save(program, tmp_path / "t.pt2")
+    module = torch.export.load(tmp_path / "t.pt2").module()
+    timed = time_models({"teacher": module}, (1, 16, 16), batches=(1, 4), runs=3, warmup=1)
+    assert set(timed["teacher"]) == {1, 4} and all(v > 0 for v in timed["teacher"].values())
