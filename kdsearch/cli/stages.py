@@ -17,7 +17,7 @@ Space = Annotated[Optional[str], typer.Option("--space", help="Search space: a b
 Lr = Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (default 0.1·batch/128 for SGD).", rich_help_panel=o.TRAIN)]
 Batch = Annotated[Optional[int], typer.Option("--batch-size", help="Training batch size.", rich_help_panel=o.TRAIN)]
 MaxMemory = Annotated[Optional[str], typer.Option("--max-memory", help="Memory one training step may use, e.g. 6GB or 512MB (default: 70% of what is free); past it batches train as micro-batches with gradient accumulation.", rich_help_panel=o.TRAIN)]
-ExportMaxMemory = Annotated[Optional[str], typer.Option("--max-memory", help="Memory one accuracy or calibration batch may use, e.g. 4GB or 512MB (default: 70% of what is free); past it fewer images run at a time.", rich_help_panel=o.OUT)]
+ExportMaxMemory = Annotated[Optional[str], typer.Option("--max-memory", help="Memory the export may hold, e.g. 4GB or 512MB (default: 70% of what is free); what it holds already is taken off, and accuracy and PTQ calibration run as many images at a time as the rest allows.", rich_help_panel=o.OUT)]
 
 
 def teach(

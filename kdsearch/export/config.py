@@ -28,7 +28,7 @@ class ExportConfig:
     teacher_latency: bool = True  # also export the teacher (export/teacher.onnx) and time it in the same loop
     latency_batch: int | None = None  # the throughput batch timed beside batch 1 (None: the search's, default 32)
     latency_threads: int | None = None  # ONNX Runtime threads when timing (None: the search's, default 1)
-    max_memory: str | None = None  # what the accuracy and calibration batches may use (e.g. "4GB"); None: 70 % of what is free
+    max_memory: str | None = None  # what the export may hold (e.g. "4GB"), batches sized to it; None: 70 % of what is free
 
     def __post_init__(self) -> None:
         parse_int8(self.int8)

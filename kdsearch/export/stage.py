@@ -222,9 +222,9 @@ def export_model(
         latency_batch: the throughput batch timed beside batch 1.
         latency_threads: ONNX Runtime intra-op threads when timing (None: its default, all cores);
             accuracy and parity run with the default.
-        max_memory: what the export may hold (e.g. ``"4GB"``; None: 70 % of the memory free now); what
-            the process holds already is taken off, the rest is what one accuracy or calibration batch
-            may use. Each batch is the largest up to :data:`ACCURACY_BATCH` (calibration:
+        max_memory: what the export process may hold (e.g. ``"4GB"``): what it holds already is taken
+            off, the rest is what one accuracy or calibration batch may use; None: 70 % of the memory
+            free now (which leaves out what the process holds). Each batch is the largest up to :data:`ACCURACY_BATCH` (calibration:
             :data:`~kdsearch.export.ptq.CALIB_BATCH`) that :func:`forward_memory` says fits, measured
             on the host whatever ``provider`` runs the files; export.json's ``memory`` records them.
 
@@ -254,8 +254,10 @@ def export_model(
     # Parity runs on CPU on both sides: exact float32 kernels, no TF32, whatever provider is measured.
     fp32_model = copy.deepcopy(model).float().cpu().eval()
     val_images, val_labels = val_images.float().cpu(), val_labels.cpu()
-    # the batches get what the process does not hold already (libraries, the models, the data)
-    budget, held = memory_budget(max_memory, torch.device("cpu")), resident_memory()
+    # --max-memory caps the process, so what it holds already (libraries, the models, the data) is taken off;
+    # the default share of the memory free now leaves that out already
+    budget = memory_budget(max_memory, torch.device("cpu"))
+    held = resident_memory() if max_memory is not None else 0
     sizes = _batches_in_budget(fp32_model, val_images, budget.less(held, "what the export holds already"),
                                calibrate="ptq" in modes, latency_batch=latency_batch, say=say)
     batch = sizes.accuracy

@@ -70,6 +70,15 @@ def test_a_tight_budget_lowers_the_accuracy_and_calibration_batch(monkeypatch, t
     assert report["pytorch_eager"]["accuracy"] == pytest.approx(roomy["pytorch_eager"]["accuracy"])
 
 
+def test_without_max_memory_what_the_process_holds_is_not_taken_off_twice(monkeypatch, tmp_path: Path,
+                                                                         images: torch.Tensor,
+                                                                         labels: torch.Tensor) -> None:
+    monkeypatch.setattr(stage, "resident_memory", lambda: 10**15)  # the default budget is of what is free now
+    report = export_model(tiny_resnet(), val_images=images, val_labels=labels, out_dir=tmp_path, latency_runs=1,
+                          parity_batch=2)
+    assert report["memory"]["held_bytes"] == 0 and report["memory"]["accuracy_batch"] == stage.ACCURACY_BATCH
+
+
 def test_not_one_image_fits_is_refused_before_anything_is_written(tmp_path: Path, images: torch.Tensor,
                                                                    labels: torch.Tensor) -> None:
     with pytest.raises(MemoryBudgetError) as caught:
