@@ -224,7 +224,8 @@ def export_model(
             accuracy and parity run with the default.
         max_memory: what the export process may hold (e.g. ``"4GB"``): what it holds already is taken
             off, the rest is what one accuracy or calibration batch may use; None: 70 % of the memory
-            free now (which leaves out what the process holds). Each batch is the largest up to :data:`ACCURACY_BATCH` (calibration:
+            free now (which leaves out what the process holds). Each batch is the largest up to
+            :data:`ACCURACY_BATCH` (calibration:
             :data:`~kdsearch.export.ptq.CALIB_BATCH`) that :func:`forward_memory` says fits, measured
             on the host whatever ``provider`` runs the files; export.json's ``memory`` records them.
 
