@@ -92,7 +92,10 @@ def test_search_distill_export_at_224_px(photos, teacher_pt2, tmp_path, cli):
 
     code, _, err = cli("export", run, "--int8", "ptq", "--calib-images", "16", "--latency-runs", "3", "--quiet")
     assert code == 0, err
-    assert err == ""
+    # the budget allows a student up to twice the teacher's latency, so the export may warn that a file is
+    # slower than the teacher (or int8 than fp32) as timed side by side; nothing else may reach stderr
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert all(line.startswith("warning: ") and " slower " in line for line in lines), err
     record = json.loads(RunDir(run).export_record.read_text())
     assert record["input_size"] == [3, SIDE, SIDE]
     for entry in (record["files"]["fp32"], record["files"]["ptq"]):
