@@ -43,14 +43,9 @@ def build_student(arch: Arch, dataset: Dataset, seed: int, space_spec: str | Non
         return space.build(arch, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
 
 
-def inheritance_refusal(family: str, teacher: nn.Module, student: nn.Module, source: str) -> str | None:
+def inheritance_refusal(family: str, problem: str, source: str) -> str:
     """The one line ``--init inherit`` stops with when a ``family`` student cannot inherit from
-    ``teacher`` (``student`` may be on the meta device), or None when it can."""
-    from kdsearch.models.inherit import inheritance_problem
-
-    problem = inheritance_problem(family, teacher, student)
-    if problem is None:
-        return None
+    teacher ``source`` for the reason ``problem`` (:func:`~kdsearch.models.inherit.inheritance_problem`)."""
     return (f"--init inherit: a {family} student cannot inherit from teacher {source}: {problem}; "
             "use --init auto (random weights where it cannot) or --init random")
 
@@ -70,7 +65,7 @@ def start_student(student: nn.Module, family: str, teacher: Teacher, init: str,
     problem = inheritance_problem(family, teacher.module, student)
     if problem is not None:
         if init == "inherit":
-            raise UsageError(inheritance_refusal(family, teacher.module, student, teacher.source))
+            raise UsageError(inheritance_refusal(family, problem, teacher.source))
         progress.note(f"init: random weights, since a {family} student cannot inherit from teacher "
                       f"{teacher.source}: {problem}")
         return {"mode": "random", "reason": problem}

@@ -23,6 +23,7 @@ from kdsearch.distill.losses import CombinedLoss
 from kdsearch.distill.stage import distill_student, inheritance_refusal, student_space, train_teacher
 from kdsearch.errors import ConfigError, UsageError
 from kdsearch.export.stage import export_model, export_teacher
+from kdsearch.models.inherit import inheritance_problem
 from kdsearch.models.zoo import MODELS, create_model, model_arch
 from kdsearch.pipeline.config import RunConfig
 from kdsearch.progress import NULL_PROGRESS, Progress
@@ -137,9 +138,9 @@ def _check_inheritance(config: RunConfig, dataset, teacher_module, student: Arch
     space = student_space(arch, config.search.space)
     with torch.device("meta"):  # the check reads types and shapes only
         module = space.build(arch, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
-    refusal = inheritance_refusal(space.family, teacher_module, module, source)
-    if refusal is not None:
-        raise UsageError(refusal)
+    problem = inheritance_problem(space.family, teacher_module, module)
+    if problem is not None:
+        raise UsageError(inheritance_refusal(space.family, problem, source))
 
 
 def resolve_teacher(run_dir: Path, config: RunConfig, dataset):
