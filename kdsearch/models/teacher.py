@@ -35,13 +35,16 @@ class Teacher:
     # A new network of the same architecture: freshly initialised for an arch or zoo teacher (seeded by
     # fresh_copy), a copy of the file's network for an opaque one (then re-initialised by tensor shape).
     rebuild: Callable[[], nn.Module] | None = field(default=None, repr=False, compare=False)
+    _flat: nn.Module | None = field(default=None, init=False, repr=False, compare=False)  # exportable(), loaded once
 
     def exportable(self) -> nn.Module:
         """The network in a form that can be deep-copied and exported to ONNX: a ``.pt2`` teacher's
         unflattened program can be neither, so its flat graph module is loaded again."""
-        if Path(self.source).suffix == ".pt2":
-            return torch.export.load(self.source).module()
-        return self.module
+        if Path(self.source).suffix != ".pt2":
+            return self.module
+        if self._flat is None:  # the input checks and the search both ask: read the file once
+            self._flat = torch.export.load(self.source).module()
+        return self._flat
 
     def fresh_copy(self, seed: int) -> nn.Module:
         """A newly initialised network of the same architecture (DisWOT's reference teacher)."""
