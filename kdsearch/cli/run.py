@@ -34,7 +34,7 @@ def run(
     race_rank: RaceRank = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Distillation epochs of the student; the teacher's (teach) and QAT's epochs stay the preset's or --config's.", rich_help_panel=o.TRAIN)] = None,
     init: o.Init = None,
-    max_memory: Annotated[Optional[str], typer.Option("--max-memory", help="Memory each stage may use, e.g. 6GB (default: 70% of what is free): past it a training batch runs as micro-batches with gradient accumulation, and evaluation, calibration and the export's accuracy run fewer images at a time.", rich_help_panel=o.RUN)] = None,
+    max_memory: Annotated[Optional[str], typer.Option("--max-memory", help="Memory each stage may use, e.g. 6GB (default: 70% of what is free); on the CPU it caps the process, what it holds already included: past it a training batch runs as micro-batches with gradient accumulation, and evaluation, calibration and the export's accuracy run fewer images at a time.", rich_help_panel=o.RUN)] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of every stage's training and search (the train/val split follows data.seed in --config).", rich_help_panel=o.RUN)] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="Where teach, distill and QAT train: auto, cpu or cuda.", rich_help_panel=o.RUN)] = None,
     qat: Annotated[Optional[bool], typer.Option("--qat/--no-qat", help="Add quantization-aware training with KD and an int8 export.", rich_help_panel=o.RUN)] = None,

@@ -16,7 +16,7 @@ __all__ = ["register"]
 Space = Annotated[Optional[str], typer.Option("--space", help="Search space: a built-in name (see `kdsearch spaces`) or a YAML file.", rich_help_panel=o.SEARCH)]
 Lr = Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (default 0.1·batch/128 for SGD).", rich_help_panel=o.TRAIN)]
 Batch = Annotated[Optional[int], typer.Option("--batch-size", help="Training batch size.", rich_help_panel=o.TRAIN)]
-MaxMemory = Annotated[Optional[str], typer.Option("--max-memory", help="Memory one training step may use, e.g. 6GB or 512MB (default: 70% of what is free); past it batches train as micro-batches with gradient accumulation.", rich_help_panel=o.TRAIN)]
+MaxMemory = Annotated[Optional[str], typer.Option("--max-memory", help="Memory the training may hold, e.g. 6GB or 512MB (default: 70% of what is free; on CUDA, GPU memory); on the CPU what the process holds already is taken off. Past it batches train as micro-batches with gradient accumulation, evaluation runs fewer images at a time and the teacher cache is skipped.", rich_help_panel=o.TRAIN)]
 ExportMaxMemory = Annotated[Optional[str], typer.Option("--max-memory", help="Memory the export may hold, e.g. 4GB or 512MB (default: 70% of what is free); what it holds already is taken off, and accuracy and PTQ calibration run as many images at a time as the rest allows.", rich_help_panel=o.OUT)]
 
 

@@ -15,7 +15,8 @@ The module reads top to bottom the way the loop runs:
 7. the loop: :func:`fit`.
 
 Before the first step :func:`fit` sizes the whole run to ``--max-memory`` (default 70 % of
-the memory free now, see :mod:`kdsearch.memory`), not one step alone:
+the memory free now, see :mod:`kdsearch.memory`), not one step alone. On the CPU ``--max-memory``
+caps the process, so what it holds already (libraries, the models, the data) is taken off first:
 
 - the training step: when it does not fit, each batch is split into micro-batches whose
   gradients accumulate into one optimizer step (the same effective batch, schedule and,
@@ -57,7 +58,14 @@ from kdsearch.distill.distributed import DistributedContext
 from kdsearch.distill.evaluate import predict_logits, topk_accuracy
 from kdsearch.distill.losses import CombinedLoss, LossInputs, parse_loss_spec
 from kdsearch.errors import Interrupted, KdsearchWarning, MemoryBudgetError, TrainingError, UsageError
-from kdsearch.memory import MemoryBudget, MemoryEstimate, estimate_step_memory, format_bytes, memory_budget
+from kdsearch.memory import (
+    MemoryBudget,
+    MemoryEstimate,
+    estimate_step_memory,
+    format_bytes,
+    memory_budget,
+    resident_memory,
+)
 from kdsearch.models.features import FeatureTap
 from kdsearch.progress import NULL_PROGRESS, Progress
 from kdsearch.rundir import CHECKPOINT
@@ -723,6 +731,10 @@ def _check_memory(
         # ranks on one host's CPU share its memory; on CUDA each rank has its own GPU
         ranks = dist.world_size if run.device.type != "cuda" and config.max_memory is None else 1
         budget = memory_budget(config.max_memory, run.device, processes=ranks)
+        if config.max_memory is not None and run.device.type != "cuda":
+            # --max-memory caps this process on the CPU: what it holds already (libraries, the teacher, the data)
+            # is taken off; the default share of the memory free now leaves that out already
+            budget = budget.less(resident_memory(), "what the process holds already")
         try:
             plan = plan_memory(run, state, teacher, t_paths, budget)
         except MemoryBudgetError as e:

@@ -23,6 +23,16 @@ def data(fashion_npz):
     return load_dataset(f"npz:{fashion_npz}", subset=256, seed=0)
 
 
+@pytest.fixture(autouse=True)
+def nothing_held(monkeypatch):
+    """The budgets below are set against one step's estimate (megabytes), so this process's resident set
+    (pytest and torch, ≈ 0.5 GB) is not taken off them here; test_the_memory_the_process_holds_is_taken_off
+    checks that it is."""
+    import kdsearch.distill.engine as engine
+
+    monkeypatch.setattr(engine, "resident_memory", lambda: 0)
+
+
 class Notes(Progress):
     def __init__(self) -> None:
         self.notes: list[str] = []
@@ -97,6 +107,31 @@ def test_a_batch_past_the_budget_accumulates_to_the_same_weights(data, tmp_path)
     for (name, a), b in zip(whole.state_dict().items(), split.state_dict().values()):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), name
     assert first["train_loss"]["ce"] == pytest.approx(second["train_loss"]["ce"], rel=1e-5)
+
+
+def test_the_memory_the_process_holds_is_taken_off(data, tmp_path, monkeypatch):
+    """--max-memory caps the process: what it holds before training (libraries, models, data) counts."""
+    import kdsearch.distill.engine as engine
+
+    config = TrainConfig(epochs=1, batch_size=64, loss="ce", max_memory="100GB")
+    roomy = _fit(_net_without_batchnorm(), data, tmp_path / "roomy", config)
+    step = roomy["history"][0]["memory_estimate_bytes"]
+    held = 10**9
+    monkeypatch.setattr(engine, "resident_memory", lambda: held)
+    budget = held + int(0.6 * step)  # the batch of 64 fits the flag, not what the process leaves of it
+    notes = Notes()
+    result = _fit(_net_without_batchnorm(), data, tmp_path / "held",
+                  TrainConfig(epochs=1, batch_size=64, loss="ce", max_memory=str(budget)), notes)
+    [entry] = result["history"]
+    assert entry["memory_budget_bytes"] == budget - held
+    assert entry["micro_batch"] < 64 and entry["accumulation_steps"] >= 2
+    assert [n for n in notes.notes if "what the process holds already" in n]
+
+    monkeypatch.setattr(engine, "resident_memory", lambda: budget)  # nothing left: refused before training
+    with pytest.raises(MemoryBudgetError, match="--max-memory"):
+        _fit(_net_without_batchnorm(), data, tmp_path / "full", TrainConfig(epochs=1, batch_size=64, loss="ce",
+                                                                             max_memory=str(budget)))
+    assert not (tmp_path / "full").exists()
 
 
 def test_a_budget_below_the_smallest_micro_batch_stops_before_writing(data, tmp_path):
