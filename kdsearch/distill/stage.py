@@ -121,6 +121,7 @@ def _finish(
             "dataset": dataset.name,
             "normalization": {"mean": list(dataset.mean), "std": list(dataset.std)},
             "epochs": len(metrics["history"]),
+            **({"init": metrics["init"]} if metrics.get("init") else {}),  # what the student took from its teacher
         },
         weights_name=weights_name,
     )

@@ -25,7 +25,7 @@ __all__ = ["load_teacher", "save_model_dir", "load_model_dir"]
 
 
 _MODEL_JSON_KEYS = {"family", "space", "arch", "model", "num_classes", "in_channels", "trained", "val_acc", "test_acc", "dataset",
-                    "kdsearch_version", "normalization", "epochs"}
+                    "kdsearch_version", "normalization", "epochs", "init"}
 
 
 def save_model_dir(

@@ -52,6 +52,7 @@ def test_inherit_records_what_came_from_the_teacher(cli, fashion_npz, archs, tmp
     assert init["mode"] == "inherit" and init["family"] == "resnet_cifar" and init["teacher"] == "resnet8"
     assert init["fraction"] == 1.0 and init["inherited"] == init["total"]
     assert "stem.0.weight" in init["parameters"] and "classifier.weight" in init["parameters"]
+    assert json.loads((out / "distill" / "student.json").read_text())["init"] == init  # kept with the weights
     assert yaml.safe_load((out / "run.yaml").read_text())["distill"]["init"] == "inherit"
 
 
@@ -85,6 +86,7 @@ def test_random_stays_the_default_and_says_nothing(cli, fashion_npz, archs, tmp_
     assert code == 0, err
     assert "init:" not in stdout
     assert json.loads((out / "distill" / "metrics.json").read_text())["init"] == {"mode": "random"}
+    assert json.loads((out / "distill" / "student.json").read_text())["init"] == {"mode": "random"}
 
 
 def test_run_refuses_inherit_for_a_space_the_teacher_cannot_give_weights_to(cli, fashion_npz, tmp_path):
