@@ -8,6 +8,7 @@ under ``--work`` and reused when the script runs again, so it resumes where it s
 
     python benchmarks/quick_frontier.py --json benchmarks/quick_frontier.json
     python benchmarks/quick_frontier.py --init inherit --work runs/frontier-inherit --only NAME,... --json ...
+    python benchmarks/quick_frontier.py --seed 1 --work runs/frontier-seed1 --only NAME,... --json ...
 """
 from __future__ import annotations
 
@@ -71,6 +72,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=300, help="timed rounds at batch 1 (a tenth at batch 32)")
     parser.add_argument("--time-only", action="store_true", help="time, do not distil")
     parser.add_argument("--init", default="random", help="how students start: random, or inherit from the teacher")
+    parser.add_argument("--seed", type=int, default=0, help="the distillations' training seed (the split follows the data)")
     parser.add_argument("--only", default=None, help="distil only these students (names as printed, comma-separated)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -88,7 +90,7 @@ def main() -> None:
     from kdsearch.spaces.model_files import load_teacher
 
     quick = preset("quick")
-    config = replace(quick, teacher=args.teacher, distill=replace(quick.distill, init=args.init))
+    config = replace(quick, teacher=args.teacher, distill=replace(quick.distill, init=args.init, seed=args.seed))
     dataset = load_run_dataset(config)
     teacher = load_teacher(args.teacher, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
                            image_size=dataset.image_size)
@@ -138,7 +140,7 @@ def main() -> None:
                     "loadavg_before_timing": load_before, "loadavg_after_timing": load_timed},
         "teacher": {"source": args.teacher, "ms": ms["teacher"],
                     "params": sum(p.numel() for p in teacher.module.parameters())},
-        "recipe": f"quick preset distill section (4 epochs, batch 128, onecycle, lr 0.2), seed 0, init {args.init}",
+        "recipe": f"quick preset distill section (4 epochs, batch 128, onecycle, lr 0.2), seed {args.seed}, init {args.init}",
         "students": points,
         "pareto": pareto(points),
     }
