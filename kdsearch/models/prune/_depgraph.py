@@ -9,6 +9,7 @@ network's output (the classifier's classes) are never offered.
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -57,7 +58,10 @@ def forward_outputs(model: nn.Module, example_input: torch.Tensor) -> list[torch
 def scratch_copy(model: nn.Module) -> nn.Module:
     """A deep copy of ``model`` to cut, failing clearly for networks that cannot be copied."""
     try:
-        return copy.deepcopy(model)
+        with warnings.catch_warnings():
+            # copying a lifted .pt2 program's tree specs trips torch's own pytree deprecation ("LeafSpec")
+            warnings.filterwarnings("ignore", message=r".*LeafSpec", category=FutureWarning)
+            return copy.deepcopy(model)
     except Exception as e:  # noqa: BLE001 - an unflattened .pt2 program, a module holding a lock...
         raise ModelError(f"the teacher cannot be copied for pruning ({first_line(e)}); "
                          "give it as a model directory or a zoo model") from None

@@ -1,0 +1,172 @@
+"""A ``.pt2`` teacher's layers lifted back into modules, so Torch-Pruning can follow them.
+
+``torch.export.load(path).module()`` is a flat graph that calls ``aten.conv2d``, ``aten.linear``
+and ``aten.batch_norm`` on bare parameters: Torch-Pruning, which hooks ``nn.Conv2d`` /
+``nn.Linear`` / ``nn.BatchNorm*`` modules, finds nothing to cut in it. :func:`lift_layers`
+rewrites each such call into a call of a module built around the same parameters, placed at the
+path the parameters already had (``layer1.0.conv1.weight`` becomes the weight of the
+``nn.Conv2d`` at ``layer1.0.conv1``), so the state_dict keeps its keys and groups keep their
+layers' original names.
+"""
+from __future__ import annotations
+
+import copy
+import operator
+import warnings
+from typing import Any, Callable
+
+import torch
+from torch import fx, nn
+
+from kdsearch.errors import ModelError
+
+__all__ = ["lift_layers"]
+
+_aten = torch.ops.aten
+
+
+def _pair(value: Any) -> tuple[int, ...]:
+    return tuple(value) if isinstance(value, (list, tuple)) else (value, value)
+
+
+def _arg(node: fx.Node, index: int, default: Any) -> Any:
+    return node.args[index] if len(node.args) > index else default
+
+
+def _tensor(root: nn.Module, node: Any, parameter: bool = True) -> torch.Tensor | None:
+    """The parameter (or, unless ``parameter``, buffer) a ``get_attr`` node reads; None for a missing optional argument."""
+    if node is None:
+        return None
+    if not isinstance(node, fx.Node) or node.op != "get_attr":
+        raise _Skip
+    tensor = operator.attrgetter(node.target)(root)
+    if parameter and not isinstance(tensor, nn.Parameter):
+        raise _Skip  # a constant: a module could not train it
+    return tensor
+
+
+class _Skip(Exception):
+    """This call cannot be lifted (its weights are computed, shared or live beside other state); it stays as it is."""
+
+
+def _owner(nodes: list[Any]) -> str:
+    """The module path that holds the weights ``nodes`` read, each read by this call alone."""
+    targets = [n.target for n in nodes if n is not None]
+    owners = {t.rpartition(".")[0] for t in targets}
+    if len(owners) != 1 or "" in owners or any(len(n.users) != 1 for n in nodes if n is not None):
+        raise _Skip
+    return owners.pop()
+
+
+def _conv(root: nn.Module, node: fx.Node) -> tuple[str, nn.Module, tuple[str, ...]]:
+    w, b = node.args[1], _arg(node, 2, None)
+    weight, bias = _tensor(root, w), _tensor(root, b)
+    if weight.dim() != 4:
+        raise _Skip
+    groups = _arg(node, 6, 1)
+    conv = nn.Conv2d(weight.shape[1] * groups, weight.shape[0], tuple(weight.shape[2:]), stride=_pair(_arg(node, 3, 1)),
+                     padding=_pair(_arg(node, 4, 0)), dilation=_pair(_arg(node, 5, 1)), groups=groups,
+                     bias=bias is not None, device="meta")
+    conv.weight = weight
+    if bias is not None:
+        conv.bias = bias
+    return _owner([w, b]), conv, ("weight", "bias")
+
+
+def _linear(root: nn.Module, node: fx.Node) -> tuple[str, nn.Module, tuple[str, ...]]:
+    w, b = node.args[1], _arg(node, 2, None)
+    weight, bias = _tensor(root, w), _tensor(root, b)
+    if weight.dim() != 2:
+        raise _Skip
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+    linear.weight = weight
+    if bias is not None:
+        linear.bias = bias
+    return _owner([w, b]), linear, ("weight", "bias")
+
+
+def _batch_norm(root: nn.Module, node: fx.Node) -> tuple[str, nn.Module, tuple[str, ...]]:
+    # batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps, cudnn_enabled)
+    w, b, mean, var = node.args[1:5]
+    training, momentum, eps = node.args[5:8]
+    value = node.args[0].meta.get("val") if isinstance(node.args[0], fx.Node) else None
+    if training or None in (w, b, mean, var) or value is None or value.dim() not in (2, 3, 4):
+        raise _Skip  # batch statistics in the graph itself, or a rank no BatchNorm module takes
+    kind = nn.BatchNorm2d if value.dim() == 4 else nn.BatchNorm1d
+    weight = _tensor(root, w)
+    bn = kind(weight.shape[0], eps=eps, momentum=momentum, device="meta")
+    bn.weight, bn.bias = weight, _tensor(root, b)
+    bn.running_mean, bn.running_var = _tensor(root, mean, parameter=False), _tensor(root, var, parameter=False)
+    path = _owner([w, b, mean, var])
+    counted = getattr(operator.attrgetter(path)(root), "num_batches_tracked", None)
+    bn.num_batches_tracked = counted if counted is not None else torch.zeros((), dtype=torch.long)
+    return path, bn, ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+_LIFTS: dict[Any, Callable[[nn.Module, fx.Node], tuple[str, nn.Module, tuple[str, ...]]]] = {
+    _aten.conv2d.default: _conv,
+    _aten.linear.default: _linear,
+    _aten.batch_norm.default: _batch_norm,
+}
+
+
+def _holds_only(module: nn.Module, names: tuple[str, ...]) -> bool:
+    held = {n for n, _ in module.named_parameters(recurse=False)} | {n for n, _ in module.named_buffers(recurse=False)}
+    return not any(True for _ in module.children()) and held <= set(names)
+
+
+def lift_layers(program_module: nn.Module) -> fx.GraphModule:
+    """A copy of ``torch.export.load(path).module()`` whose conv, linear and batch-norm calls are modules.
+
+    Calls that cannot be lifted (weights computed in the graph, shared by two calls, or kept beside
+    other state; batch norm in training mode) stay as they are. The copy, in eval mode, runs the
+    same computation; unlike the exported module it also takes ``train()`` (its lifted BatchNorms
+    then normalise with batch statistics, like any network in training).
+
+    Raises:
+        ModelError: ``program_module`` is not the graph module of an exported program.
+    """
+    if not isinstance(program_module, fx.GraphModule) or not hasattr(program_module, "_in_spec"):
+        raise ModelError(f"expected the module of a torch.export program (torch.export.load(path).module()), "
+                         f"got a {type(program_module).__name__}")
+    with warnings.catch_warnings():
+        # copying the program's tree specs trips torch's own pytree deprecation ("isinstance(treespec, LeafSpec)")
+        warnings.filterwarnings("ignore", message=r".*LeafSpec", category=FutureWarning)
+        source = copy.deepcopy(program_module)
+    graph = source.graph
+    root = nn.Module()
+    for name, child in source.named_children():
+        root.add_module(name, child)
+    for name, tensor in [*source.named_parameters(recurse=False), *source.named_buffers(recurse=False)]:
+        setattr(root, name, tensor)
+    lifted_paths = []
+    for node in list(graph.nodes):
+        lift = _LIFTS.get(node.target) if node.op == "call_function" else None
+        if lift is None or node.kwargs:
+            continue
+        try:
+            path, module, names = lift(root, node)
+        except _Skip:
+            continue
+        parent, _, leaf = path.rpartition(".")
+        holder = operator.attrgetter(parent)(root) if parent else root
+        if not _holds_only(getattr(holder, leaf), names):
+            continue
+        setattr(holder, leaf, module)
+        lifted_paths.append(path)
+        reads = [a for a in node.args if isinstance(a, fx.Node) and a.op == "get_attr"]
+        with graph.inserting_before(node):
+            call = graph.call_module(path, (node.args[0],))
+        call.meta = dict(node.meta)
+        node.replace_all_uses_with(call)
+        graph.erase_node(node)
+        for read in reads:
+            if not read.users:
+                graph.erase_node(read)
+    for node in list(graph.nodes):  # unused reads (num_batches_tracked) of what the lifted modules now hold
+        if node.op == "get_attr" and not node.users and node.target.rpartition(".")[0] in lifted_paths:
+            graph.erase_node(node)
+    graph.lint()
+    lifted = fx.GraphModule(root, graph, class_name="LiftedProgram")
+    lifted._in_spec, lifted._out_spec = source._in_spec, source._out_spec
+    return lifted.eval()  # the exported graph normalised with running statistics: so does the lifted one, until train()
