@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from kdsearch.errors import ConfigError, ModelError, UsageError
-from kdsearch.models.prune import (PruneRecipe, apply_recipe, kept_channels, load_pruned, prunable_groups, save_pruned,
-                                   teacher_digest)
+from kdsearch.models.prune import (PruneRecipe, apply_recipe, kept_channels, load_pruned, prunable_groups,
+                                   removable_blocks, save_pruned, teacher_digest)
 from kdsearch.models.vit import ViT
 from kdsearch.models.zoo import create_model
 from kdsearch.spaces import load_space
@@ -148,6 +148,32 @@ def test_weights_that_do_not_fit_the_recipe_are_refused(resnet20, resnet20_group
     _one_line(error)
 
 
+RESNET20_BLOCKS = ["layer1.0", "layer1.1", "layer1.2", "layer2.1", "layer2.2", "layer3.1", "layer3.2"]
+
+
+def test_removable_blocks_are_the_identity_shortcut_blocks(resnet20):
+    assert removable_blocks(resnet20, X) == RESNET20_BLOCKS  # not a stage's first block (its shortcut projects)
+
+
+def test_student_without_whole_blocks_round_trips(resnet20, resnet20_groups, tmp_path):
+    keep = {g.name: 0.5 for g in resnet20_groups}  # layer1.1.conv1's group is gone with its block: no matter
+    recipe = PruneRecipe(teacher_digest(resnet20), keep, remove=("layer1.1", "layer3.2"))
+    student = apply_recipe(resnet20, recipe, X)
+    assert isinstance(student.layer1[1], nn.Identity) and isinstance(student.layer3[2], nn.Identity)
+    assert _params(student) < _params(apply_recipe(resnet20, PruneRecipe(recipe.teacher_sha256, keep), X))
+    save_pruned(tmp_path, student, recipe, X)
+    loaded = load_pruned(tmp_path, resnet20)
+    batch = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(batch), student.eval()(batch))
+
+
+def test_removing_what_is_not_a_residual_block_is_refused(resnet20):
+    with pytest.raises(UsageError, match="layer2.0") as error:
+        apply_recipe(resnet20, PruneRecipe(teacher_digest(resnet20), remove=("layer2.0",)), X)
+    assert "layer1.0" in _one_line(error)  # the blocks it does have
+
+
 def test_mbconv_student_prunes_with_its_forward_intact():
     space = load_space("mbconv")
     torch.manual_seed(0)
@@ -155,8 +181,12 @@ def test_mbconv_student_prunes_with_its_forward_intact():
     groups = prunable_groups(teacher, X)
     names = [g.name for g in groups]
     assert names[0] == "stem.0" and "head.0" in names and "classifier" not in names
+    blocks = removable_blocks(teacher, X)
+    assert blocks and all(b.startswith("stages.") and b.count(".") == 2 for b in blocks)  # inverted residuals
     student = apply_recipe(teacher, _recipe(teacher, groups, 0.5, "bn_scale"), X)
     assert _params(student) < 0.5 * _params(teacher)
+    shallower = apply_recipe(teacher, PruneRecipe(teacher_digest(teacher), remove=tuple(blocks)), X)
+    assert shallower(X).shape == (2, 10)
     with torch.no_grad():
         out = student(torch.randn(3, 3, 32, 32))
     assert out.shape == (3, 10) and torch.isfinite(out).all()
@@ -175,6 +205,8 @@ def test_vit_offers_only_its_mlp_groups(vit):
     assert [(g.name, g.channels) for g in groups] == [("blocks.0.mlp.0", 32), ("blocks.1.mlp.0", 32)]
     student = apply_recipe(vit, _recipe(vit, groups, 0.25), X)
     assert student.blocks[0].mlp[0].out_features == 8 and student(X).shape == (2, 10)
+    assert removable_blocks(vit, X) == ["blocks.0", "blocks.1"]  # x + attn(.), then + mlp(.): residual as a whole
+    assert apply_recipe(vit, PruneRecipe(teacher_digest(vit), remove=("blocks.1",)), X)(X).shape == (2, 10)
 
 
 @pytest.mark.parametrize("layer", ["patch_embed", "blocks.0.attn.qkv"])
@@ -213,12 +245,13 @@ def test_a_teacher_with_no_prunable_group_is_refused(teacher):
 
 
 def test_recipe_round_trips_and_refuses_bad_values(resnet20, resnet20_groups):
-    recipe = _recipe(resnet20, resnet20_groups, 0.5, "bn_scale")
+    recipe = PruneRecipe(teacher_digest(resnet20), {g.name: 0.5 for g in resnet20_groups}, "bn_scale", ("layer1.2",))
     assert PruneRecipe.from_dict(json.loads(json.dumps(recipe.to_dict()))) == recipe
     digest = recipe.teacher_sha256
     for bad in ({"teacher_sha256": digest, "keep": {"stem.0": 0}}, {"teacher_sha256": digest, "keep": {"stem.0": 1.5}},
                 {"teacher_sha256": digest, "importance": "taylor"}, {"teacher_sha256": "abc"}, {"keep": {}},
-                {"teacher_sha256": digest, "blocks": []}):
+                {"teacher_sha256": digest, "blocks": []}, {"teacher_sha256": digest, "remove_blocks": "layer1.0"},
+                {"teacher_sha256": digest, "remove_blocks": ["layer1.0", "layer1.0"]}):
         with pytest.raises(ConfigError):
             PruneRecipe.from_dict(bad)
     with pytest.raises(UsageError, match="layer9.conv1") as error:

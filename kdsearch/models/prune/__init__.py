@@ -4,7 +4,8 @@ Torch-Pruning's dependency graph (DepGraph, Fang et al., CVPR 2023) finds which 
 go together (through BNs, residual adds, depthwise convs); a :class:`PruneRecipe` says what
 share of each such group a student keeps, and which teacher it was cut from.
 
-``prunable_groups(teacher, x)`` lists the groups a recipe can name; ``apply_recipe(teacher,
+``prunable_groups(teacher, x)`` lists the channel groups a recipe can name and
+``removable_blocks(teacher, x)`` the residual blocks it can drop whole; ``apply_recipe(teacher,
 recipe, x)`` returns the cut copy (its kept channels the most important by weight magnitude or
 BN scale); ``save_pruned`` / ``load_pruned`` store it as the recipe plus safetensors, rebuilt
 from the teacher without unpickling anything. A ``.pt2`` teacher's flat graph calls its layers as
@@ -14,8 +15,9 @@ from __future__ import annotations
 
 from kdsearch.models.prune._depgraph import IMPORTANCES, ChannelGroup
 from kdsearch.models.prune.lift import lift_layers
-from kdsearch.models.prune.recipe import PruneRecipe, apply_recipe, kept_channels, prunable_groups, teacher_digest
+from kdsearch.models.prune.recipe import (PruneRecipe, apply_recipe, kept_channels, prunable_groups, removable_blocks,
+                                         teacher_digest)
 from kdsearch.models.prune.saved import PRUNED_FORMAT, load_pruned, save_pruned
 
-__all__ = ["ChannelGroup", "IMPORTANCES", "PruneRecipe", "prunable_groups", "apply_recipe", "kept_channels",
-           "teacher_digest", "save_pruned", "load_pruned", "PRUNED_FORMAT", "lift_layers"]
+__all__ = ["ChannelGroup", "IMPORTANCES", "PruneRecipe", "prunable_groups", "removable_blocks", "apply_recipe",
+           "kept_channels", "teacher_digest", "save_pruned", "load_pruned", "PRUNED_FORMAT", "lift_layers"]

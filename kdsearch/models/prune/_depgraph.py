@@ -18,7 +18,7 @@ from torch import nn
 from kdsearch.errors import ModelError
 
 __all__ = ["ChannelGroup", "channel_groups", "cut_channels", "dependency_graph", "first_line", "forward_outputs",
-           "scratch_copy", "working_groups", "IMPORTANCES"]
+           "output_shapes", "check_forward", "scratch_copy", "working_groups", "IMPORTANCES"]
 
 # The importance criteria a recipe may name, each a Torch-Pruning importance class (see _importance).
 IMPORTANCES = ("magnitude", "bn_scale")
@@ -136,15 +136,15 @@ def _importance(criterion: str):
     return tp.importance.GroupMagnitudeImportance(p=2)  # L2 norm of each channel's weights, averaged over the group
 
 
-def _output_shapes(model: nn.Module, example_input: torch.Tensor) -> list[torch.Size]:
+def output_shapes(model: nn.Module, example_input: torch.Tensor) -> list[torch.Size]:
     return [o.shape for o in forward_outputs(model, example_input)]
 
 
-def _check_forward(model: nn.Module, example_input: torch.Tensor, shapes: list[torch.Size], what: str,
+def check_forward(model: nn.Module, example_input: torch.Tensor, shapes: list[torch.Size], what: str,
                    fix: str = "") -> None:
     """Fail, saying ``what`` broke it (then ``fix``), when ``model`` no longer runs or its outputs changed shape."""
     try:
-        now = _output_shapes(model, example_input)
+        now = output_shapes(model, example_input)
     except ModelError:
         raise
     except Exception as e:  # noqa: BLE001 - the network's own code fails on the cut shapes
@@ -166,7 +166,7 @@ def cut_channels(model: nn.Module, graph, keep: dict[str, int], criterion: str, 
         ModelError: Torch-Pruning cannot cut a group, or the cut network fails or changes its output's shape.
     """
     modules = dict(model.named_modules())
-    shapes = _output_shapes(model, example_input)
+    shapes = output_shapes(model, example_input)
     importance, fallback = _importance(criterion), _importance("magnitude")
     for name, kept in keep.items():
         root = modules[name]
@@ -185,9 +185,9 @@ def cut_channels(model: nn.Module, graph, keep: dict[str, int], criterion: str, 
             raise ModelError(f"Torch-Pruning cannot cut the channels of layer {name} ({first_line(e)}); "
                              "keep that group whole") from None
         if check_each:
-            _check_forward(model, example_input, shapes, f"cutting the channels of layer {name}", "; keep that group whole")
+            check_forward(model, example_input, shapes, f"cutting the channels of layer {name}", "; keep that group whole")
     if not check_each:
-        _check_forward(model, example_input, shapes, "the cut")
+        check_forward(model, example_input, shapes, "the cut")
 
 
 def working_groups(model: nn.Module, example_input: torch.Tensor) -> tuple[list[ChannelGroup], dict[str, str]]:
