@@ -244,6 +244,13 @@ def test_a_teacher_with_no_prunable_group_is_refused(teacher):
     assert "Torch-Pruning" in _one_line(error)
 
 
+def test_a_torchscript_teacher_is_refused_in_one_line(torchscript_teacher):
+    _, path = torchscript_teacher()
+    with pytest.raises(ModelError, match="TorchScript") as error:
+        prunable_groups(torch.jit.load(path), torch.randn(2, 1, 28, 28))
+    _one_line(error)
+
+
 def test_recipe_round_trips_and_refuses_bad_values(resnet20, resnet20_groups):
     recipe = PruneRecipe(teacher_digest(resnet20), {g.name: 0.5 for g in resnet20_groups}, "bn_scale", ("layer1.2",))
     assert PruneRecipe.from_dict(json.loads(json.dumps(recipe.to_dict()))) == recipe

@@ -87,7 +87,8 @@ def load_pruned(directory: str | os.PathLike[str], teacher: nn.Module, *,
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise ModelError(f"{weights} is not a readable safetensors file ({e}); save the student again") from None
-    student = apply_recipe(teacher, recipe, torch.zeros(meta["input_shape"]))
+    device = next((t.device for t in teacher.state_dict().values()), torch.device("cpu"))
+    student = apply_recipe(teacher, recipe, torch.zeros(meta["input_shape"], device=device))
     try:
         student.load_state_dict(state, strict=True)
     except RuntimeError as e:
