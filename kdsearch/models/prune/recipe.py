@@ -1,9 +1,11 @@
-"""A pruning of one teacher, as data: which channel groups keep what share, and which teacher it was cut from."""
+"""A pruning of one teacher, as data: which channel groups keep what share, which residual blocks go, and
+which teacher it was cut from."""
 from __future__ import annotations
 
 import hashlib
 import math
 import os
+import string
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -37,10 +39,11 @@ class PruneRecipe:
     teacher_sha256: str  # of the teacher's weights file(s), or of its state_dict (teacher_digest)
     keep: Mapping[str, float] = field(default_factory=dict)
     importance: str = "magnitude"  # "magnitude": group L2 norm of the weights; "bn_scale": |gamma| of its BNs
-    remove: tuple[str, ...] = ()  # module paths of the residual blocks dropped, in module order
+    remove: tuple[str, ...] = ()  # module paths of the residual blocks dropped
 
     def __post_init__(self) -> None:
-        if not isinstance(self.teacher_sha256, str) or len(self.teacher_sha256) != 64:
+        digest = self.teacher_sha256
+        if not isinstance(digest, str) or len(digest) != 64 or not all(c in string.hexdigits for c in digest):
             raise ConfigError(f"a pruning recipe's teacher_sha256 must be a 64-hex-digit SHA-256, got {self.teacher_sha256!r}")
         if self.importance not in IMPORTANCES:
             raise ConfigError(f"unknown pruning importance {self.importance!r}; use one of {', '.join(IMPORTANCES)}")
