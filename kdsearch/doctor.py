@@ -29,6 +29,7 @@ REQUIRED_PACKAGES: tuple[tuple[str, str], ...] = (
     ("pyyaml", "yaml"),
     ("safetensors", "safetensors"),
     ("matplotlib", "matplotlib"),
+    ("torch-pruning", "torch_pruning"),
 )
 _ORT_DISTS = ("onnxruntime", "onnxruntime-gpu")
 _DATASETS = ("fashion-mnist", "mnist")
