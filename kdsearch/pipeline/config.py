@@ -52,7 +52,9 @@ class RunConfig:
     teacher_model: str = "resnet20"  # the zoo model `teach` trains when no teacher is given
     teach: TrainConfig = field(default_factory=lambda: TrainConfig(loss="ce", epochs=15))
     search: SearchConfig = field(default_factory=SearchConfig)
-    distill: TrainConfig = field(default_factory=TrainConfig)
+    # the student starts from the teacher's weights where its family can be cut from the teacher (--init auto):
+    # +0.14 points of validation top-1 on the quick recipe, 6 of 9 students and seeds better (RESULTS.md)
+    distill: TrainConfig = field(default_factory=lambda: TrainConfig(init="auto"))
     export: ExportConfig = field(default_factory=ExportConfig)
     qat: bool = False  # quantization-aware training with KD after distill, then an int8 QAT export
     quantize: QatConfig = field(default_factory=QatConfig)  # `kdsearch quantize` and `run --qat`

@@ -80,9 +80,19 @@ def test_auto_falls_back_to_random_in_one_line(cli, fashion_npz, archs, tmp_path
     assert init["mode"] == "random" and "not a ViT" in init["reason"]
 
 
-def test_random_stays_the_default_and_says_nothing(cli, fashion_npz, archs, tmp_path):
+def test_auto_is_the_default_and_inherits_where_it_can(cli, fashion_npz, archs, tmp_path):
     out = tmp_path / "run"
     code, stdout, err = _distill(cli, fashion_npz, "resnet8", archs["resnet"], out)
+    assert code == 0, err
+    assert "inherited from teacher resnet8" in " ".join(stdout.split())
+    init = json.loads((out / "distill" / "metrics.json").read_text())["init"]
+    assert init["mode"] == "inherit" and init["fraction"] == 1.0
+    assert yaml.safe_load((out / "run.yaml").read_text())["distill"]["init"] == "auto"
+
+
+def test_random_says_nothing_and_keeps_fresh_weights(cli, fashion_npz, archs, tmp_path):
+    out = tmp_path / "run"
+    code, stdout, err = _distill(cli, fashion_npz, "resnet8", archs["resnet"], out, "--init", "random")
     assert code == 0, err
     assert "init:" not in stdout
     assert json.loads((out / "distill" / "metrics.json").read_text())["init"] == {"mode": "random"}
@@ -102,14 +112,15 @@ def test_run_refuses_inherit_for_a_space_the_teacher_cannot_give_weights_to(cli,
 def test_help_documents_init(cli, command):
     code, out, _ = cli(command, "--help")
     text = " ".join(out.replace("│", " ").split())
-    assert code == 0 and "--init" in text and "random (default" in text and "auto" in text
+    assert code == 0 and "--init" in text and "auto (default" in text and "random" in text
 
 
 def test_config_files_set_it_and_bad_values_fail():
     from kdsearch.distill.config import TrainConfig
     from kdsearch.pipeline.config import config_from_dict
 
-    assert TrainConfig().init == "random"
+    assert TrainConfig().init == "random"  # a teacher's own training (teach) has nothing to inherit from
+    assert config_from_dict({}).distill.init == "auto"
     assert config_from_dict({"distill": {"init": "auto"}}).distill.init == "auto"
     with pytest.raises(UsageError, match="random, inherit, auto"):
         config_from_dict({"distill": {"init": "clone"}})
