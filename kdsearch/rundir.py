@@ -263,7 +263,8 @@ class TrainMetrics(Record):
     assistant: dict[str, Any] | None = None  # teacher-assistant distillation: the assistant's arch and figures
     # how a distilled student started: {"mode": "random"} (with a "reason" when --init auto could not
     # inherit) or {"mode": "inherit", "teacher", "family", "fraction", "inherited", "total", "parameters"}:
-    # the share of its parameter values cut from the teacher and which parameters hold them
+    # the share of its parameter values cut from the teacher and which parameters hold them, or
+    # {"mode": "pruned", "teacher", "teacher_sha256"} for a student of --space pruned (its teacher cut down)
     init: dict[str, Any] | None = None
 
 

@@ -23,7 +23,7 @@ def run(
     teacher: o.OptTeacher = None,
     preset_name: Annotated[str, typer.Option("--preset", help="quick (about 3 min on 2 CPU cores with --teacher, 9 min when it trains the teacher too), tiny (seconds) or standard.", rich_help_panel=o.RUN)] = "quick",
     config_file: o.Config = None,
-    space: Annotated[Optional[str], typer.Option("--space", help="Search space name or YAML file.", rich_help_panel=o.SEARCH)] = None,
+    space: Annotated[Optional[str], typer.Option("--space", help="Search space name, YAML file, or pruned (structured prunings of --teacher).", rich_help_panel=o.SEARCH)] = None,
     trials: o.Trials = None,
     speedup: o.Speedup = None,
     latency_batch: o.LatencyBatch = None,

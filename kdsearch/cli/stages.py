@@ -13,7 +13,7 @@ from kdsearch.cli._console import close, console, make_progress, print_json
 
 __all__ = ["register"]
 
-Space = Annotated[Optional[str], typer.Option("--space", help="Search space: a built-in name (see `kdsearch spaces`) or a YAML file.", rich_help_panel=o.SEARCH)]
+Space = Annotated[Optional[str], typer.Option("--space", help="Search space: a built-in name (see `kdsearch spaces`), a YAML file, or pruned (structured prunings of --teacher, starting from its weights).", rich_help_panel=o.SEARCH)]
 Lr = Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (default 0.1·batch/128 for SGD).", rich_help_panel=o.TRAIN)]
 Batch = Annotated[Optional[int], typer.Option("--batch-size", help="Training batch size.", rich_help_panel=o.TRAIN)]
 MaxMemory = Annotated[Optional[str], typer.Option("--max-memory", help="Memory the training may hold, e.g. 6GB or 512MB (default: 70% of what is free; on CUDA, GPU memory); on the CPU what the process holds already is taken off. Past it batches train as micro-batches with gradient accumulation, evaluation runs fewer images at a time and the teacher cache is skipped.", rich_help_panel=o.TRAIN)]

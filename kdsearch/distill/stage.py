@@ -50,16 +50,24 @@ def inheritance_refusal(family: str, problem: str, source: str) -> str:
             "use --init auto (random weights where it cannot) or --init random")
 
 
-def start_student(student: nn.Module, family: str, teacher: Teacher, init: str,
+def start_student(student: nn.Module, space: SearchSpace, teacher: Teacher, init: str,
                   progress: Progress = NULL_PROGRESS) -> dict[str, Any]:
     """Give ``student`` its starting weights as ``init`` says (random | inherit | auto); what
     metrics.json records under ``init``. ``random`` keeps the seeded initialisation it was built with.
+
+    A student of a ``pruned`` space is its teacher cut down, weights and all, whatever ``init`` says:
+    the record names the teacher file and digest it was cut from.
 
     Raises:
         UsageError: ``init`` is ``inherit`` and the student cannot inherit from ``teacher``.
     """
     from kdsearch.models.inherit import inherit_weights, inheritance_problem
+    from kdsearch.spaces.pruned import PrunedSpace
 
+    family = space.family
+    if isinstance(space, PrunedSpace):
+        progress.note(f"init: the student is teacher {space.prune['teacher']} pruned, its weights the teacher's")
+        return {"mode": "pruned", "teacher": space.prune["teacher"], "teacher_sha256": space.prune["teacher_sha256"]}
     if init == "random":
         return {"mode": "random"}
     problem = inheritance_problem(family, teacher.module, student)
@@ -154,7 +162,7 @@ def distill_student(
     """
     space = student_space(arch, space_spec)
     student = build_student(arch, dataset, config.seed, space_spec)
-    init = start_student(student, space.family, teacher, config.init, progress)
+    init = start_student(student, space, teacher, config.init, progress)
     result = train(student, dataset, out_dir, config, teacher=teacher.module, resume=resume, progress=progress)
     info = {
         "init": init,

@@ -254,6 +254,9 @@ class LatencyModel:
             return self._predicted[arch.key]
         if arch.key in self.whole:
             return self.whole[arch.key]
+        if not self.space.timed_by_parts:  # not a chain of known blocks (a pruned teacher): timed whole
+            self._measure_whole([arch])
+            return self.whole[arch.key]
         with _meta_build():  # shapes and structure without allocating or initialising weights
             meta = self.space.build(arch, num_classes=self.num_classes, in_channels=self.in_channels)
         parts = _decompose(meta, self._chw)
@@ -409,7 +412,9 @@ def _table_key(space, num_classes: int, in_channels: int, image_size: tuple[int,
         "num_classes": num_classes,
         "space": {"name": space.name, "family": space.family, "form": form,
                   "genes": {n: {"choices": list(g.choices) if g.choices is not None else None,
-                                "length": g.length, "value": g.value} for n, g in genes.items()}},
+                                "length": g.length, "value": g.value} for n, g in genes.items()},
+                  # what else makes the family's networks (a pruned space: the teacher they are cut from)
+                  **{k: space.definition[k] for k in space.family_keys}},
     }
 
 
@@ -437,6 +442,8 @@ def _read_table(path: Path, key: Mapping[str, Any]) -> dict[str, Any] | None:
 
 def _calibration_archs(space, image_size: tuple[int, int], num_classes: int, in_channels: int) -> list[Arch]:
     """A few archs of the space spanning its range of part counts (seeded, so the same every time)."""
+    if not space.timed_by_parts:
+        return []
     rng = random.Random(0)
     by_parts: dict[int, Arch] = {}
     for _ in range(100):

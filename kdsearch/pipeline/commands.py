@@ -31,6 +31,7 @@ from kdsearch.pipeline.stages import (
     race_stage,
     search_config_for,
     search_stage,
+    searched_space,
     summary_for,
     teach_stage,
 )
@@ -40,7 +41,7 @@ from kdsearch.report.html import write_report
 from kdsearch.rundir import ExportRecord, QatMetrics, RunDir, TrainMetrics, WinnerRecord, read_leaderboard
 from kdsearch.search.storage import storage_url
 from kdsearch.search.study import run_search
-from kdsearch.spaces import load_space
+from kdsearch.spaces import PRUNED_SPACE, SearchSpace, load_space
 
 __all__ = [
     "SearchOutcome",
@@ -64,7 +65,7 @@ def _with_searched_space(config: RunConfig, run_dir: Path) -> RunConfig:
         return config
     kept = load_space(saved).name
     try:
-        asked = load_space(config.search.space).name
+        asked = PRUNED_SPACE if config.search.space == PRUNED_SPACE else load_space(config.search.space).name
     except SpaceError:  # the YAML moved, was deleted, or stayed on another machine: the copy stands in
         asked = kept
     if asked != kept:
@@ -73,13 +74,23 @@ def _with_searched_space(config: RunConfig, run_dir: Path) -> RunConfig:
     return replace(config, search=replace(config.search, space=str(saved)))
 
 
-def _keep_searched_space(run: RunDir, config: RunConfig) -> None:
-    """Copy the definition of the space about to be searched into the run directory."""
+def _keep_searched_space(run: RunDir, config: RunConfig, space: SearchSpace | None = None) -> RunConfig:
+    """Copy the definition of the space about to be searched (``space``, else the one ``config`` names)
+    into the run directory; returns ``config`` reading it from there when ``space`` was made for this run
+    (``--space pruned``), so every later reader, worker processes included, finds it."""
     import yaml
 
     if not run.searched_space.is_file():
-        definition = load_space(config.search.space).definition
+        definition = (space or load_space(config.search.space)).definition
         write_text(run.searched_space, yaml.safe_dump(definition, sort_keys=False))
+    if space is None:
+        return config
+    return replace(config, search=replace(config.search, space=str(run.searched_space)))
+
+
+def _made_space(config: RunConfig, dataset) -> SearchSpace | None:
+    """The space made for this run from its teacher (``--space pruned``); None for a space read by name or path."""
+    return searched_space(config, dataset) if config.search.space == PRUNED_SPACE else None
 
 
 @contextlib.contextmanager
@@ -122,11 +133,12 @@ def search_command(out: Path, config: RunConfig, *, seed_archs: list[Arch] | Non
     if resume:
         config = _with_searched_space(config, out)
     dataset = load_run_dataset(config)
-    teacher = check_inputs(config, dataset) or resolve_teacher(out, config, dataset)  # loaded once
+    space = _made_space(config, dataset)
+    teacher = check_inputs(config, dataset, space=space) or resolve_teacher(out, config, dataset)  # loaded once
     run = RunDir(out)
     with opened_run_dir(out, resume=resume, force=force):
         save_run_config(out, asked)
-        _keep_searched_space(run, config)
+        config = _keep_searched_space(run, config, space)
         with _logged(out):
             result = run_search(teacher, dataset, run.search, search_config_for(config, teacher), resume=resume,
                                 seed_archs=seed_archs or [], progress=progress)
@@ -240,10 +252,11 @@ def run_pipeline(config: RunConfig, run_dir: Path, *, resume: bool = False, forc
     dataset = load_run_dataset(config)
     timings["data"] = time.perf_counter() - t
     train = ("distill", "quantize") if config.qat else ("distill",)
-    check_inputs(config, dataset, train=(("teach",) if config.teacher is None else ()) + train)
+    space = _made_space(config, dataset)
+    check_inputs(config, dataset, train=(("teach",) if config.teacher is None else ()) + train, space=space)
     with opened_run_dir(run_dir, resume=resume, force=force):
         save_run_config(run_dir, asked)
-        _keep_searched_space(RunDir(run_dir), config)
+        config = _keep_searched_space(RunDir(run_dir), config, space)
         with _logged(run_dir):
             return _run_stages(config, RunDir(run_dir), dataset, timings, resume=resume, progress=progress)
 

@@ -38,11 +38,12 @@ from kdsearch.search.race import run_race
 from kdsearch.search.storage import get_storage
 from kdsearch.search.study import measure_speed, run_search
 from kdsearch.search.summary import record_race
-from kdsearch.spaces import load_space
+from kdsearch.spaces import PRUNED_SPACE, PrunedSpace, SearchSpace, load_space, pruned_space
 from kdsearch.spaces.model_files import load_model_dir, load_teacher
 
 __all__ = [
     "load_run_dataset",
+    "searched_space",
     "check_inputs",
     "resolve_teacher",
     "search_config_for",
@@ -71,14 +72,33 @@ def _check_batches(name: str, batch_size: int, dataset) -> None:
         )
 
 
+def searched_space(config: RunConfig, dataset) -> SearchSpace:
+    """The space ``config.search.space`` names; ``pruned`` is made from the configured teacher.
+
+    Raises:
+        UsageError: ``pruned`` without ``--teacher`` (a teacher the run would train does not exist yet).
+        ModelError: Torch-Pruning cannot trace the teacher, or finds nothing in it to cut.
+    """
+    if config.search.space != PRUNED_SPACE:
+        return load_space(config.search.space)
+    if config.teacher is None:
+        raise UsageError("--space pruned cuts students from your teacher: give --teacher (a zoo name, a model "
+                         "directory or a .pt2 file)")
+    teacher = load_teacher(config.teacher, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
+                           image_size=dataset.image_size)
+    return pruned_space(teacher, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
+                        image_size=tuple(dataset.image_size))
+
+
 def check_inputs(config: RunConfig, dataset, *, search: bool = True, student: Arch | None = None,
-                 train: tuple[str, ...] = ()):
+                 train: tuple[str, ...] = (), space: SearchSpace | None = None):
     """Fail on a bad teacher, zoo model, space, budget, storage, device, student arch or batch
     size before anything is written.
 
     ``train`` names the training sections that will run (``teach``, ``distill``, ``quantize``):
-    each must have at least one batch of data. Returns the loaded teacher (None when the run
-    trains its own).
+    each must have at least one batch of data. ``space``: the space to search when it is not read
+    from ``config.search.space`` (see :func:`searched_space`). Returns the loaded teacher (None when
+    the run trains its own).
     """
 
 
@@ -95,11 +115,13 @@ def check_inputs(config: RunConfig, dataset, *, search: bool = True, student: Ar
             "leave none out (each class gives 10% of its images, rounded, to validation); use more data"
         )
     if student is not None:
+        of_student = student_space(student, config.search.space)
+        of_student.validate(student)
+        if isinstance(of_student, PrunedSpace):
+            of_student.teacher_module()  # a teacher changed since the search is refused before anything is written
 
-        student_space(student, config.search.space).validate(student)
 
-
-    space = load_space(config.search.space)
+    space = space or load_space(config.search.space)
     if search:
 
         for name in config.search.objectives:
@@ -115,7 +137,8 @@ def check_inputs(config: RunConfig, dataset, *, search: bool = True, student: Ar
         MODELS.get(config.teacher_model)
         with torch.device("meta"):
             module = create_model(config.teacher_model, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
-    if "distill" in train and config.distill.init == "inherit":
+    # a pruned student starts as its teacher cut down: nothing to check
+    if "distill" in train and config.distill.init == "inherit" and space.family != "pruned":
         _check_inheritance(config, dataset, module, student, teacher.source if teacher else config.teacher_model)
     if search:
         s = search_config_for(config, module)

@@ -83,6 +83,8 @@ def feasible_samples(space, dataset: Dataset, config: SearchConfig, wanted: int,
 
 _SHRINK = (0.5, 0.34, 0.2, 0.0)  # the share of each gene's choices (smallest first) a shrunk draw takes from
 _SHRINK_DRAWS = 50  # draws at each share
+# a space timed whole (not block by block) exports and times every sample under a speed budget: fewer of them
+_WHOLE_SAMPLES, _WHOLE_SHRINK_DRAWS = 64, 8
 
 
 def _sample_small(space, rng: random.Random, image_size, fraction: float) -> Arch:
@@ -113,7 +115,10 @@ def _feasible_samples(space, dataset: Dataset, config: SearchConfig, wanted: int
     # Uniform draws first; under a speed budget, then draws from the smaller end of every gene's
     # choices, since the fast members of a space are few (depth 1 everywhere is 1 in 729 draws of
     # resnet_cifar) and a uniform sample can miss them all.
-    fractions = [1.0] * samples + ([f for f in _SHRINK for _ in range(_SHRINK_DRAWS)] if speed is not None else [])
+    draws = _SHRINK_DRAWS
+    if speed is not None and not space.timed_by_parts:
+        samples, draws = min(samples, _WHOLE_SAMPLES), _WHOLE_SHRINK_DRAWS
+    fractions = [1.0] * samples + ([f for f in _SHRINK for _ in range(draws)] if speed is not None else [])
     for i, fraction in enumerate(fractions):
         if i >= samples and len(found) >= wanted:
             break

@@ -45,7 +45,8 @@ class SpeedModel:
                 config: SearchConfig) -> SpeedModel:
         """Time ``teacher_module`` and load (or build once) the space's latency model; remembered per process."""
         key = (type(teacher_module).__name__, sum(p.numel() for p in teacher_module.parameters()),
-               space.name, repr(space.genes_for(space.form_for(image_size))), num_classes, in_channels,
+               space.name, repr(space.genes_for(space.form_for(image_size))),
+               repr({k: space.definition[k] for k in space.family_keys}), num_classes, in_channels,
                tuple(image_size), config.latency_batches, config.latency_threads, config.latency_provider)
         if key not in _SPEEDS:
             _SPEEDS[key] = cls._measure(teacher_module, space, num_classes, in_channels, tuple(image_size), config)

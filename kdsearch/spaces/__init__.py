@@ -1,4 +1,5 @@
-"""Search spaces: code families (resnet_cifar, mbconv, nb201, vit) with ranges from YAML files."""
+"""Search spaces: code families (resnet_cifar, mbconv, nb201, vit) with ranges from YAML files, and ``pruned``,
+made from a teacher."""
 from __future__ import annotations
 
 from kdsearch.spaces.base import SPACES, Gene, GeneSpec, SearchSpace, space_from_config
@@ -7,6 +8,7 @@ from kdsearch.spaces.catalog import builtin_space_dir, builtin_space_names, load
 # Importing the families fills SPACES (each registers itself where it is defined).
 from kdsearch.spaces.mbconv import MBConvSpace
 from kdsearch.spaces.nb201 import NB201Space
+from kdsearch.spaces.pruned import PRUNED_SPACE, PrunedSpace, pruned_space
 from kdsearch.spaces.resnet_cifar import ResNetCifarSpace
 from kdsearch.spaces.vit import VitSpace
 
@@ -24,4 +26,7 @@ __all__ = [
     "MBConvSpace",
     "NB201Space",
     "VitSpace",
+    "PrunedSpace",
+    "PRUNED_SPACE",
+    "pruned_space",
 ]

@@ -143,10 +143,14 @@ class SearchSpace(ABC):
 
     family: ClassVar[str]
     gene_specs: ClassVar[Mapping[str, GeneSpec]]
+    # top-level YAML keys the family reads beyond the common ones (what, besides the genes, makes its networks)
+    family_keys: ClassVar[tuple[str, ...]] = ()
+    # whether the latency model may time the family's networks block by block, as chains of known blocks
+    timed_by_parts: ClassVar[bool] = True
 
     def __init__(self, config: Mapping[str, Any], source: str = "<config>") -> None:
         self.source = source
-        _check_top_level(config, source)
+        _check_top_level(config, source, self.family_keys)
         # kept with every run and model file that names an arch of this space, so the arch
         # rebuilds where the YAML is not (moved, deleted, another machine)
         self.definition: dict[str, Any] = copy.deepcopy(dict(config))
@@ -478,14 +482,15 @@ def _describe_spec(spec: GeneSpec) -> str:
     return text
 
 
-def _check_top_level(config: Any, source: str) -> None:
+def _check_top_level(config: Any, source: str, family_keys: tuple[str, ...] = ()) -> None:
     if not isinstance(config, Mapping):
         raise SpaceError(f"search space {source}: the file must hold a mapping with keys {', '.join(_REQUIRED_TOP)}")
-    unknown = [k for k in config if k not in _TOP_KEYS]
+    allowed = (*_TOP_KEYS, *family_keys)
+    unknown = [k for k in config if k not in allowed]
     if unknown:
         raise SpaceError(
             f"search space {source}: unknown top-level key(s) {', '.join(map(str, unknown))}; "
-            f"allowed: {', '.join(_TOP_KEYS)}"
+            f"allowed: {', '.join(allowed)}"
         )
     missing = [k for k in _REQUIRED_TOP if k not in config]
     if missing:
@@ -499,7 +504,8 @@ def _check_top_level(config: Any, source: str) -> None:
 
 def space_from_config(config: Mapping[str, Any], source: str = "<config>") -> SearchSpace:
     """Build the space a parsed YAML describes; its ``family`` picks the class."""
-    _check_top_level(config, source)
+    if not isinstance(config, Mapping) or "family" not in config:
+        _check_top_level(config, source)
     family = config["family"]
     if not isinstance(family, str) or family not in SPACES:
         raise SpaceError(

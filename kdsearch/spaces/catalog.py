@@ -59,6 +59,9 @@ def load_space(spec: str | Path) -> SearchSpace:
                              f"{', '.join(builtin_space_names())}")
         return space_from_config(_read_yaml(path), str(path))  # type: ignore[arg-type]
     names = builtin_space_names()
+    if text == "pruned":  # kdsearch.spaces.pruned.PRUNED_SPACE, which imports this module
+        raise SpaceError("the pruned space is made from a teacher when a search starts: use --space pruned with "
+                         "`kdsearch search` or `kdsearch run` (and --teacher), or give a run's search/space.yaml")
     if text not in names:
         raise SpaceError(f"unknown search space {text!r}; built-in spaces are {', '.join(names)}, "
                          "or give the path of a space YAML")
