@@ -333,8 +333,14 @@ class TrainState:
     temperature: float  # moves under --temperature-schedule dts
     epoch: int = 0  # epochs finished
     history: list[dict[str, Any]] = field(default_factory=list)
+    step: int = 0  # optimizer steps of the unfinished epoch ``epoch`` (a run stopped at ``stop_step``)
+    epoch_order: torch.Tensor | None = None  # the generator's state when that epoch drew its batch order
 
     _KEYS = ("model", "criterion", "optimizer", "scheduler", "scaler", "generator", "torch_rng", "epoch", "history")
+
+    def steps_done(self, steps_per_epoch: int) -> int:
+        """Optimizer steps taken since the start of the run."""
+        return self.epoch * steps_per_epoch + self.step
 
     def checkpoint(self, path: Path, settings: dict[str, Any]) -> None:
         """Write the state atomically; ``settings`` is what a resume must match."""
@@ -347,6 +353,8 @@ class TrainState:
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "epoch": self.epoch,
+            "step": self.step,
+            "epoch_order": self.epoch_order,
             "history": self.history,
             "temperature": self.temperature,
             "config": settings,
@@ -370,6 +378,7 @@ class TrainState:
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         self.epoch, self.history = state["epoch"], list(state["history"])
+        self.step, self.epoch_order = state.get("step", 0), state.get("epoch_order")
         self.temperature = state.get("temperature", self.temperature)
 
 
@@ -454,16 +463,29 @@ def train_step(
     return (all_logits[0] if len(chunks) == 1 else torch.cat(all_logits)), parts  # (B, K)
 
 
-def train_epoch(run: Setup, state: TrainState, epoch: int, phases: Phases, progress: Progress) -> dict[str, Any]:
-    """One epoch over this rank's shard; returns the epoch's training entries, summed over ranks."""
+def train_epoch(run: Setup, state: TrainState, epoch: int, phases: Phases, progress: Progress,
+                stop: int | None = None) -> dict[str, Any]:
+    """One epoch over this rank's shard, from step ``state.step`` (0, or where a stopped run left it)
+    to its end or to step ``stop``; returns the training entries of those steps, summed over ranks."""
     config, dist, train_set = run.config, run.dist, run.dataset.train
     extra = phases.start_epoch(run.train_model, epoch)
     progress.start("batches", f"{phases.label}epoch {epoch + 1}/{config.epochs}", run.steps_per_epoch)
+    progress.advance("batches", state.step)
+    first = state.step
+    if first:  # the batch order the stopped epoch drew, from the generator's state at that draw
+        order = torch.Generator().manual_seed(0)
+        order.set_state(state.epoch_order)
+    else:
+        order, state.epoch_order = state.generator, state.generator.get_state()
+    batches = epoch_batches(len(train_set), config.batch_size, order, dist.rank, dist.world_size)
     sums: dict[str, float] = {}
     seen, correct = 0, 0
     t0 = time.perf_counter()
-    for step, idx in enumerate(epoch_batches(len(train_set), config.batch_size, state.generator, dist.rank,
-                                             dist.world_size)):
+    for step, idx in enumerate(batches):
+        if step < first:
+            continue
+        if step == stop:
+            break
         x, y = load_batch(train_set, idx, run.dataset, run.augment, state.generator, run.device, run.channels_last)
         t_logits, t_feats = _teacher_targets(run, idx, x)
         logits, parts = train_step(run, state, x, y, t_logits, t_feats, f"epoch {epoch + 1}, step {step + 1}")
@@ -476,8 +498,11 @@ def train_epoch(run: Setup, state: TrainState, epoch: int, phases: Phases, progr
         seen += len(y)
         correct += (logits.detach().argmax(1) == y).sum().item()
         elapsed = time.perf_counter() - t0
+        state.step = step + 1
         progress.advance("batches", loss=sum(parts.values()), acc=correct / seen,
                          ips=seen * dist.world_size / max(elapsed, 1e-9))
+    if state.step == run.steps_per_epoch:
+        state.step = 0
     if run.device.type == "cuda":
         torch.cuda.synchronize(run.device)
     train_time = time.perf_counter() - t0
@@ -487,6 +512,7 @@ def train_epoch(run: Setup, state: TrainState, epoch: int, phases: Phases, progr
     seen_all, correct_all = totals[-2], totals[-1]
     return {
         "epoch": epoch + 1,
+        "steps": int(seen_all) // (config.batch_size * dist.world_size),  # optimizer steps these entries cover
         "train_loss": {n: v / max(seen_all, 1) for n, v in zip(names, totals)},
         "train_acc": correct_all / max(seen_all, 1),
         "train_images": int(seen_all),
@@ -801,6 +827,7 @@ def fit(
     phases: Phases = Phases(),
     settings: dict[str, Any],
     resume: bool = False,
+    stop_step: int | None = None,
     progress: Progress = NULL_PROGRESS,
     device: torch.device,
     dist: DistributedContext | None = None,
@@ -815,12 +842,18 @@ def fit(
         device: where to train (under ``torchrun`` on CUDA: this rank's GPU instead).
         dist: the process group (:meth:`DistributedContext.from_env`); None: a single process.
         settings: what decides the run, saved in the checkpoint; a resume must match it.
-        resume: continue from ``out_dir/last.ckpt`` when it exists.
+        resume: continue from ``out_dir/last.ckpt`` when it exists (also from inside an epoch).
+        stop_step: stop once this many optimizer steps of the whole run are done, evaluate and
+            checkpoint there, even inside an epoch; a later call with ``resume`` goes on from that
+            step as if never stopped (same batch order, same schedule). The optimizer and the
+            learning-rate schedule are planned for all ``config.epochs`` whatever the stop, which
+            is what lets the race's winner go on into its distillation.
 
     Returns:
-        The last epoch's metrics with the per-epoch ``history``; ``model`` holds the final
-        weights, on the CPU. Under ``torchrun`` rank 0 alone evaluates and writes, and every
-        rank returns rank 0's metrics.
+        The last epoch's metrics (at ``stop_step``: the metrics there) with the per-epoch
+        ``history`` and ``segment``: the optimizer steps this call took and the sum of their
+        training losses. ``model`` holds the final weights, on the CPU. Under ``torchrun`` rank 0
+        alone evaluates and writes, and every rank returns rank 0's metrics.
 
     Raises:
         UsageError: a loss needs the missing teacher, too little data, a checkpoint with other settings.
@@ -870,7 +903,8 @@ def fit(
                        config.temperature)
     if resume and ckpt_path.exists():
         state.restore(ckpt_path, settings)
-        progress.note(f"resumed from {ckpt_path} after epoch {state.epoch}")
+        inside = f", step {state.step}" if state.step else ""
+        progress.note(f"resumed from {ckpt_path} after epoch {state.epoch}{inside}")
 
     train_model: nn.Module = model
     if dist.active:
@@ -908,17 +942,31 @@ def fit(
     # -- the loop: train, evaluate, checkpoint; NaN stops it (above), Ctrl-C leaves the last epoch saved
     progress.start("epochs", f"{phases.label}epochs", config.epochs)
     progress.advance("epochs", state.epoch)
+    end = config.epochs * steps_per_epoch if stop_step is None else min(stop_step, config.epochs * steps_per_epoch)
+    segment = {"steps": 0, "train_loss_sum": 0.0}
+    metrics: dict[str, Any] | None = None
     try:
         with run.student_tap, (targets or contextlib.nullcontext()):
-            for epoch in range(state.epoch, config.epochs):
-                train_metrics = train_epoch(run, state, epoch, phases, progress)
-                metrics: dict[str, Any] | None = None
+            while state.steps_done(steps_per_epoch) < end:
+                epoch = state.epoch
+                stop = end - epoch * steps_per_epoch if end < (epoch + 1) * steps_per_epoch else None
+                train_metrics = train_epoch(run, state, epoch, phases, progress, stop)
+                segment["steps"] += train_metrics["steps"]
+                segment["train_loss_sum"] += sum(train_metrics["train_loss"].values()) * train_metrics["steps"]
+                metrics = None
                 if dist.is_main:
                     phases.before_eval(model)
                     metrics = {**evaluate(model, dataset, device, run.eval_batch, channels_last,
                                           teacher_val_logits), **train_metrics}
                 metrics = dist.broadcast(metrics)
                 assert metrics is not None
+                if state.step:  # stopped inside the epoch: its history entry comes when it ends
+                    if dist.is_main:
+                        state.checkpoint(ckpt_path, settings)
+                    dist.barrier()
+                    progress.note(f"{phases.label}stopped at step {state.steps_done(steps_per_epoch)} "
+                                  f"(epoch {epoch + 1}, step {state.step}): val top-1 {metrics['val_acc']:.4f}")
+                    break
                 state.history.append(metrics)
                 state.epoch = epoch + 1
                 if dist.is_main:
@@ -940,6 +988,9 @@ def fit(
     model.to("cpu")
     if channels_last:
         model.to(memory_format=torch.contiguous_format)
-    final = dict(state.history[-1]) if state.history else {}
+    if metrics is None and stop_step is not None and dist.is_main:  # nothing left to train: the metrics here
+        metrics = {**evaluate(model, dataset, torch.device("cpu"), run.eval_batch), "epoch": state.epoch}
+    final = dict(metrics if metrics is not None else state.history[-1] if state.history else {})
     final["history"] = state.history
+    final["segment"] = segment
     return final

@@ -46,6 +46,7 @@ def train(
     teacher: nn.Module | None = None,
     resume: bool = False,
     criterion_state: dict[str, Any] | None = None,
+    stop_step: int | None = None,
     progress: Progress = NULL_PROGRESS,
 ) -> dict[str, Any]:
     """Train ``student`` on ``dataset`` (distilling from ``teacher`` when given).
@@ -54,6 +55,8 @@ def train(
     per-epoch ``history``. ``student`` holds the final weights on return (on the CPU).
     ``criterion_state`` (a checkpoint's ``criterion``) starts the loss's own weights (feature
     adapters) where an earlier training left them, as ``student``'s weights do.
+    ``stop_step`` stops the run after that many optimizer steps, inside an epoch if need be, with
+    the schedule still planned for every epoch; ``resume`` goes on from there (:func:`~kdsearch.distill.engine.fit`).
     Under ``torchrun`` every rank trains on its shard of each epoch; rank 0 alone evaluates
     and writes, and every rank returns rank 0's metrics.
     """
@@ -66,7 +69,8 @@ def train(
         if criterion_state:
             criterion.load_state_dict(criterion_state)
         result = fit(student, criterion, dataset, out_dir, config, teacher=teacher, feature_paths=paths,
-                     settings=asdict(config), resume=resume, progress=progress, device=device, dist=dist)
+                     settings=asdict(config), resume=resume, stop_step=stop_step, progress=progress, device=device,
+                     dist=dist)
         ok = True
         return result
     finally:
