@@ -61,7 +61,8 @@ def teach(
     if json_out:
         print_json(result)
     else:
-        console.print(f"teacher {model}: val top-1 {metrics.val_acc:.4f}, test top-1 {metrics.test_acc:.4f}, "
+        test = "no test split" if metrics.test_acc is None else f"test top-1 {metrics.test_acc:.4f}"
+        console.print(f"teacher {model}: val top-1 {metrics.val_acc:.4f}, {test}, "
                       f"{metrics.params:,} params → {out}  (use --teacher {out})")
 
 
