@@ -441,7 +441,7 @@ class RaceRecord(Record):
     rungs: list[int]  # the optimizer step each rung ends at
     survivors: list[int]  # finalists trained to each rung
     full_steps: int  # the optimizer steps of one full distillation
-    budget: float  # --race-budget, in full distillations
+    budget: float  # --race-budget: race and the winner's distillation together, in full distillations
     planned_steps: int
     spent_steps: int
     spent_distillations: float
@@ -449,6 +449,11 @@ class RaceRecord(Record):
     winner: str  # the winning arch, canonical JSON
     storage: str  # the Optuna storage the race's trials live in
     study_name: str
+    total_distillations: float | None = None  # race and the rest of the winner's distillation, in distillations
+    seed: int | None = None  # the seed the finalists trained with (none that kdsearch correlate judges by)
+    # where the winner's run stopped, which its distillation goes on from: checkpoint (relative to race/), step,
+    # settings (the TrainConfig it must be distilled with)
+    continuation: dict[str, Any] | None = None
 
     @property
     def won(self) -> dict[str, Any]:

@@ -66,9 +66,9 @@ def teach(
                       f"{metrics.params:,} params → {out}  (use --teacher {out})")
 
 
-Race = Annotated[Optional[int], typer.Option("--race", help="After the search, distil this many diverse finalists in a successive-halving race (eta 3) and let it pick the winner; 0: no race.", rich_help_panel=o.SEARCH)]
+Race = Annotated[Optional[int], typer.Option("--race", help="After the search, distil this many diverse finalists nearest the budget's edge in a successive-halving race (eta 3) and let it pick the winner, whose run goes on into its distillation; 0: no race.", rich_help_panel=o.SEARCH)]
 RaceRank = Annotated[Optional[str], typer.Option("--race-rank", help="What each rung ranks the finalists by: tse (default: the lowest sum of training losses so far, which picked better on the race benchmark) or val (validation top-1).", rich_help_panel=o.SEARCH)]
-RaceBudget = Annotated[Optional[float], typer.Option("--race-budget", help="The race costs at most this many full distillations of the winner, in optimizer steps (default 1).", rich_help_panel=o.SEARCH)]
+RaceBudget = Annotated[Optional[float], typer.Option("--race-budget", help="The race and the winner's distillation together cost at most this many distillations, in optimizer steps (default 1.25): the winner's race run goes on into its distillation, so only the other finalists' steps are extra.", rich_help_panel=o.SEARCH)]
 
 
 def search(

@@ -335,6 +335,7 @@ class TrainState:
     history: list[dict[str, Any]] = field(default_factory=list)
     step: int = 0  # optimizer steps of the unfinished epoch ``epoch`` (a run stopped at ``stop_step``)
     epoch_order: torch.Tensor | None = None  # the generator's state when that epoch drew its batch order
+    loss_sum: float = 0.0  # the training loss summed over every step of the run so far (a race's TSE)
 
     _KEYS = ("model", "criterion", "optimizer", "scheduler", "scaler", "generator", "torch_rng", "epoch", "history")
 
@@ -355,6 +356,7 @@ class TrainState:
             "epoch": self.epoch,
             "step": self.step,
             "epoch_order": self.epoch_order,
+            "loss_sum": self.loss_sum,
             "history": self.history,
             "temperature": self.temperature,
             "config": settings,
@@ -379,6 +381,7 @@ class TrainState:
         torch.set_rng_state(state["torch_rng"])
         self.epoch, self.history = state["epoch"], list(state["history"])
         self.step, self.epoch_order = state.get("step", 0), state.get("epoch_order")
+        self.loss_sum = state.get("loss_sum", 0.0)
         self.temperature = state.get("temperature", self.temperature)
 
 
@@ -499,6 +502,7 @@ def train_epoch(run: Setup, state: TrainState, epoch: int, phases: Phases, progr
         correct += (logits.detach().argmax(1) == y).sum().item()
         elapsed = time.perf_counter() - t0
         state.step = step + 1
+        state.loss_sum += sum(parts.values())
         progress.advance("batches", loss=sum(parts.values()), acc=correct / seen,
                          ips=seen * dist.world_size / max(elapsed, 1e-9))
     if state.step == run.steps_per_epoch:
@@ -851,8 +855,8 @@ def fit(
 
     Returns:
         The last epoch's metrics (at ``stop_step``: the metrics there) with the per-epoch
-        ``history`` and ``segment``: the optimizer steps this call took and the sum of their
-        training losses. ``model`` holds the final weights, on the CPU. Under ``torchrun`` rank 0
+        ``history``, ``run_steps`` (optimizer steps of the whole run so far) and ``train_loss_total``
+        (their training losses summed). ``model`` holds the final weights, on the CPU. Under ``torchrun`` rank 0
         alone evaluates and writes, and every rank returns rank 0's metrics.
 
     Raises:
@@ -943,7 +947,6 @@ def fit(
     progress.start("epochs", f"{phases.label}epochs", config.epochs)
     progress.advance("epochs", state.epoch)
     end = config.epochs * steps_per_epoch if stop_step is None else min(stop_step, config.epochs * steps_per_epoch)
-    segment = {"steps": 0, "train_loss_sum": 0.0}
     metrics: dict[str, Any] | None = None
     try:
         with run.student_tap, (targets or contextlib.nullcontext()):
@@ -951,8 +954,6 @@ def fit(
                 epoch = state.epoch
                 stop = end - epoch * steps_per_epoch if end < (epoch + 1) * steps_per_epoch else None
                 train_metrics = train_epoch(run, state, epoch, phases, progress, stop)
-                segment["steps"] += train_metrics["steps"]
-                segment["train_loss_sum"] += sum(train_metrics["train_loss"].values()) * train_metrics["steps"]
                 metrics = None
                 if dist.is_main:
                     phases.before_eval(model)
@@ -992,5 +993,5 @@ def fit(
         metrics = {**evaluate(model, dataset, torch.device("cpu"), run.eval_batch), "epoch": state.epoch}
     final = dict(metrics if metrics is not None else state.history[-1] if state.history else {})
     final["history"] = state.history
-    final["segment"] = segment
+    final["run_steps"], final["train_loss_total"] = state.steps_done(steps_per_epoch), state.loss_sum
     return final

@@ -59,7 +59,7 @@ class SearchConfig:
     workers: int = 1  # processes on this machine sharing the storage (other machines: same --storage with --resume)
     heartbeat_s: int = 10  # RDB storages: a trial whose worker is silent for 3x this is failed and retried
     race: int = 0  # finalists distilled in a successive-halving race after the search (0: no race)
-    race_budget: float = 1.0  # the race costs at most this many full distillations, in optimizer steps
+    race_budget: float = 1.25  # race plus the winner's distillation (which goes on from its race run), in distillations
     race_eta: int = 3  # successive halving keeps the best 1/eta of each rung
     race_rank: str = "tse"  # what a rung ranks finalists by: tse (sum of training losses so far) | val (val top-1)
 
@@ -84,8 +84,9 @@ class SearchConfig:
             raise UsageError(f"--workers must be positive (got {self.workers})")
         if self.race < 0 or self.race == 1:
             raise UsageError(f"--race takes 0 (no race) or at least 2 finalists (got {self.race})")
-        if not self.race_budget > 0:
-            raise UsageError(f"--race-budget must be positive (got {self.race_budget})")
+        if not self.race_budget > 1:
+            raise UsageError(f"--race-budget counts the race and the winner's distillation together, in distillations: "
+                             f"it must be more than 1 (got {self.race_budget:g}; the default is 1.25)")
         if self.race_rank not in RACE_RANKS:
             raise UsageError(f"unknown --race-rank {self.race_rank!r}; use {', '.join(RACE_RANKS)}")
         if self.race_eta < 2:

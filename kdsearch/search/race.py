@@ -1,40 +1,46 @@
 """The race: after the training-free search, distil a few diverse finalists for real and let
-successive halving decide (DESIGN.md, "Search = training-free scores, then (optionally) a
-short-distillation race").
+successive halving decide; the winner's run goes on into its distillation (DESIGN.md, "Search =
+training-free scores, then (optionally) a short-distillation race").
 
 The rules, in the order they apply:
 
 - **Filter, not ranker.** A candidate is *degenerate* when any of its proxy scores is not finite
   or its synflow score is 0 (no gradient path from input to output); it never reaches the race.
-- **Diverse finalists.** Candidates within the budget are taken in the order of the pick rule
-  (:func:`~kdsearch.search.winner.rank_by_rule`); a candidate whose genes differ from an
-  already-taken finalist in fewer than ``MIN_GENE_DISTANCE`` genes (Hamming distance over the
-  flattened genes) is skipped, so the race is not K near-copies of one shape. Skipped
-  candidates fill the field, in rule order, only when too few diverse ones exist.
+- **Finalists at the budget's edge.** Candidates within the budget are taken nearest the edge
+  first, each measured in its budget's own unit (:func:`edge_share`: parameters, FLOPs, latency,
+  or speed-up, measured where the search timed the candidate): size was the best single
+  predictor of the distilled accuracy on the race benchmark (benchmarks/race_truth). A candidate
+  whose genes differ from an already-taken finalist in fewer than ``MIN_GENE_DISTANCE`` genes
+  (Hamming distance over the flattened genes) is skipped, so the race is not K near-copies of
+  one shape; skipped candidates fill the field only when too few diverse ones exist.
 - **Synchronous successive halving, counted in optimizer steps.** Rung ``k`` ends at
   ``r0 · eta**k`` steps; after every finalist still in the race has reached a rung, the best
-  ``max(1, n // eta)`` go on (ties: the earlier finalist), and the best at the top rung wins.
-  ``r0`` is the largest step count for which the whole race costs at most ``race_budget`` × the
-  optimizer steps of one full distillation (``distill.epochs`` epochs of ``distill.batch_size``).
+  ``n // eta`` go on (ties: the earlier finalist), and the best at the top rung wins. No rung
+  trains a single survivor: the halving stops while two or more are left.
+- **The winner keeps training.** Every finalist trains the distillation's own recipe, its
+  optimizer and learning-rate schedule planned for the whole distillation from step 0; a rung
+  is where that run stops (:func:`kdsearch.distill.engine.fit`'s ``stop_step``). The winner's
+  checkpoint is then the first ``r_top`` steps of its distillation, which goes on from there
+  (``continuation`` in race.json), so what the race costs is every *other* finalist's steps.
+  ``--race-budget`` is the whole of it, race and distillation together, in distillations
+  (default 1.25); ``r0`` is the largest step count that keeps the total within it.
+- **A seed no ground truth uses.** Finalists train with ``seed + RACE_SEED_OFFSET``, never one of
+  the seeds ``kdsearch correlate`` judges students by, and they start as the distillation would
+  (``--init``: from the teacher's weights where the family allows).
 - **Ranked by training loss.** "Best" is, by default, the lowest sum of training losses over
   every step so far (TSE, Ru et al. 2021; White et al., NeurIPS 2021); ``--race-rank val`` ranks
-  by validation top-1 instead. The race benchmark chose TSE (benchmarks/RESULTS.md): on the same
-  first rungs it picked better than validation top-1, which a small validation split makes noisy.
+  by validation top-1 instead.
 - **Optuna's machinery.** The race is an Optuna study (``race/race.db``, or ``--storage`` with the
   study name ``<study_name>-race``); each finalist is an enqueued trial; each rung is a
   ``trial.report(score, steps)`` (:func:`rung_score`, higher is better) and ``trial.should_prune()``. The pruner is
   :class:`SynchronousHalvingPruner`: Optuna's ``SuccessiveHalvingPruner`` is asynchronous (it
   judges a trial against those that reported before it, so the first finalist run always
   reaches the top rung), which would break the budget when finalists train one after another.
-- **One engine, resumable.** Each rung segment is one call of
-  :func:`kdsearch.distill.trainer.train` (epochs = 1 over the segment's slice of the training
-  stream) in ``race/finalist-<i>/rung-<k>/``, starting from the previous rung's weights with a
-  fresh optimizer and schedule (a warm restart). A rung's result is kept in the trial's user
-  attributes, so a resumed race never trains a finished rung again; a worker that dies (its
-  trial stops heart-beating) has its trial re-queued with those attributes, like the search.
-
-Every finalist sees the same data in the same order: a seeded, endless stream of shuffled
-passes over the training set, of which rung ``k`` reads steps ``[r_{k-1}, r_k)``.
+- **One engine, resumable.** A finalist trains in ``race/finalist-<i>/``, each rung one call of
+  :func:`kdsearch.distill.trainer.train` that resumes its checkpoint and stops at the rung's step.
+  A rung's result is kept in the trial's user attributes, so a resumed race never trains a
+  finished rung again; a worker that dies (its trial stops heart-beating) has its trial
+  re-queued with those attributes, like the search.
 """
 from __future__ import annotations
 
@@ -53,13 +59,14 @@ from kdsearch.progress import NULL_PROGRESS, Progress
 from kdsearch.rundir import CHECKPOINT
 from kdsearch.search.config import RACE_RANKS, SearchConfig
 from kdsearch.search.storage import GRACE_BEATS, StaleTrials, get_storage
-from kdsearch.search.winner import rank_by_rule
 
 __all__ = [
     "MIN_GENE_DISTANCE",
+    "RACE_SEED_OFFSET",
     "RacePlan",
     "RaceResult",
     "SynchronousHalvingPruner",
+    "edge_share",
     "gene_distance",
     "is_degenerate",
     "pick_finalists",
@@ -72,6 +79,7 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 MIN_GENE_DISTANCE = 2  # finalists differ in at least this many genes: one changed gene is a near-copy
+RACE_SEED_OFFSET = 1000  # finalists train with seed + this: kdsearch correlate's ground truth uses seed .. seed + repeats - 1
 _POLL_S = 0.5  # how often a worker waiting on a rung looks at the study again
 
 
@@ -100,11 +108,34 @@ def gene_distance(a: Arch, b: Arch) -> int:
     return sum(la.get(k) != lb.get(k) for k in set(la) | set(lb))
 
 
-def pick_finalists(rows: Sequence[dict[str, Any]], score: str, rule: str, k: int,
+def _measured(row: dict[str, Any], measured: str, predicted: str) -> float:
+    value = row.get(measured)
+    return float(value if isinstance(value, (int, float)) and math.isfinite(value) else row[predicted])
+
+
+def edge_share(row: dict[str, Any], config: SearchConfig) -> float:
+    """How much of its tightest budget ``row`` uses (1.0: on the edge), each budget in its own unit:
+    parameters, FLOPs, latency at batch 1, or speed-up at each timed batch (the target over the
+    speed-up: a student twice as fast as asked uses half). Measured latency where the search timed
+    the row, else predicted. Without a budget: the parameter count."""
+    shares = []
+    if config.max_params is not None:
+        shares.append(row["params"] / config.max_params)
+    if config.max_flops is not None:
+        shares.append(row["flops"] / config.max_flops)
+    if config.max_latency_ms is not None:
+        shares.append(_measured(row, "ms_b1", "latency_ms") / config.max_latency_ms)
+    if config.speedup is not None:
+        shares += [config.speedup / _measured(row, f"speedup_b{b}", f"pred_speedup_b{b}")
+                   for b in config.latency_batches]
+    return max(shares) if shares else float(row["params"])
+
+
+def pick_finalists(rows: Sequence[dict[str, Any]], config: SearchConfig, k: int,
                    min_distance: int = MIN_GENE_DISTANCE) -> list[dict[str, Any]]:
-    """Up to ``k`` diverse, non-degenerate rows within the budget, in ``rule`` order (see the module doc)."""
+    """Up to ``k`` diverse, non-degenerate rows within the budget, nearest its edge first (see the module doc)."""
     unique = {r["arch"]: r for r in rows if r.get("feasible", True) and not is_degenerate(r)}
-    ranked = rank_by_rule(list(unique.values()), score, rule)
+    ranked = sorted(unique.values(), key=lambda r: (-edge_share(r, config), -r["params"]))
     taken: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     for row in ranked:
@@ -130,9 +161,9 @@ class RacePlan:
     finalists: int
     eta: int
     rungs: tuple[int, ...]  # cumulative optimizer steps at the end of each rung: r0 · eta**k
-    survivors: tuple[int, ...]  # finalists that train each rung
+    survivors: tuple[int, ...]  # finalists that train each rung: two or more in every one
     full_steps: int  # optimizer steps of one full distillation: the budget's unit
-    budget: float  # race_budget: the race may cost this many full distillations
+    budget: float  # race_budget: race and the winner's distillation together, in full distillations
     rank: str = "tse"  # what a rung ranks by (RACE_RANKS): rung_score
 
     @property
@@ -141,20 +172,28 @@ class RacePlan:
         previous = (0, *self.rungs[:-1])
         return sum(n * (r - p) for n, r, p in zip(self.survivors, self.rungs, previous))
 
+    @property
+    def total_steps(self) -> int:
+        """The race and the rest of the winner's distillation, which goes on from its top rung."""
+        return self.planned_steps + self.full_steps - self.rungs[-1]
+
 
 def plan_race(finalists: int, eta: int, full_steps: int, budget: float, rank: str = "tse") -> RacePlan:
-    """The largest rungs ``r0 · eta**k`` whose race costs at most ``budget · full_steps`` steps."""
+    """The largest rungs ``r0 · eta**k`` for which the race plus the rest of the winner's
+    distillation cost at most ``budget · full_steps`` steps; the halving stops while two are left."""
     survivors = [finalists]
-    while survivors[-1] > 1:
-        survivors.append(max(1, survivors[-1] // eta))
-    # cost = r0 · sum_k n_k · (eta**k - eta**(k-1)), with eta**-1 read as 0
-    unit = sum(n * (eta**k - (eta ** (k - 1) if k else 0)) for k, n in enumerate(survivors))
-    r0 = int(budget * full_steps // unit)
+    while survivors[-1] // eta >= 2:
+        survivors.append(survivors[-1] // eta)
+    top = len(survivors) - 1
+    # what the race adds to one distillation: r0 · (sum_k n_k · (eta**k - eta**(k-1)) - eta**top), eta**-1 read as 0
+    unit = sum(n * (eta**k - (eta ** (k - 1) if k else 0)) for k, n in enumerate(survivors)) - eta**top
+    r0 = min(int((budget - 1) * full_steps // unit), full_steps // eta**top)
     if r0 < 1:
+        need = 1 + unit / full_steps
         raise UsageError(
-            f"a race of {finalists} finalists (eta {eta}) needs at least {unit} optimizer steps, but --race-budget "
-            f"{budget:g} × {full_steps} steps of one distillation allows {budget * full_steps:.0f}; raise --race-budget, "
-            "lower --race, or distil longer (more epochs or a smaller batch)"
+            f"a race of {finalists} finalists (eta {eta}) adds at least {unit} optimizer steps to the winner's "
+            f"distillation of {full_steps}, so --race-budget (race and distillation together, in distillations) must "
+            f"be at least {need:.3g}, not {budget:g}; raise --race-budget, lower --race, or distil longer"
         )
     return RacePlan(finalists, eta, tuple(r0 * eta**k for k in range(len(survivors))), tuple(survivors),
                     full_steps, budget, rank)
@@ -211,22 +250,9 @@ class SynchronousHalvingPruner(_halving_pruner_base()):
 # ---- one rung of one finalist -----------------------------------------------------------------
 
 
-def stream_indices(n: int, start: int, stop: int, seed: int):
-    """Positions ``[start, stop)`` of an endless stream of seeded shuffled passes over ``n`` items."""
-    import torch
-
-    parts, position = [], start
-    while position < stop:
-        epoch, offset = divmod(position, n)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
-        take = min(stop - position, n - offset)
-        parts.append(perm[offset : offset + take])
-        position += take
-    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
-
-
-def rung_dir(race_dir: Path, finalist: int, rung: int) -> Path:
-    return race_dir / f"finalist-{finalist}" / f"rung-{rung}"
+def finalist_dir(race_dir: Path, finalist: int) -> Path:
+    """Where finalist ``finalist`` trains: its checkpoint is where its last rung stopped."""
+    return race_dir / f"finalist-{finalist}"
 
 
 @dataclass
@@ -236,39 +262,28 @@ class _Race:
     plan: RacePlan
     teacher: Any  # a kdsearch Teacher
     dataset: Any
-    train_config: Any  # the distill TrainConfig; each rung is one epoch of it over the rung's slice
+    train_config: Any  # the distill TrainConfig, with the race's seed; a rung stops its run at the rung's step
     space_spec: str | None
     race_dir: Path
     progress: Progress
     stale: StaleTrials = field(default_factory=StaleTrials)  # fails a dead worker's trials
 
-    def train_rung(self, arch: Arch, finalist: int, rung: int) -> dict[str, float]:
-        """Distil ``arch`` from the end of rung ``rung - 1`` to the end of ``rung``; its val top-1 and the
-        sum of its training losses over the rung's steps."""
-        from kdsearch.data import Dataset
-        from kdsearch.distill.checkpoint import load_checkpoint, load_module_state
-        from kdsearch.distill.stage import build_student
+    def train_rung(self, arch: Arch, finalist: int, rung: int, before: float = 0.0) -> dict[str, Any]:
+        """Distil ``arch`` on to the end of rung ``rung`` (from where its checkpoint stopped: the
+        end of rung ``rung - 1``, whose training losses summed to ``before``); its val top-1 there,
+        the sum of its training losses over the rung's steps, and what it started from (``init``)."""
+        from kdsearch.distill.stage import build_student, start_student, student_space
         from kdsearch.distill.trainer import train
 
         config = self.train_config
-        start = self.plan.rungs[rung - 1] if rung else 0
-        steps = self.plan.rungs[rung] - start
-        b = config.batch_size
-        idx = stream_indices(len(self.dataset.train), start * b, (start + steps) * b, config.seed)
-        data = replace(self.dataset, train=self.dataset.train.select(idx))
-        assert isinstance(data, Dataset)
         student = build_student(arch, self.dataset, config.seed, self.space_spec)
-        checkpoint: dict[str, Any] = {}
-        if rung:  # a warm restart: the student and the loss's adapters where the previous rung left them
-            previous = rung_dir(self.race_dir, finalist, rung - 1) / CHECKPOINT
-            if not previous.exists():  # that rung was trained by a worker on another machine, which died
-                self.train_rung(arch, finalist, rung - 1)  # the same seeded steps: the same weights, here
-            checkpoint = load_checkpoint(previous)
-            load_module_state(student, checkpoint["model"])
-        result = train(student, data, rung_dir(self.race_dir, finalist, rung), replace(config, epochs=1),
-                       teacher=self.teacher.module, resume=True, criterion_state=checkpoint.get("criterion"))
+        init = start_student(student, student_space(arch, self.space_spec), self.teacher, config.init)
+        result = train(student, self.dataset, finalist_dir(self.race_dir, finalist), config,
+                       teacher=self.teacher.module, resume=True, stop_step=self.plan.rungs[rung])
+        # the checkpoint keeps the run's summed loss: right after a kill between checkpoint and record, and
+        # on a machine without the checkpoint (the run is trained again from step 0, the same seeded steps)
         return {"step": self.plan.rungs[rung], "val_acc": float(result["val_acc"]),
-                "train_loss_sum": float(sum(result["train_loss"].values()) * steps)}
+                "train_loss_sum": float(result["train_loss_total"]) - before, "init": init}
 
 
 # ---- the study --------------------------------------------------------------------------------
@@ -285,12 +300,17 @@ class RaceResult:
     storage: str = ""
     study_name: str = ""
     skipped: list[str] = field(default_factory=list)
+    seed: int | None = None  # the seed the finalists trained with
+    settings: dict[str, Any] = field(default_factory=dict)  # the finalists' TrainConfig: what a continuation must match
 
     def record(self) -> dict[str, Any]:
         """The race as winner.json and race.json record it."""
+        won = next(f for f in self.finalists if f["state"] == "complete" and f["arch"] == self.winner["arch"])
+        total = self.spent_steps + self.plan.full_steps - self.plan.rungs[-1]
         return {
-            "rule": (f"successive halving (eta {self.plan.eta}) of {self.plan.finalists} diverse finalists by "
-                     f"{RACE_RANKS[self.plan.rank]} at each rung; rungs in optimizer steps"),
+            "rule": (f"successive halving (eta {self.plan.eta}) of {self.plan.finalists} diverse finalists nearest the "
+                     f"budget's edge by {RACE_RANKS[self.plan.rank]} at each rung; rungs in optimizer steps; the "
+                     "winner's run goes on into its distillation"),
             "rank": self.plan.rank,
             "eta": self.plan.eta,
             "rungs": list(self.plan.rungs),
@@ -300,6 +320,10 @@ class RaceResult:
             "planned_steps": self.plan.planned_steps,
             "spent_steps": self.spent_steps,
             "spent_distillations": self.spent_steps / self.plan.full_steps,
+            "total_distillations": total / self.plan.full_steps,
+            "seed": self.seed,
+            "continuation": {"checkpoint": f"finalist-{won['finalist']}/{CHECKPOINT}",
+                             "step": self.plan.rungs[-1], "settings": self.settings},
             "finalists": self.finalists,
             "winner": self.winner["arch"],
             "storage": self.storage,
@@ -416,8 +440,7 @@ def run_race(rows: Sequence[dict[str, Any]], teacher, dataset, race_dir: Path, c
     Several processes may run it against one ``--storage`` at once; each takes waiting finalists
     and trains them, and all wait for a rung to close before anyone is pruned.
     """
-    score = f"score_{config.proxy}"
-    finalists = pick_finalists(rows, score, config.pick, config.race)
+    finalists = pick_finalists(rows, config, config.race)
     degenerate = [r["arch"] for r in rows if is_degenerate(r)]
     if degenerate:
         progress.note(f"race: {len(set(degenerate))} degenerate candidate(s) (no gradient path) kept out")
@@ -426,10 +449,12 @@ def run_race(rows: Sequence[dict[str, Any]], teacher, dataset, race_dir: Path, c
     full_steps = train_config.epochs * (len(dataset.train) // train_config.batch_size)
     plan = plan_race(len(finalists), config.race_eta, full_steps, config.race_budget, config.race_rank)
     study, url = open_race_study(config, race_dir, plan, finalists, resume=resume)
+    train_config = replace(train_config, seed=train_config.seed + RACE_SEED_OFFSET)
     race = _Race(plan, teacher, dataset, train_config, space_spec, race_dir, progress)
-    progress.note(f"race: {len(finalists)} finalists, rungs at {', '.join(map(str, plan.rungs))} optimizer steps "
-                  f"(eta {plan.eta}); budget {plan.budget:g} × {full_steps} steps, planned {plan.planned_steps} "
-                  f"({plan.planned_steps / full_steps:.2f} distillations)")
+    progress.note(f"race: {len(finalists)} finalists, rungs at {', '.join(map(str, plan.rungs))} of {full_steps} "
+                  f"optimizer steps (eta {plan.eta}, seed {train_config.seed}); with the winner's distillation "
+                  f"{plan.total_steps} steps = {plan.total_steps / full_steps:.2f} distillations "
+                  f"(budget {plan.budget:g})")
     owned: dict[int, Any] = {}  # trial number -> Trial this worker trains
     top = len(plan.rungs) - 1
     with _Heartbeat(study._storage) as beat:
@@ -450,7 +475,7 @@ def run_race(rows: Sequence[dict[str, Any]], teacher, dataset, race_dir: Path, c
                 _decide(study, owned, beat, plan, k)
             progress.finish("race")
             progress.note(_rung_line(study, plan, k))
-    return _result(study, plan, finalists, url)
+    return _result(study, plan, finalists, url, train_config)
 
 
 def _claim_and_train(study, race: _Race, owned: dict[int, Any], beat: _Heartbeat, k: int) -> None:
@@ -483,7 +508,7 @@ def _advance(study, race: _Race, trial, k: int) -> None:
     for j in range(k + 1):
         attrs = study._storage.get_trial(trial._trial_id)
         if f"rung_{j}" not in attrs.user_attrs:
-            result = race.train_rung(arch, finalist, j)
+            result = race.train_rung(arch, finalist, j, training_loss_sum(results))
             trial.set_user_attr(f"rung_{j}", result)
             steps = race.plan.rungs[j] - (race.plan.rungs[j - 1] if j else 0)
             race.progress.advance("race", train_loss=result["train_loss_sum"] / steps, val_acc=result["val_acc"])
@@ -535,10 +560,12 @@ def _finalist_records(study, plan: RacePlan) -> dict[int, dict[str, Any]]:
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
         if "finalist" not in t.user_attrs or t.state == fail and t.user_attrs["finalist"] in out:
             continue
-        rungs = [t.user_attrs[f"rung_{j}"] for j in range(len(plan.rungs)) if f"rung_{j}" in t.user_attrs]
+        rungs = [dict(t.user_attrs[f"rung_{j}"]) for j in range(len(plan.rungs)) if f"rung_{j}" in t.user_attrs]
+        init = [r.pop("init", None) for r in rungs][:1]
         out[t.user_attrs["finalist"]] = {
             "finalist": t.user_attrs["finalist"], "arch": t.user_attrs["arch"], "params": t.user_attrs["params"],
             "trial": t.number, "state": t.state.name.lower(), "rung_reached": len(rungs) - 1, "rungs": rungs,
+            "init": init[0] if init else None,
         }
     return out
 
@@ -555,11 +582,12 @@ def _rung_line(study, plan: RacePlan, k: int) -> str:
             + ", ".join(parts))
 
 
-def _result(study, plan: RacePlan, finalists: list[dict[str, Any]], url: str) -> RaceResult:
+def _result(study, plan: RacePlan, finalists: list[dict[str, Any]], url: str, train_config) -> RaceResult:
     records = sorted(_finalist_records(study, plan).values(), key=lambda r: r["finalist"])
     top = [r for r in records if r["rung_reached"] == len(plan.rungs) - 1]
     if not top:
         raise SearchError("the race ended with no finalist at the top rung; see the run log")
     best = max(top, key=lambda r: (rung_score(r["rungs"], plan.rank), -r["finalist"]))
     spent = sum(r["rungs"][-1]["step"] for r in records if r["rungs"])
-    return RaceResult(finalists[best["finalist"]], records, plan, spent, url, study.study_name)
+    return RaceResult(finalists[best["finalist"]], records, plan, spent, url, study.study_name,
+                      seed=train_config.seed, settings=asdict(train_config))

@@ -65,25 +65,28 @@ def test_resume_gives_identical_weights(data, tmp_path):
 
 
 def test_a_run_stopped_inside_epochs_goes_on_to_identical_weights(data, tmp_path):
-    """Stops at steps 5 and 11 (8 steps an epoch), each resumed: the weights, history and schedule
-    of one straight run, augmentation included; each call reports the steps it took."""
+    """Stops at steps 5 and 11 (8 steps an epoch), each resumed: the weights, history, schedule and
+    summed training loss of one straight run, augmentation included."""
     teacher = _net(width=16, seed=1).eval()
     config = TrainConfig(epochs=3, batch_size=64, loss="kd:1,ce:1", lr=0.05, seed=3, augment=True)
     straight = _net()
     whole = train(straight, data, tmp_path / "a", config, teacher=teacher)
 
     stopped = _net()
-    segments = []
+    reached = []
     for stop in (5, 11, None):
         result = train(stopped, data, tmp_path / "b", config, teacher=teacher, resume=True, stop_step=stop)
-        segments.append(result["segment"]["steps"])
+        reached.append(result["run_steps"])
         if stop == 5:
             state = load_checkpoint(tmp_path / "b" / "last.ckpt")
             assert (state["epoch"], state["step"]) == (0, 5) and state["history"] == []
             assert 0 <= result["val_acc"] <= 1
         stopped = _net(seed=99)  # everything must come from the checkpoint
     stopped_state = load_checkpoint(tmp_path / "b" / "last.ckpt")["model"]
-    assert segments == [5, 6, sum(h["steps"] for h in whole["history"]) - 11] == [5, 6, 13]
+    assert reached == [5, 11, whole["run_steps"]] == [5, 11, 24]
+    assert result["train_loss_total"] == pytest.approx(whole["train_loss_total"], rel=1e-6)
+    again = train(_net(seed=5), data, tmp_path / "b", config, teacher=teacher, resume=True, stop_step=11)
+    assert again["run_steps"] == 24  # nothing left to train: the run as it stands, evaluated
     for k, v in straight.state_dict().items():
         assert torch.equal(stopped_state[k], v), k
     assert len(result["history"]) == 3

@@ -1,4 +1,5 @@
-"""The race (kdsearch.search.race): finalists, the budget, the rungs, and a real SIGKILL then --resume."""
+"""The race (kdsearch.search.race): finalists at the budget's edge, the budget, the rungs, the
+winner's run going on into its distillation, and a real SIGKILL then --resume."""
 from __future__ import annotations
 
 import json
@@ -10,14 +11,18 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from kdsearch.arch import Arch
+from kdsearch.distill.checkpoint import load_checkpoint
 from kdsearch.rundir import RunDir, WinnerRecord, read_leaderboard
-from kdsearch.search.race import (SynchronousHalvingPruner, gene_distance, is_degenerate, pick_finalists, plan_race,
-                                  rung_score)
+from kdsearch.search.config import SearchConfig
+from kdsearch.search.race import (RACE_SEED_OFFSET, SynchronousHalvingPruner, edge_share, gene_distance, is_degenerate,
+                                  pick_finalists, plan_race, rung_score)
 
+# four finalists, halved once: two rungs, the top one with two survivors
 CONFIG = """\
-search: {trials: 6, population: 4, proxy_batch: 16, heartbeat_s: 1}
+search: {trials: 8, population: 4, proxy_batch: 16, heartbeat_s: 1, race_eta: 2, race_budget: 2.0}
 distill: {epochs: 1, batch_size: 16, augment: false}
 """
 
@@ -38,29 +43,49 @@ def test_degenerate_candidates_are_filtered_and_finalists_are_diverse():
         _row(5, [1, 1, 1], [8, 8, 8], 100),
     ]
     assert is_degenerate(rows[0]) and is_degenerate(rows[1]) and not is_degenerate(rows[2])
-    finalists = pick_finalists(rows, "score_diswot", "largest", 3)
-    assert [r["trial"] for r in finalists] == [2, 4, 5]  # by the rule (largest), skipping the near-copy
+    finalists = pick_finalists(rows, SearchConfig(), 3)
+    assert [r["trial"] for r in finalists] == [2, 4, 5]  # no budget: by size, skipping the near-copy
     archs = [Arch.from_json(r["arch"]) for r in finalists]
     assert all(gene_distance(a, b) >= 2 for i, a in enumerate(archs) for b in archs[i + 1:])
     # too few diverse candidates: the near-copy fills the field rather than racing fewer
-    assert [r["trial"] for r in pick_finalists(rows[2:4], "score_diswot", "largest", 2)] == [2, 3]
+    assert [r["trial"] for r in pick_finalists(rows[2:4], SearchConfig(), 2)] == [2, 3]
 
 
-@pytest.mark.parametrize("finalists,eta,budget", [(3, 3, 1.0), (9, 3, 1.0), (9, 3, 0.5), (5, 2, 2.0), (27, 3, 1.0)])
-def test_the_planned_race_fits_the_budget_in_steps(finalists, eta, budget):
+def test_finalists_are_nearest_the_edge_in_the_budgets_own_unit():
+    """Under a speed-up budget the slowest students fast enough race, by measured speed-up where the
+    search timed them (here overruling the prediction), whatever their parameter count."""
+    rows = [
+        _row(0, [3, 3, 3], [16, 32, 64], 9000, pred_speedup_b1=4.1, speedup_b1=6.0),  # timed: far from the edge
+        _row(1, [1, 1, 1], [8, 8, 8], 500, pred_speedup_b1=4.2, speedup_b1=None),
+        _row(2, [2, 2, 2], [16, 16, 16], 3000, pred_speedup_b1=4.05, speedup_b1=None),
+        _row(3, [1, 2, 3], [8, 16, 32], 4000, pred_speedup_b1=5.0, speedup_b1=4.4),
+    ]
+    for row in rows:  # at batch 32 every one is far faster than asked: batch 1 is the edge
+        row.update(pred_speedup_b32=9.0, speedup_b32=None)
+    config = SearchConfig(speedup=4.0)
+    assert edge_share(rows[2], config) == pytest.approx(4.0 / 4.05)
+    assert [r["trial"] for r in pick_finalists(rows, config, 3)] == [2, 1, 3]
+    assert [r["trial"] for r in pick_finalists(rows, SearchConfig(max_params=10000), 3)] == [0, 3, 2]
+
+
+@pytest.mark.parametrize("finalists,eta,budget", [(3, 3, 1.25), (9, 3, 1.25), (9, 3, 1.5), (5, 2, 2.0), (27, 3, 1.25)])
+def test_the_race_and_the_winners_distillation_fit_the_budget_in_steps(finalists, eta, budget):
     plan = plan_race(finalists, eta, full_steps=1000, budget=budget)
-    assert plan.planned_steps <= budget * 1000
-    assert plan.survivors[0] == finalists and plan.survivors[-1] == 1
+    assert plan.total_steps <= budget * 1000
+    assert plan.total_steps == plan.planned_steps + 1000 - plan.rungs[-1]  # the winner's race steps are not repeated
+    assert plan.survivors[0] == finalists and min(plan.survivors) >= 2  # no rung trains a single survivor
     assert all(b == a * eta for a, b in zip(plan.rungs, plan.rungs[1:]))
-    bigger = plan_race(finalists, eta, full_steps=1000, budget=budget * 2)
+    bigger = plan_race(finalists, eta, full_steps=1000, budget=1 + 2 * (budget - 1))
     assert bigger.rungs[0] >= 2 * plan.rungs[0] - 1  # the budget is spent, not left over
 
 
 def test_a_race_too_small_for_its_finalists_is_refused():
     from kdsearch.errors import UsageError
 
-    with pytest.raises(UsageError, match="--race-budget"):
-        plan_race(9, 3, full_steps=10, budget=1.0)
+    with pytest.raises(UsageError, match=r"--race-budget .*must be at least 2\.2, not 1\.25"):
+        plan_race(9, 3, full_steps=10, budget=1.25)
+    with pytest.raises(UsageError, match="more than 1"):
+        SearchConfig(race=3, race_budget=1.0)
 
 
 def test_a_rung_ranks_by_the_training_loss_so_far_or_by_validation_top1():
@@ -97,7 +122,7 @@ def config_file(tmp_path_factory) -> Path:
 
 def _search_args(out: Path, data: str, config: Path) -> list[str]:
     return ["search", "--teacher", "resnet8", "--data", data, "--subset", "256", "--config", str(config),
-            "--race", "3", "--out", str(out), "--quiet"]
+            "--race", "4", "--out", str(out), "--quiet"]
 
 
 def test_race_end_to_end(tmp_path, fashion_npz, config_file, cli):
@@ -107,28 +132,51 @@ def test_race_end_to_end(tmp_path, fashion_npz, config_file, cli):
     run = RunDir(out)
     winner = WinnerRecord.load(run.winner)
     race = winner.race
-    assert race is not None and race["rungs"][1] == 3 * race["rungs"][0] and race["survivors"] == [3, 1]
-    assert race["spent_steps"] <= race["budget"] * race["full_steps"]
+    assert race is not None and race["rungs"][1] == 2 * race["rungs"][0] and race["survivors"] == [4, 2]
     assert race["spent_steps"] == sum(f["rungs"][-1]["step"] for f in race["finalists"])
+    total = race["spent_steps"] + race["full_steps"] - race["rungs"][-1]
+    assert race["total_distillations"] == pytest.approx(total / race["full_steps"])
+    assert race["total_distillations"] <= race["budget"]
+    assert race["seed"] == RACE_SEED_OFFSET  # --seed 0: a seed no ground-truth run uses
     states = {f["finalist"]: f for f in race["finalists"]}
-    won = [f for f in states.values() if f["state"] == "complete"]
-    assert len(won) == 1 and won[0]["rung_reached"] == 1  # the winner reached the top rung
-    assert json.dumps(winner.arch, sort_keys=True, separators=(",", ":")) == won[0]["arch"]
+    top = [f for f in states.values() if f["rung_reached"] == 1]
+    assert len(top) == 2 and all(f["state"] == "complete" for f in top)  # two survivors at the top rung
+    won = [f for f in top if f["arch"] == Arch.from_dict(winner.arch).key]
+    assert len(won) == 1 and race["winner"] == won[0]["arch"]
+    assert min(top, key=lambda f: (sum(r["train_loss_sum"] for r in f["rungs"]), f["finalist"])) == won[0]
+    assert race["continuation"]["checkpoint"] == f"finalist-{won[0]['finalist']}/last.ckpt"
+    assert race["continuation"]["step"] == race["rungs"][-1]
     for f in states.values():
         if f["state"] == "pruned":
             assert f["rung_reached"] == 0 and len(f["rungs"]) == 1  # eliminated at the lower rung, never trained on
-            assert not (run.race / f"finalist-{f['finalist']}" / "rung-1").exists()
+            state = load_checkpoint(run.race / f"finalist-{f['finalist']}" / "last.ckpt")
+            assert state["epoch"] * race["full_steps"] + state["step"] == race["rungs"][0]
         assert all(math.isfinite(r["val_acc"]) and r["train_loss_sum"] > 0 for r in f["rungs"])
+        assert f["init"]["mode"] == "inherit" and f["init"]["fraction"] > 0  # as --init auto distils them
     assert race["rank"] == "tse"  # the default: each rung keeps the lowest sum of training losses
     first = sorted(states.values(), key=lambda f: (f["rungs"][0]["train_loss_sum"], f["finalist"]))
-    assert first[0]["state"] == "complete" and all(f["state"] == "pruned" for f in first[1:])
+    assert {f["finalist"] for f in first[:2]} == {f["finalist"] for f in top}
     rows = read_leaderboard(run.leaderboard)
     assert rows[0]["arch"] == won[0]["arch"] and rows[0]["race_rung"] == 1
     assert rows[0]["race_tse_1"] == pytest.approx(sum(r["train_loss_sum"] for r in won[0]["rungs"]))
-    assert sum(r["race_finalist"] is not None for r in {r["arch"]: r for r in rows}.values()) == 3
+    assert sum(r["race_finalist"] is not None for r in {r["arch"]: r for r in rows}.values()) == 4
     assert (run.race / "rungs.png").stat().st_size > 0
     archs = [Arch.from_json(f["arch"]) for f in race["finalists"]]
-    assert len({a.key for a in archs}) == 3
+    assert len({a.key for a in archs}) == 4
+
+    # the winner's distillation goes on from its race run: the same weights as one straight run with the race's seed
+    code, said, err = cli("distill", out)
+    assert code == 0, err
+    assert "goes on from the race's run of the winner" in " ".join((said + err).split())
+    straight = tmp_path / "straight"
+    (tmp_path / "winner.json").write_text(json.dumps(winner.arch))
+    code, _, err = cli("distill", "--teacher", "resnet8", "--data", f"npz:{fashion_npz}", "--subset", "256",
+                       "--config", config_file, "--student", tmp_path / "winner.json", "--seed", RACE_SEED_OFFSET,
+                       "--out", straight, "--quiet")
+    assert code == 0, err
+    went_on = load_checkpoint(run.distill / "last.ckpt")["model"]
+    for k, v in load_checkpoint(RunDir(straight).distill / "last.ckpt")["model"].items():
+        assert torch.allclose(went_on[k], v, atol=1e-6), k
 
 
 def test_race_sigkill_then_resume_never_reruns_a_finished_rung(tmp_path, fashion_npz, config_file, count_read_only):
@@ -143,18 +191,19 @@ def test_race_sigkill_then_resume_never_reruns_a_finished_rung(tmp_path, fashion
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    finished = {p.parent.name + "/" + p.parent.parent.name: p.stat().st_mtime_ns
-                for p in (out / "race").glob("finalist-*/rung-*/last.ckpt")}
+    finished = {p.parent.name: p.stat().st_mtime_ns for p in (out / "race").glob("finalist-*/last.ckpt")}
     assert finished
     assert not RunDir(out).winner.exists() or WinnerRecord.load(RunDir(out).winner).race is None
     done = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
-    after = {p.parent.name + "/" + p.parent.parent.name: p.stat().st_mtime_ns
-             for p in (out / "race").glob("finalist-*/rung-*/last.ckpt")}
-    assert all(after[k] == v for k, v in finished.items())  # finished rungs were not trained again
     race = WinnerRecord.load(RunDir(out).winner).race
-    assert race is not None and sum(f["state"] == "complete" for f in race["finalists"]) == 1
-    assert race["spent_steps"] <= race["budget"] * race["full_steps"]
+    assert race is not None
+    after = {p.parent.name: p.stat().st_mtime_ns for p in (out / "race").glob("finalist-*/last.ckpt")}
+    out_at_first = [f"finalist-{f['finalist']}" for f in race["finalists"] if f["rung_reached"] == 0]
+    assert all(after[k] == finished[k] for k in out_at_first if k in finished)  # finished rungs were not trained again
+    race = WinnerRecord.load(RunDir(out).winner).race
+    assert sum(f["state"] == "complete" for f in race["finalists"]) == 2
+    assert race["total_distillations"] <= race["budget"]
 
 
 def test_workers_reaching_the_race_together_enqueue_the_finalists_once(tmp_path):
@@ -168,7 +217,7 @@ def test_workers_reaching_the_race_together_enqueue_the_finalists_once(tmp_path)
 
     url = f"sqlite:///{tmp_path / 'race.db'}"
     config = SearchConfig(storage=url, study_name="together", heartbeat_s=1)
-    plan = plan_race(3, 3, full_steps=100, budget=1.0)
+    plan = plan_race(3, 3, full_steps=100, budget=1.25)
     finalists = [_row(i, [1, 1, 1], [8 + 4 * i, 8, 8], 1000 + i) for i in range(3)]
     barrier, errors = threading.Barrier(6), []
 

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 
 from kdsearch.arch import Arch
+from kdsearch.distill.config import TrainConfig
 from kdsearch.rundir import WinnerRecord
 from kdsearch.search import race as race_module
 from kdsearch.search.config import SearchConfig
@@ -52,14 +53,14 @@ def test_a_worker_that_does_not_own_the_winner_waits_for_its_owner(tmp_path, mon
     and a race.json unlike the owner's. Here worker a owns every finalist and b joins the race late."""
     # heartbeats far apart: a loaded machine must not make the blocked owner look dead (it is re-queued then)
     config = SearchConfig(storage=f"sqlite:///{tmp_path / 'race.db'}", study_name="two", heartbeat_s=10, race=3,
-                          race_eta=3, race_budget=1.0, proxy="diswot", pick="largest")
-    train_config = SimpleNamespace(epochs=1, batch_size=16)
+                          race_eta=3, race_budget=1.25, proxy="diswot", pick="largest")
+    train_config = TrainConfig(epochs=1, batch_size=16)
     dataset = SimpleNamespace(train=range(1600))  # 100 steps of one distillation
-    top = plan_race(3, 3, 100, 1.0).rungs[-1]
+    top = plan_race(3, 3, 100, 1.25).rungs[-1]
 
     a_owns_every_finalist = threading.Event()  # b joins then: on SQLite two workers may pop one waiting trial
 
-    def train_rung(self, arch, finalist, rung):
+    def train_rung(self, arch, finalist, rung, before=0.0):
         if rung == len(self.plan.rungs) - 1:
             a_owns_every_finalist.set()
         steps = self.plan.rungs[rung] - (self.plan.rungs[rung - 1] if rung else 0)
@@ -130,7 +131,7 @@ def test_a_worker_that_does_not_own_the_winner_waits_for_its_owner(tmp_path, mon
     a, b = results["a"], results["b"]
     assert a["winner"] == b["winner"] == rows[1]["arch"]
     assert a["finalists"] == b["finalists"]
-    assert [f["state"] for f in a["finalists"]] == ["pruned", "complete", "pruned"]
+    assert [f["state"] for f in a["finalists"]] == ["complete"] * 3  # one rung (3 finalists, eta 3): all finish it
 
 
 class _Storage:
