@@ -106,10 +106,10 @@ def edges_of(space: str) -> list[tuple[str, float]]:
 
 
 def make_draws(truth: dict[str, list[dict]], n: int, pool: int, seed: int) -> list[dict]:
-    """``n`` seeded draws of (space, pool of arch keys, budget resource and value)."""
+    """``n`` seeded draws of (space, pool of arch keys, budget resource and value) over ``truth``'s spaces."""
     rng = random.Random(seed)
     draws = []
-    spaces = [s for s in SPACES if len(truth[s]) >= pool]
+    spaces = [s for s in truth if len(truth[s]) >= pool]
     for d in range(n):
         space = spaces[d % len(spaces)]
         while True:  # a budget that leaves at least two of the pool's archs to choose from
