@@ -9,8 +9,8 @@ test instead of silently blanking a report cell::
       run.yaml  kdsearch.log  summary.json  report.html
       teacher/  model.json model.safetensors metrics.json (TrainMetrics) curves.png
       search/   space.yaml study.db leaderboard.csv winner.json (WinnerRecord) speed.json (SpeedRecord) pareto.png
-      race/     race.json rungs.png, and one folder per finalist and rung (the short-distillation race)
-      distill/  student.json student.safetensors metrics.json (TrainMetrics) curves.png last.ckpt
+      race/     race.json rungs.png, and one folder per finalist with its last.ckpt (the short-distillation race)
+      distill/  student.json student.safetensors metrics.json (TrainMetrics) curves.png last.ckpt [curve.json]
       qat/      qat.json (QatModel) student.qat.safetensors metrics.json (QatMetrics) curves.png last.ckpt
       export/   student.onnx student.ptq.onnx student.qat.onnx teacher.onnx export.json (ExportRecord) export.log
       correlate/  correlate.json students.jsonl (``kdsearch correlate``)
@@ -52,6 +52,7 @@ __all__ = [
     "SEARCHED_SPACE",
     "RACE_PLOT",
     "CURVES_PLOT",
+    "CURVE_LOG",
     "CHECKPOINT",
     "STUDENT_ARCH",
     "STUDENT_WEIGHTS",
@@ -75,6 +76,7 @@ STUDY_DB = "study.db"  # search/: the default SQLite Optuna storage
 SEARCHED_SPACE = "space.yaml"  # search/: the definition of the space searched
 RACE_PLOT = "rungs.png"
 CURVES_PLOT = "curves.png"  # every training folder: the learning curves
+CURVE_LOG = "curve.json"  # a distillation's learning curve, under curve_every
 CHECKPOINT = "last.ckpt"  # every training folder: the state to resume from
 STUDENT_ARCH = "student.json"  # distill/: the student's arch and metadata
 STUDENT_WEIGHTS = "student.safetensors"

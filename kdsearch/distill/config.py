@@ -56,6 +56,9 @@ class TrainConfig:
     # how a distilled student starts: random (fresh weights), inherit (cut from the teacher's weights,
     # refused for a student the teacher's family cannot give weights to) or auto (inherit when it can)
     init: str = "random"
+    # learning curves: keep every step's loss terms and evaluate validation top-1 every N optimizer
+    # steps (fit's ``curve``; a distillation writes it to curve.json); 0: per epoch only
+    curve_every: int = 0
     device: str = "auto"
     # what one training step may use, e.g. "6GB"; None: 70% of the memory free when training
     # starts. Past it the batch is split into micro-batches with gradient accumulation.
@@ -69,6 +72,8 @@ class TrainConfig:
             raise UsageError(f"unknown schedule {self.schedule!r}; use cosine or onecycle")
         if self.temperature_schedule not in {"fixed", "dts"}:
             raise UsageError(f"unknown temperature schedule {self.temperature_schedule!r}; use fixed or dts")
+        if self.curve_every < 0:
+            raise UsageError(f"curve_every must be 0 (off) or a number of optimizer steps (got {self.curve_every})")
         if self.init not in INIT_MODES:
             raise UsageError(f"unknown --init {self.init!r}; use {', '.join(INIT_MODES)}")
         if self.weight_decay < 0 or self.warmup_epochs < 0:

@@ -336,6 +336,7 @@ class TrainState:
     step: int = 0  # optimizer steps of the unfinished epoch ``epoch`` (a run stopped at ``stop_step``)
     epoch_order: torch.Tensor | None = None  # the generator's state when that epoch drew its batch order
     loss_sum: float = 0.0  # the training loss summed over every step of the run so far (a race's TSE)
+    curve: list[dict[str, Any]] = field(default_factory=list)  # per step under curve_every: step, loss, [val_acc]
 
     _KEYS = ("model", "criterion", "optimizer", "scheduler", "scaler", "generator", "torch_rng", "epoch", "history")
 
@@ -357,6 +358,7 @@ class TrainState:
             "step": self.step,
             "epoch_order": self.epoch_order,
             "loss_sum": self.loss_sum,
+            "curve": self.curve,
             "history": self.history,
             "temperature": self.temperature,
             "config": settings,
@@ -381,7 +383,7 @@ class TrainState:
         torch.set_rng_state(state["torch_rng"])
         self.epoch, self.history = state["epoch"], list(state["history"])
         self.step, self.epoch_order = state.get("step", 0), state.get("epoch_order")
-        self.loss_sum = state.get("loss_sum", 0.0)
+        self.loss_sum, self.curve = state.get("loss_sum", 0.0), list(state.get("curve", []))
         self.temperature = state.get("temperature", self.temperature)
 
 
@@ -503,6 +505,8 @@ def train_epoch(run: Setup, state: TrainState, epoch: int, phases: Phases, progr
         elapsed = time.perf_counter() - t0
         state.step = step + 1
         state.loss_sum += sum(parts.values())
+        if config.curve_every:
+            _curve_point(run, state, epoch * run.steps_per_epoch + state.step, parts)
         progress.advance("batches", loss=sum(parts.values()), acc=correct / seen,
                          ips=seen * dist.world_size / max(elapsed, 1e-9))
     if state.step == run.steps_per_epoch:
@@ -527,6 +531,17 @@ def train_epoch(run: Setup, state: TrainState, epoch: int, phases: Phases, progr
         **run.memory,
         **extra,
     }
+
+
+def _curve_point(run: Setup, state: TrainState, step: int, parts: dict[str, float]) -> None:
+    """Keep step ``step``'s loss terms, with validation top-1 every ``curve_every`` steps (rank 0 evaluates)."""
+    point: dict[str, Any] = {"step": step, "loss": dict(parts)}
+    if step % run.config.curve_every == 0 and run.dist.is_main:
+        modes = [(m, m.training) for m in state.model.modules()]  # QAT keeps some parts in eval: put each back
+        point["val_acc"] = evaluate(state.model, run.dataset, run.device, run.eval_batch, run.channels_last)["val_acc"]
+        for module, training in modes:
+            module.train(training)
+    state.curve.append(point)
 
 
 def _teacher_targets(run: Setup, idx: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
@@ -855,8 +870,8 @@ def fit(
 
     Returns:
         The last epoch's metrics (at ``stop_step``: the metrics there) with the per-epoch
-        ``history``, ``run_steps`` (optimizer steps of the whole run so far) and ``train_loss_total``
-        (their training losses summed). ``model`` holds the final weights, on the CPU. Under ``torchrun`` rank 0
+        ``history``, ``run_steps`` (optimizer steps of the whole run so far), ``train_loss_total``
+        (their training losses summed) and, under ``config.curve_every``, the learning ``curve``. ``model`` holds the final weights, on the CPU. Under ``torchrun`` rank 0
         alone evaluates and writes, and every rank returns rank 0's metrics.
 
     Raises:
@@ -994,4 +1009,6 @@ def fit(
     final = dict(metrics if metrics is not None else state.history[-1] if state.history else {})
     final["history"] = state.history
     final["run_steps"], final["train_loss_total"] = state.steps_done(steps_per_epoch), state.loss_sum
+    if config.curve_every:
+        final["curve"] = state.curve
     return final

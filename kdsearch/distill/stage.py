@@ -14,7 +14,9 @@ from kdsearch.distill.curves import plot_curves
 from kdsearch.distill.evaluate import predict_logits, topk_accuracy
 from kdsearch.distill.trainer import train
 from kdsearch.errors import UsageError
-from kdsearch.rundir import CURVES_PLOT, TrainMetrics
+from kdsearch.distill.distributed import is_main_process
+from kdsearch.files import write_json
+from kdsearch.rundir import CURVE_LOG, CURVES_PLOT, TrainMetrics
 from kdsearch.models.teacher import Teacher
 from kdsearch.spaces.model_files import save_model_dir
 from kdsearch.progress import NULL_PROGRESS, Progress
@@ -155,6 +157,8 @@ def distill_student(
     """Distil ``arch`` from ``teacher``; writes student.safetensors/json, metrics.json, curves.png.
 
     The student starts as ``config.init`` says (:func:`start_student`); metrics.json records how.
+    Under ``config.curve_every`` the learning curve (every step's loss terms, validation top-1 every
+    N steps) goes to curve.json.
 
     ``weights_name="model"`` writes a model directory usable as ``--teacher`` (an assistant);
     ``extra`` adds entries to metrics.json; ``keep_module`` returns the trained network
@@ -174,6 +178,9 @@ def distill_student(
     }
     metrics = _finish(student, dataset, out_dir, result, weights_name=weights_name, arch=arch, model_name=None,
                       extra=info, space=space)
+    if result.get("curve") and is_main_process():
+        write_json(out_dir / CURVE_LOG, {"curve_every": config.curve_every, "batch_size": config.batch_size,
+                                         "seed": config.seed, "init": init.get("mode"), "steps": result["curve"]})
     if keep_module:
         metrics["module"] = student
     return metrics

@@ -1,6 +1,8 @@
 """The trainer: learns, checkpoints every epoch, resumes to identical weights, stops on NaN."""
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -93,6 +95,26 @@ def test_a_run_stopped_inside_epochs_goes_on_to_identical_weights(data, tmp_path
     assert result["history"][-1]["lr"] == whole["history"][-1]["lr"]
 
 
+def test_learning_curves_keep_every_step_and_do_not_change_the_training(data, tmp_path):
+    """curve_every 4: every step's loss terms, val top-1 at steps 4, 8, ..., through a stop and a
+    resume; the weights are those of the same run without curves."""
+    teacher = _net(width=16, seed=1).eval()
+    config = TrainConfig(epochs=2, batch_size=64, loss="kd:1,ce:1", lr=0.05, seed=3)
+    plain = _net()
+    train(plain, data, tmp_path / "plain", config, teacher=teacher)
+    curved = replace(config, curve_every=4)
+    train(_net(), data, tmp_path / "curved", curved, teacher=teacher, stop_step=6)
+    student = _net(seed=7)
+    result = train(student, data, tmp_path / "curved", curved, teacher=teacher, resume=True)
+    curve = result["curve"]
+    assert [p["step"] for p in curve] == list(range(1, 17))
+    assert all(set(p["loss"]) == {"kd", "ce"} for p in curve)
+    assert [p["step"] for p in curve if "val_acc" in p] == [4, 8, 12, 16]
+    assert curve[-1]["val_acc"] == pytest.approx(result["val_acc"])  # the last point is the final model
+    for k, v in plain.state_dict().items():
+        assert torch.equal(student.state_dict()[k], v), k
+
+
 def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(data, tmp_path):
     model = _net()
     train(model, data, tmp_path, TrainConfig(epochs=1, batch_size=64, loss="ce", lr=0.01))
@@ -180,3 +202,21 @@ def test_a_warm_restart_starts_the_feature_adapters_where_they_were(data, tmp_pa
     assert learned  # (batch-norm statistics move without a learning rate; the weights do not)
     for name in learned:
         assert torch.allclose(second[name], first["criterion"][name], atol=1e-6), name
+
+
+def test_a_distillation_under_curve_every_writes_its_learning_curve(cli, fashion_npz, tmp_path):
+    from kdsearch.arch import Arch
+
+    student, config = tmp_path / "student.json", tmp_path / "c.yaml"
+    Arch("resnet_cifar", {"block": "basic", "depths": [1, 1, 1], "widths": [8, 8, 16]}).save(student)
+    config.write_text("distill: {curve_every: 2, epochs: 1, batch_size: 16}\n")
+    code, _, err = cli("distill", "--teacher", "resnet8", "--student", student, "--data", f"npz:{fashion_npz}",
+                       "--subset", "64", "--config", config, "--out", tmp_path / "run", "--quiet")
+    assert code == 0, err
+    curve = json.loads((tmp_path / "run" / "distill" / "curve.json").read_text())
+    assert curve["curve_every"] == 2 and curve["init"] == "inherit"
+    assert [p["step"] for p in curve["steps"] if "val_acc" in p] == list(range(2, len(curve["steps"]) + 1, 2))
+    code, _, err = cli("distill", "--teacher", "resnet8", "--student", student, "--data", f"npz:{fashion_npz}",
+                       "--subset", "64", "--epochs", "1", "--batch-size", "16", "--out", tmp_path / "plain", "--quiet")
+    assert code == 0, err
+    assert not (tmp_path / "plain" / "distill" / "curve.json").exists()  # off unless asked
