@@ -15,10 +15,14 @@ archs fall on both sides of it. Rules, each picking among the pool's archs withi
   the same as ``largest`` under a params budget);
 - ``best-diswot``: the highest DisWOT score, scored as ``kdsearch search`` scores (random teacher,
   64 images, seed 0);
-- ``race@B``: ``kdsearch``'s race (kdsearch.search.race.run_race) really run, ``--race`` finalists
-  by the ``largest`` order, successive halving at budget B × one distillation of the recipe,
-  each rung ranked by the sum of training losses so far (TSE, the race's default);
-  ``race-val@B``: the same race ranked by validation top-1 (``--race-rank val``).
+- ``race@B``: ``kdsearch``'s race (kdsearch.search.race.run_race) really run: ``--race`` finalists
+  nearest the budget's edge, successive halving whose race plus the winner's continued
+  distillation cost B × one distillation of the recipe (``--race-budget``), each rung ranked by
+  the sum of training losses so far (TSE, the race's default); ``race-val@B``: the same race
+  ranked by validation top-1 (``--race-rank val``). Rows of ``races.jsonl`` without
+  ``"design": 2`` were raced by the first race design (finalists in ``largest`` order, a fresh
+  optimizer per rung, the race alone costing B distillations, the winner distilled again from
+  scratch) and are reported as ``race-v1@B``.
   Each finished race is appended to ``benchmarks/race_truth/races.jsonl`` and never run twice,
   so the comparison grows across sittings (``--max-races`` bounds one sitting).
 - ``rung-1 val@B`` / ``rung-1 TSE@B``: the two rank signals compared at equal cost, on the first
@@ -171,7 +175,7 @@ def run_one_race(draw: dict, budget: float, rank: str, by_key: dict[str, dict], 
             "finalist_rungs": [{"key": inside[f["arch"]]["key"], "rungs": f["rungs"]} for f in record["finalists"]],
             "finalists": config.race, "spent_steps": record["spent_steps"], "full_steps": record["full_steps"],
             "rungs": record["rungs"], "seconds": time.perf_counter() - t0, "draw_budget": draw["budget"],
-            "resource": draw["resource"]}
+            "resource": draw["resource"], "design": 2, "total_distillations": record["total_distillations"]}
 
 
 def _arch_text(arch: dict) -> str:
@@ -276,7 +280,7 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=30)
     parser.add_argument("--pool", type=int, default=20)
     parser.add_argument("--race", type=int, default=9, help="finalists per race")
-    parser.add_argument("--race-budgets", default="0.5,1,2", help="budgets this sitting races at")
+    parser.add_argument("--race-budgets", default="1.25", help="budgets this sitting races at (race plus distillation)")
     parser.add_argument("--race-rank", default="tse", choices=("tse", "val"), help="what this sitting's races rank by")
     parser.add_argument("--max-races", type=int, default=0, help="races to run in this sitting (0: none)")
     parser.add_argument("--shard", default="0/1", help="I/N: run every N-th missing race from the I-th, so N "
@@ -319,7 +323,8 @@ def main() -> None:
     done = {}
     for line in races_path.read_text().splitlines() if races_path.exists() else []:
         row = json.loads(line)
-        done[(row["draw"], row["budget"], row.get("rank", "val"))] = row
+        design = "" if row.get("design") == 2 else "v1"
+        done[(row["draw"], row["budget"], row.get("rank", "val") + design)] = row
     budgets = [float(b) for b in args.race_budgets.split(",")]
     for (d, budget, _), row in done.items():
         draw = draws[d] if d < len(draws) else None
@@ -339,14 +344,16 @@ def main() -> None:
               f"({row['spent_steps']}/{row['full_steps']} steps, {row['seconds']:.0f} s)", flush=True)
     raced = sorted({(b, r) for _, b, r in done}, key=lambda br: (br[1] != "tse", br[0]))
     for budget, rank in raced:
-        name = f"race@{budget:g}" if rank == "tse" else f"race-{rank}@{budget:g}"
+        kind = "race" if rank.startswith("tse") else f"race-{rank.removesuffix('v1')}"
+        name = f"{kind}{'-v1' if rank.endswith('v1') else ''}@{budget:g}"
         picks[name] = [done[(d["draw"], budget, rank)]["winner"] if (d["draw"], budget, rank) in done else None
                        for d in draws]
 
     # The two rung signals compared at equal cost: every finalist's first rung (trained the same
     # whatever the race ranks by), picked by validation top-1 or by the lowest sum of training losses.
     for budget in sorted({b for b, _ in raced}):
-        rows = [done.get((d["draw"], budget, "tse")) or done.get((d["draw"], budget, "val")) for d in draws]
+        rows = [next((done[(d["draw"], budget, r)] for r in ("tse", "val", "tsev1", "valv1")
+                      if (d["draw"], budget, r) in done), None) for d in draws]
         first = [[(f["key"], f["rungs"][0]) for f in r["finalist_rungs"]] if r else None for r in rows]
         picks[f"rung-1 val@{budget:g}"] = [max(f, key=lambda kr: kr[1]["val_acc"])[0] if f else None for f in first]
         picks[f"rung-1 TSE@{budget:g}"] = [min(f, key=lambda kr: kr[1]["train_loss_sum"])[0] if f else None for f in first]
@@ -367,7 +374,8 @@ def main() -> None:
     # Head to head, what a rung ranks by: TSE against validation top-1, on the same draws.
     versus = {}
     for budget in sorted({b for b, _ in raced}):
-        for a, b in ((f"rung-1 TSE@{budget:g}", f"rung-1 val@{budget:g}"), (f"race@{budget:g}", f"race-val@{budget:g}")):
+        for a, b in ((f"rung-1 TSE@{budget:g}", f"rung-1 val@{budget:g}"), (f"race@{budget:g}", f"race-val@{budget:g}"),
+                     (f"race-v1@{budget:g}", f"race-val-v1@{budget:g}")):
             both = [i for i in range(len(draws)) if a in picks and b in picks and picks[a][i] and picks[b][i]]
             if both:
                 m = analyse([draws[i] for i in both], {r: [picks[r][i] for i in both] for r in (a, b)}, by_key,
