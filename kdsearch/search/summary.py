@@ -136,7 +136,7 @@ def _confirm_speed(feasible, rows, score, config, speed, space, shape, note):
     for _ in range(8):  # a race: every finalist is timed too, and one that misses is replaced by the next
         by_arch = {r["arch"]: r for r in timed}
         feasible = [r for r in feasible if by_arch.get(r["arch"], {}).get("meets_budget", True)]
-        untimed = [r for r in pick_finalists(feasible, score, config.pick, config.race) if r["arch"] not in by_arch]
+        untimed = [r for r in pick_finalists(feasible, config, config.race) if r["arch"] not in by_arch]
         if not config.race or not untimed:
             break
         more = time_candidates(untimed, space, speed, config, **where, note=note)
