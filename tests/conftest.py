@@ -59,6 +59,28 @@ def cli():
     return invoke
 
 
+@pytest.fixture()
+def resolved_run(cli, monkeypatch, tmp_path):
+    """``kdsearch run ARGS``'s resolved configuration (a :class:`RunConfig`), the pipeline not run."""
+    import kdsearch.pipeline as pipeline
+
+    seen = {}
+
+    def capture(config, out, **kwargs):
+        seen["config"] = config
+        return {}
+
+    monkeypatch.setattr(pipeline, "run_pipeline", capture)
+    monkeypatch.setattr("kdsearch.report.tables.summary_table", lambda summary: "")
+
+    def run(*args):
+        code, _, err = cli("run", "--out", tmp_path / "run", "--quiet", *args)
+        assert code == 0, err
+        return seen["config"]
+
+    return run
+
+
 def _open_storage_at_the_barrier(url: str, barrier, results) -> None:
     from kdsearch.search.storage import get_storage
 

@@ -58,14 +58,16 @@ def spaces(config_file: o.Config = None, json_out: o.Json = False) -> None:
 
     Example: kdsearch spaces --json
     """
-    from kdsearch.spaces import builtin_space_names, load_space
+    from kdsearch.spaces import PRUNED_SPACE, PrunedSpace, builtin_space_names, load_space
 
     config = _config(config_file)
-    names = list(builtin_space_names())
-    if config is not None and config.search.space not in names:
-        names.append(config.search.space)  # a YAML file: loading it validates it
-    _listing("search spaces", [(n, load_space(n).describe()) for n in names], json_out,
-             {config.search.space} if config else None)
+    rows = [(n, load_space(n).describe()) for n in builtin_space_names()]
+    # made from a teacher, so no YAML to load: its docstring says what it holds
+    summary = plain_summary(PrunedSpace.__doc__).rstrip(".")
+    rows = sorted([*rows, (PRUNED_SPACE, f"{PRUNED_SPACE} ({PrunedSpace.family}): {summary[:1].lower()}{summary[1:]}")])
+    if config is not None and config.search.space not in [name for name, _ in rows]:
+        rows.append((config.search.space, load_space(config.search.space).describe()))  # a YAML: loading validates it
+    _listing("search spaces", rows, json_out, {config.search.space} if config else None)
 
 
 def proxies(config_file: o.Config = None, json_out: o.Json = False) -> None:

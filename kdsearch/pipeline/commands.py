@@ -89,8 +89,23 @@ def _keep_searched_space(run: RunDir, config: RunConfig, space: SearchSpace | No
 
 
 def _made_space(config: RunConfig, dataset) -> SearchSpace | None:
-    """The space made for this run from its teacher (``--space pruned``); None for a space read by name or path."""
-    return searched_space(config, dataset) if config.search.space == PRUNED_SPACE else None
+    """The space made for this run from its teacher (``--space pruned``); None for a space read by name or path.
+
+    A run that trains its teacher first checks its inputs against the pruned space of an untrained
+    ``config.teacher_model``: the same layers cut the same way, so the same budgets fit (latency does not
+    depend on the weights). The space it searches is cut from the trained teacher (:func:`_cut_trained_teacher`).
+    """
+    if config.search.space != PRUNED_SPACE:
+        return None
+    return searched_space(config, dataset, teacher=None if config.teacher else config.teacher_model)
+
+
+def _cut_trained_teacher(run: RunDir, config: RunConfig, dataset) -> RunConfig:
+    """``config`` searching the pruned space cut from the teacher ``kdsearch run`` trained into ``run.teacher``
+    (kept in the run like any made space); ``config`` itself for any other space, or a teacher given."""
+    if config.search.space != PRUNED_SPACE or config.teacher is not None:
+        return config
+    return _keep_searched_space(run, config, searched_space(config, dataset, teacher=str(run.teacher)))
 
 
 @contextlib.contextmanager
@@ -256,7 +271,8 @@ def run_pipeline(config: RunConfig, run_dir: Path, *, resume: bool = False, forc
     check_inputs(config, dataset, train=(("teach",) if config.teacher is None else ()) + train, space=space)
     with opened_run_dir(run_dir, resume=resume, force=force):
         save_run_config(run_dir, asked)
-        config = _keep_searched_space(RunDir(run_dir), config, space)
+        if config.teacher is not None or space is None:  # else it is cut from the teacher once trained
+            config = _keep_searched_space(RunDir(run_dir), config, space)
         with _logged(run_dir):
             return _run_stages(config, RunDir(run_dir), dataset, timings, resume=resume, progress=progress)
 
@@ -276,6 +292,7 @@ def _run_stages(config: RunConfig, run: RunDir, dataset, timings: dict[str, floa
         progress.note(f"stage teach: training {config.teacher_model} on {dataset.name}")
         with _timed(timings, "teach"):
             teacher_metrics = teach_stage(run.teacher, config, dataset, resume=resume, progress=progress)
+        config = _cut_trained_teacher(run, config, dataset)
     teacher = resolve_teacher(run.root, config, dataset)
     progress.note("stage search")
     with _timed(timings, "search"):

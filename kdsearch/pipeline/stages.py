@@ -21,7 +21,7 @@ from kdsearch.devices import resolve_device
 from kdsearch.distill.assistant import Candidate, assistant_stage
 from kdsearch.distill.losses import CombinedLoss
 from kdsearch.distill.stage import distill_student, inheritance_refusal, student_space, train_teacher
-from kdsearch.errors import ConfigError, UsageError
+from kdsearch.errors import ConfigError, ModelError, UsageError
 from kdsearch.export.stage import export_model, export_teacher
 from kdsearch.models.inherit import inheritance_problem
 from kdsearch.models.zoo import MODELS, create_model, model_arch
@@ -72,22 +72,28 @@ def _check_batches(name: str, batch_size: int, dataset) -> None:
         )
 
 
-def searched_space(config: RunConfig, dataset) -> SearchSpace:
-    """The space ``config.search.space`` names; ``pruned`` is made from the configured teacher.
+def searched_space(config: RunConfig, dataset, teacher: str | None = None) -> SearchSpace:
+    """The space ``config.search.space`` names; ``pruned`` is made from ``teacher`` (default: the
+    configured one; ``kdsearch run`` without one passes the teacher it trained).
 
     Raises:
-        UsageError: ``pruned`` without ``--teacher`` (a teacher the run would train does not exist yet).
-        ModelError: Torch-Pruning cannot trace the teacher, or finds nothing in it to cut.
+        UsageError: ``pruned`` with no teacher to cut.
+        ModelError: Torch-Pruning cannot trace the teacher, or finds nothing in it to cut; the message
+            names the way out, another space (the quick preset searches ``pruned`` unasked).
     """
     if config.search.space != PRUNED_SPACE:
         return load_space(config.search.space)
-    if config.teacher is None:
+    spec = teacher or config.teacher
+    if spec is None:
         raise UsageError("--space pruned cuts students from your teacher: give --teacher (a zoo name, a model "
                          "directory or a .pt2 file)")
-    teacher = load_teacher(config.teacher, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
-                           image_size=dataset.image_size)
-    return pruned_space(teacher, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
-                        image_size=tuple(dataset.image_size))
+    loaded = load_teacher(spec, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
+                          image_size=dataset.image_size)
+    try:
+        return pruned_space(loaded, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
+                            image_size=tuple(dataset.image_size))
+    except ModelError as e:
+        raise ModelError(f"{e}; or search another space: --space resnet_cifar (pruned is the quick preset's)") from None
 
 
 def check_inputs(config: RunConfig, dataset, *, search: bool = True, student: Arch | None = None,

@@ -59,14 +59,19 @@ def prunable_teacher(teacher: "Teacher") -> tuple[nn.Module, list[Path]]:
     if path.suffix == ".pt2" and path.is_file():
         return lift_layers(teacher.exportable()), [path]
     if path.is_file():  # TorchScript: script modules, which Torch-Pruning cannot follow or cut
-        raise ModelError(f"--space pruned cannot cut the TorchScript teacher {teacher.source}: its layers are script "
-                         "modules, not nn layers; save it with torch.export (.pt2), or give a model directory or a zoo name")
+        raise ModelError(f"the pruned space (--space pruned) cannot cut the TorchScript teacher {teacher.source}: "
+                         "its layers are script modules, not nn layers; save it with torch.export (.pt2), or give "
+                         "a model directory or a zoo name")
     return teacher.module, []
 
 
 @SPACES.register("pruned")
 class PrunedSpace(SearchSpace):
-    """Genes ``keep`` (kept share per channel group) and, when the teacher has removable residual
+    """Students cut from your teacher by Torch-Pruning, starting from its weights: a kept share of each
+    channel group and which residual blocks to drop; made from --teacher (``kdsearch run`` without one:
+    from the teacher it trains), the quick preset's space.
+
+    Genes ``keep`` (kept share per channel group) and, when the teacher has removable residual
     blocks, ``remove`` (drop each block or not); see the module docstring."""
 
     family = "pruned"

@@ -165,19 +165,7 @@ def test_top_level_device_sets_every_training_section_that_names_none():
         config_from_dict({"device": 1})
 
 
-def test_run_max_memory_reaches_every_stage_that_holds_a_batch(cli, monkeypatch, tmp_path):
-    import kdsearch.pipeline as pipeline
-
-    seen = {}
-
-    def capture(config, out, **kwargs):
-        seen["config"] = config
-        return {}
-
-    monkeypatch.setattr(pipeline, "run_pipeline", capture)
-    monkeypatch.setattr("kdsearch.report.tables.summary_table", lambda summary: "")
-    code, _, err = cli("run", "--preset", "tiny", "--max-memory", "3GB", "--out", tmp_path / "run", "--quiet")
-    assert code == 0, err
-    config = seen["config"]
+def test_run_max_memory_reaches_every_stage_that_holds_a_batch(resolved_run):
+    config = resolved_run("--preset", "tiny", "--max-memory", "3GB")
     assert config.distill.max_memory == config.teach.max_memory == config.quantize.max_memory == "3GB"
     assert config.export.max_memory == "3GB"

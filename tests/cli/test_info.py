@@ -58,3 +58,18 @@ def test_losses_marks_the_configured_ones(cli, tmp_path):
     code, out, _ = cli("losses", "--json", "--config", config)
     assert code == 0
     assert {e["name"] for e in json.loads(out) if e["configured"]} == {"dkd", "ce"}
+
+
+def test_spaces_lists_pruned_and_says_it_is_cut_from_the_teacher(cli, tmp_path):
+    code, out, _ = cli("spaces", "--json")
+    assert code == 0
+    rows = {row["name"]: row["description"] for row in json.loads(out)}
+    assert {"pruned", "resnet_cifar", "mbconv"} <= set(rows)
+    assert "cut from your teacher" in rows["pruned"] and "--teacher" in rows["pruned"]
+    code, out, _ = cli("spaces")
+    assert code == 0 and "pruned" in out
+    config = tmp_path / "config.yaml"  # a config searching pruned: marked, not loaded as a YAML space
+    config.write_text("search: {space: pruned}\n")
+    code, out, err = cli("spaces", "--config", config, "--json")
+    assert code == 0, err
+    assert [row["name"] for row in json.loads(out) if row["configured"]] == ["pruned"]

@@ -158,13 +158,19 @@ def test_a_teacher_it_cannot_cut_is_refused_in_one_line_and_leaves_nothing(cli, 
     assert not out.exists()
 
 
-def test_pruned_needs_a_teacher_of_the_users(cli, fashion_npz, tmp_path):
-    out = tmp_path / "never"
-    code, _, err = cli("run", "--preset", "tiny", "--space", "pruned", "--data", f"npz:{fashion_npz}", "--out", out,
-                       "--quiet")
-    assert code != 0
-    assert "--space pruned cuts students from your teacher" in _one_line(err)
-    assert not out.exists()
+def test_a_run_without_a_teacher_cuts_its_students_from_the_teacher_it_trains(cli, fashion_npz, tmp_path):
+    out, untimed = tmp_path / "run", tmp_path / "untimed.yaml"
+    untimed.write_text("search: {speedup: null}\n")  # no speed budget: no prunings to time whole
+    code, stdout, err = cli("run", "--preset", "tiny", "--config", untimed, "--space", "pruned", "--data",
+                            f"npz:{fashion_npz}", "--out", out, "--quiet", "--json")
+    assert code == 0, err
+    run = RunDir(out)
+    trained = str(run.teacher.resolve())
+    space = load_space(run.searched_space)
+    assert space.family == "pruned" and space.prune["teacher"] == trained  # not the untrained stand-in
+    student = json.loads(run.student_json.read_text())
+    assert student["init"] == {"mode": "pruned", "teacher": trained, "teacher_sha256": space.prune["teacher_sha256"]}
+    assert json.loads(stdout)["student"]["arch"]["space"] == "pruned"
 
 
 def test_search_distill_export_a_pruned_pt2_teacher(cli, fashion_npz, tmp_path):
