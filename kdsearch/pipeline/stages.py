@@ -9,7 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from dataclasses import replace
+import shutil
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,11 @@ from kdsearch.arch import Arch
 from kdsearch.data import NormalizedImages, load_dataset, normalize
 from kdsearch.devices import resolve_device
 from kdsearch.distill.assistant import Candidate, assistant_stage
+from kdsearch.distill.config import TrainConfig
 from kdsearch.distill.losses import CombinedLoss
 from kdsearch.distill.stage import distill_student, inheritance_refusal, student_space, train_teacher
 from kdsearch.errors import ConfigError, ModelError, UsageError
+from kdsearch.files import atomic_path
 from kdsearch.export.stage import export_model, export_teacher
 from kdsearch.models.inherit import inheritance_problem
 from kdsearch.models.zoo import MODELS, create_model, model_arch
@@ -30,7 +33,7 @@ from kdsearch.progress import NULL_PROGRESS, Progress
 from kdsearch.proxies import PROXIES, count_flops
 from kdsearch.quant.qat import load_qat_model, quantize_student
 from kdsearch.report.plots import plot_race_rungs
-from kdsearch.rundir import (ExportRecord, QatMetrics, RaceRecord, RunDir, RunSummary, TrainMetrics, WinnerRecord,
+from kdsearch.rundir import (CHECKPOINT, ExportRecord, QatMetrics, RaceRecord, RunDir, RunSummary, TrainMetrics, WinnerRecord,
                              read_leaderboard)
 from kdsearch.search.config import COST_OBJECTIVES, SearchConfig
 from kdsearch.search.objective import feasible_samples
@@ -239,9 +242,44 @@ def race_stage(run: RunDir, config: RunConfig, dataset, teacher, *, resume: bool
     return record_race(run.search, race)
 
 
+def race_continuation(race_run: RunDir, arch: Arch, config: TrainConfig, distill_dir: Path,
+                      progress: Progress = NULL_PROGRESS) -> TrainConfig | None:
+    """The distill settings under which ``arch``'s distillation goes on from its run in ``race_run``'s
+    race, whose checkpoint is then in ``distill_dir``; None (a fresh distillation) when ``arch`` did
+    not win a race there, or the race trained with other settings than ``config`` (a note says which)."""
+    winner = WinnerRecord.load_optional(race_run.winner)
+    race = winner.race if winner is not None else None
+    if not race or not race.get("continuation") or race.get("winner") != arch.key:
+        return None
+    went_on = race["continuation"]
+    wanted = replace(config, seed=race["seed"])
+    ours = {k: v for k, v in asdict(wanted).items() if k != "max_memory"}
+    theirs = {k: v for k, v in went_on["settings"].items() if k != "max_memory"}
+    differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != _plain(theirs.get(k)))
+    source = race_run.race / went_on["checkpoint"]
+    if differ or not source.is_file():
+        why = f"its distill settings differ from the race's ({', '.join(differ)})" if differ else f"{source} is gone"
+        progress.note(f"distill: the race's winner starts afresh: {why}")
+        return None
+    target = distill_dir / CHECKPOINT
+    if not target.exists():
+        distill_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(target) as tmp:
+            shutil.copyfile(source, tmp)
+    progress.note(f"distill: goes on from the race's run of the winner at step {went_on['step']} "
+                  f"(seed {race['seed']}); the race's steps are not trained again")
+    return wanted
+
+
+def _plain(value: Any) -> Any:
+    """A JSON value as the settings dict holds it: lists back to tuples."""
+    return tuple(_plain(v) for v in value) if isinstance(value, list) else value
+
+
 def distill_stage(run: RunDir, config: RunConfig, dataset, teacher, arch: Arch, *, resume: bool,
                   progress: Progress, assistant: str | None = None, search_dir: Path | None = None) -> TrainMetrics:
-    """Distil ``arch`` from ``teacher`` into ``run.distill`` (through an assistant when given)."""
+    """Distil ``arch`` from ``teacher`` into ``run.distill`` (through an assistant when given); the
+    winner of a race goes on from its race run (:func:`race_continuation`)."""
     if resume and run.student_weights.exists():
         progress.note(f"student already distilled in {run.distill}")
         return TrainMetrics.load(run.distill_metrics)
@@ -253,9 +291,11 @@ def distill_stage(run: RunDir, config: RunConfig, dataset, teacher, arch: Arch, 
         metrics = assistant_stage(run.distill, arch, assistant, teacher, dataset, config.distill, candidates=candidates,
                                   space_spec=config.search.space, resume=resume, progress=progress)
     else:
-
-        metrics = distill_student(arch, teacher, dataset, run.distill, config.distill, resume=resume,
-                                  space_spec=config.search.space, progress=progress)
+        going_on = race_continuation(RunDir(search_dir) if search_dir is not None else run, arch, config.distill,
+                                     run.distill, progress)
+        metrics = distill_student(arch, teacher, dataset, run.distill, going_on or config.distill,
+                                  resume=resume or going_on is not None, space_spec=config.search.space,
+                                  progress=progress)
     # under torchrun only rank 0 writes metrics.json; every rank gets the same figures back
     return TrainMetrics.from_dict({k: v for k, v in metrics.items() if k != "module"})
 

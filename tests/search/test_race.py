@@ -236,3 +236,21 @@ def test_workers_reaching_the_race_together_enqueue_the_finalists_once(tmp_path)
     assert errors == []
     trials = optuna.load_study(study_name="together-race", storage=url).get_trials(deepcopy=False)
     assert sorted(t.user_attrs["finalist"] for t in trials) == [0, 1, 2]
+
+
+def test_a_run_under_a_speed_budget_races_timed_finalists_and_distils_on_from_the_winner(tmp_path, fashion_npz, cli):
+    """The tiny preset budgets speed: every finalist is timed for real before it races, and the
+    distill stage goes on from the winner's race run instead of starting over."""
+    out = tmp_path / "run"
+    code, said, err = cli("run", "--preset", "tiny", "--data", f"npz:{fashion_npz}", "--race", "2", "--out", out)
+    assert code == 0, err
+    run = RunDir(out)
+    race = WinnerRecord.load(run.winner).race
+    assert race is not None and race["survivors"] == [2] and race["total_distillations"] <= race["budget"]
+    rows = {r["arch"]: r for r in read_leaderboard(run.leaderboard)}
+    for f in race["finalists"]:
+        assert rows[f["arch"]]["ms_b1"] is not None  # timed in ONNX Runtime, not only predicted
+    assert "goes on from the race's run of the winner" in " ".join((said + err).split())
+    state = load_checkpoint(run.distill / "last.ckpt")
+    assert state["config"]["seed"] == race["seed"] == RACE_SEED_OFFSET
+    assert state["loss_sum"] > 0 and (run.root / "summary.json").exists()
