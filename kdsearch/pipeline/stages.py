@@ -53,6 +53,7 @@ __all__ = [
     "teach_stage",
     "search_stage",
     "race_stage",
+    "race_continuation",
     "distill_stage",
     "qat_stage",
     "export_stage",
