@@ -320,6 +320,9 @@ class WinnerRecord(Record):
     reason: str = ""  # one line: why this candidate won under ``rule``
     race: dict[str, Any] | None = None  # the short-distillation race that chose it (kdsearch.search.race); None: no race
     speedup: dict[str, float] | None = None  # batch ("1", "32") -> measured speed-up over the teacher (search/speed.json)
+    # what the winner starts from when distilled under the run's --init: mode (inherit | random | pruned) and,
+    # inherited, which tensors and what fraction of its parameters come from the teacher
+    init: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -220,7 +220,23 @@ def search_stage(run: RunDir, config: RunConfig, dataset, teacher, *, resume: bo
         return None, WinnerRecord.load(run.winner)
     result = run_search(teacher, dataset, run.search, search_config_for(config, teacher), resume=resume,
                         seed_archs=seed_archs or [], progress=progress)
-    return result, WinnerRecord.load(run.winner)
+    return result, record_winner_init(run, config, dataset, teacher)
+
+
+def record_winner_init(run: RunDir, config: RunConfig, dataset, teacher) -> WinnerRecord:
+    """winner.json with ``init``: what the winner takes from the teacher when distilled under ``distill.init``."""
+    from kdsearch.distill.stage import build_student, start_student
+
+    winner = WinnerRecord.load(run.winner)
+    arch = Arch.from_dict(winner.arch)
+    student = build_student(arch, dataset, config.distill.seed, config.search.space)
+    try:
+        init = start_student(student, student_space(arch, config.search.space), teacher, config.distill.init)
+    except UsageError:  # --init inherit for a family that cannot: the distill stage refuses it in one line
+        return winner
+    winner = replace(winner, init=init)
+    winner.save(run.winner)
+    return winner
 
 
 def race_stage(run: RunDir, config: RunConfig, dataset, teacher, *, resume: bool, progress: Progress) -> WinnerRecord:
@@ -231,7 +247,7 @@ def race_stage(run: RunDir, config: RunConfig, dataset, teacher, *, resume: bool
     """
     winner = WinnerRecord.load(run.winner)
     if not config.search.race or winner.race is not None:
-        return winner
+        return winner if winner.init is not None else record_winner_init(run, config, dataset, teacher)
 
     result = run_race(read_leaderboard(run.leaderboard), teacher, dataset, run.race, search_config_for(config, teacher),
                       config.distill, space_spec=config.search.space, resume=resume, progress=progress)
@@ -239,8 +255,10 @@ def race_stage(run: RunDir, config: RunConfig, dataset, teacher, *, resume: bool
     race.save(run.race_record)
     plot_race_rungs(race.finalists, race.rungs, run.race_plot, race.rank)
     progress.note(f"race: spent {race.spent_steps} optimizer steps = {race.spent_distillations:.2f} of one "
-                  f"distillation ({race.full_steps} steps; budget {race.budget:g})")
-    return record_race(run.search, race)
+                  f"distillation ({race.full_steps} steps); with the rest of the winner's distillation "
+                  f"{race.total_distillations:.2f} (budget {race.budget:g})")
+    record_race(run.search, race)
+    return record_winner_init(run, config, dataset, teacher)
 
 
 def race_continuation(race_run: RunDir, arch: Arch, config: TrainConfig, distill_dir: Path,

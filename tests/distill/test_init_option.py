@@ -134,3 +134,17 @@ def test_a_teach_section_cannot_inherit(cli, fashion_npz, tmp_path):
                        "--batch-size", "32", "--config", config, "--out", out)
     assert code == 2 and "teach.init" in _one_line(err)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("init,mode", [("auto", "inherit"), ("random", "random")])
+def test_the_search_records_what_its_winner_takes_from_the_teacher(cli, fashion_npz, tmp_path, init, mode):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"search: {{trials: 2, population: 2, proxy_batch: 8}}\ndistill: {{init: {init}}}\n")
+    out = tmp_path / "run"
+    code, _, err = cli("search", "--teacher", "resnet8", "--data", f"npz:{fashion_npz}", "--subset", "64",
+                       "--config", config, "--out", out, "--quiet")
+    assert code == 0, err
+    recorded = json.loads((out / "search" / "winner.json").read_text())["init"]
+    assert recorded["mode"] == mode
+    if mode == "inherit":
+        assert 0 < recorded["fraction"] <= 1 and recorded["teacher"] == "resnet8"

@@ -146,6 +146,7 @@ def test_race_end_to_end(tmp_path, fashion_npz, config_file, cli):
     assert min(top, key=lambda f: (sum(r["train_loss_sum"] for r in f["rungs"]), f["finalist"])) == won[0]
     assert race["continuation"]["checkpoint"] == f"finalist-{won[0]['finalist']}/last.ckpt"
     assert race["continuation"]["step"] == race["rungs"][-1]
+    assert winner.init == won[0]["init"]  # winner.json: what the winner takes from the teacher
     for f in states.values():
         if f["state"] == "pruned":
             assert f["rung_reached"] == 0 and len(f["rungs"]) == 1  # eliminated at the lower rung, never trained on
