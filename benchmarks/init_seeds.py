@@ -2,7 +2,9 @@
 
 Reads the frontier's distillations (``quick_frontier.py``, one JSON per init and seed), pairs each
 student's random-init and inherited runs at the same seed, and prints the paired differences of
-validation and test top-1 with a paired bootstrap 95 % interval of their mean.
+validation and test top-1 with a paired bootstrap 95 % interval of their mean. From the
+distillations' own per-epoch histories (``--work``: the frontier runs' folders, ``quick_frontier.py
+--work``), how soon the inherited student reaches the random-init student's final validation top-1.
 
     python benchmarks/init_seeds.py --json benchmarks/init_seeds.json
 """
@@ -23,6 +25,29 @@ RUNS = {
     2: ("quick_frontier_seed2.json", "quick_frontier_inherit_seed2.json"),
 }
 STUDENTS = ("d1-1-1_w8-16-32", "d1-1-2_w8-16-32", "d1-2-4_w8-8-16")
+# seed -> (random-init work folder, inherited work folder) of quick_frontier.py --work
+WORK = {0: ("frontier", "frontier-inherit"), 1: ("frontier-seed1", "frontier-inherit-seed1"),
+        2: ("frontier-seed2", "frontier-inherit-seed2")}
+
+
+def val_by_epoch(work: Path, student: str) -> list[float] | None:
+    """Validation top-1 after each epoch of one frontier distillation, from its metrics.json."""
+    path = work / student / "distill" / "metrics.json"
+    return [h["val_acc"] for h in json.loads(path.read_text())["history"]] if path.exists() else None
+
+
+def epochs_to_match(runs: Path) -> list[dict]:
+    """Per student and seed: the first epoch at which the inherited run reaches the random-init run's final
+    validation top-1 (None: never)."""
+    out = []
+    for seed, (random_dir, inherit_dir) in WORK.items():
+        for student in STUDENTS:
+            rand, inh = val_by_epoch(runs / random_dir, student), val_by_epoch(runs / inherit_dir, student)
+            if rand and inh:
+                first = next((e + 1 for e, v in enumerate(inh) if v >= rand[-1]), None)
+                out.append({"student": student, "seed": seed, "epochs": len(inh), "match_epoch": first,
+                            "val_random_by_epoch": rand, "val_inherit_by_epoch": inh})
+    return out
 
 
 def accuracies(name: str) -> dict[str, dict[str, float]]:
@@ -40,6 +65,7 @@ def bootstrap_mean(diffs: np.ndarray, draws: int = 10_000, seed: int = 0) -> tup
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--work", type=Path, default=Path("runs"), help="where quick_frontier.py --work kept the runs")
     args = parser.parse_args()
     rows = []
     for seed, (random_file, inherit_file) in RUNS.items():
@@ -67,10 +93,17 @@ def main() -> None:
         summary[f"within_1.5_points_{init}"] = f"{len(within)} of {len(rows)}"
         print(f"{init}: validation top-1 within 1.5 points of the teacher's {100 * teacher:.2f} % in "
               f"{len(within)} of {len(rows)} runs")
+    matched = epochs_to_match(args.work)
+    if matched:
+        epochs = matched[0]["epochs"]
+        counts = {e: sum(m["match_epoch"] == e for m in matched) for e in [*range(1, epochs + 1), None]}
+        summary["epochs_to_match_random_final"] = {str(k): v for k, v in counts.items()}
+        print("inherited reaches the random-init run's final val top-1 at epoch: "
+              + ", ".join(f"{'never' if e is None else e}: {n}" for e, n in counts.items()) + f" (of {len(matched)})")
     if args.json:
         doc = {"command": "python benchmarks/init_seeds.py " + " ".join(sys.argv[1:]),
                "sources": {str(k): v for k, v in RUNS.items()}, "teacher_val_acc": teacher, "pairs": rows,
-               "summary": summary}
+               "summary": summary, "epochs_to_match": matched}
         tmp = args.json.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(doc, indent=2) + "\n")
         tmp.replace(args.json)
