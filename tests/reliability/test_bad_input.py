@@ -167,6 +167,8 @@ CASES = {
     "correlate edge nothing is near": (lambda f: ["correlate", "--teacher", str(f["teacher"]), "--data", f["npz"], "--archs", "12",
                                                  "--edges", "params=500", "--out", str(f["d"] / "x")], 2, "near the params edge"),
     "unknown race rank": (lambda f: _search(f, "--race", "3", "--race-rank", "vibes"), 2, "--race-rank"),
+    "race budget not above one distillation": (lambda f: _search(f, "--race", "3", "--race-budget", "1"), 2,
+                                               "must be more than 1"),
     "speed-up below 1": (lambda f: _search(f, "--speedup", "0.5"), 2, "--speedup must be at least 1"),
     "speed-up no candidate meets": (lambda f: _search(f, "--speedup", "50"), 2, "--speedup 50 (fastest sampled"),
     "speed-up on a missing provider": (lambda f: _search(f, "--speedup", "2", "--config",
