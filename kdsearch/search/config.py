@@ -84,7 +84,7 @@ class SearchConfig:
             raise UsageError(f"--workers must be positive (got {self.workers})")
         if self.race < 0 or self.race == 1:
             raise UsageError(f"--race takes 0 (no race) or at least 2 finalists (got {self.race})")
-        if not self.race_budget > 1:
+        if self.race and not self.race_budget > 1:  # without a race it is never read (old run.yaml files say 1.0)
             raise UsageError(f"--race-budget counts the race and the winner's distillation together, in distillations: "
                              f"it must be more than 1 (got {self.race_budget:g}; the default is 1.25)")
         if self.race_rank not in RACE_RANKS:

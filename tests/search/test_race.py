@@ -86,6 +86,7 @@ def test_a_race_too_small_for_its_finalists_is_refused():
         plan_race(9, 3, full_steps=10, budget=1.25)
     with pytest.raises(UsageError, match="more than 1"):
         SearchConfig(race=3, race_budget=1.0)
+    assert SearchConfig(race=0, race_budget=1.0).race_budget == 1.0  # a run.yaml of a run without a race still loads
 
 
 def test_a_rung_ranks_by_the_training_loss_so_far_or_by_validation_top1():
