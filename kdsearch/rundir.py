@@ -13,7 +13,7 @@ test instead of silently blanking a report cell::
       distill/  student.json student.safetensors metrics.json (TrainMetrics) curves.png last.ckpt [curve.json]
       qat/      qat.json (QatModel) student.qat.safetensors metrics.json (QatMetrics) curves.png last.ckpt
       export/   student.onnx student.ptq.onnx student.qat.onnx teacher.onnx export.json (ExportRecord) export.log
-      correlate/  correlate.json students.jsonl (``kdsearch correlate``)
+      correlate/  correlate.json students.jsonl [curves.jsonl] (``kdsearch correlate``)
 
 A module that writes into a folder it is given (not a :class:`RunDir`) names its files with the
 constants below or a record's ``FILE``; no other module spells a file name of this layout.
@@ -62,6 +62,7 @@ __all__ = [
     "TEACHER_ONNX",
     "CORRELATE_RECORD",
     "CORRELATE_STUDENTS",
+    "CORRELATE_CURVES",
 ]
 
 INT8_MODES = ("ptq", "qat")  # the int8 files an export can hold beside the fp32 one
@@ -86,6 +87,7 @@ EXPORT_LOG = "export.log"  # export/: the exporters' captured output
 TEACHER_ONNX = "teacher.onnx"  # export/: the teacher, timed beside the student's files
 CORRELATE_RECORD = "correlate.json"  # correlate/: the study's config, budgets and metrics
 CORRELATE_STUDENTS = "students.jsonl"  # correlate/: one finished student per line (the resume log)
+CORRELATE_CURVES = "curves.jsonl"  # correlate/: each student's learning curve, under train.curve_every
 
 R = TypeVar("R", bound="Record")
 

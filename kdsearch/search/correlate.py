@@ -19,7 +19,9 @@ bound on a proxy's agreement with the seed mean (a proxy can score above it).
 
 Every finished student is appended to ``students.jsonl`` (one fsynced JSON line, keyed by arch
 and training seed) and never trained twice; scores are recomputed on every run (seconds), so new
-proxies need no training.
+proxies need no training. Under ``train.curve_every`` each student's learning curve (every step's
+loss terms, validation top-1 every N steps) is appended to ``curves.jsonl``, so races can be
+simulated offline on the ground truth.
 """
 from __future__ import annotations
 
@@ -40,10 +42,10 @@ import torch
 from kdsearch.arch import Arch
 from kdsearch.data import Dataset, fixed_batch
 from kdsearch.errors import UsageError
-from kdsearch.files import write_json, write_text
+from kdsearch.files import read_json, write_json, write_text
 from kdsearch.models.teacher import Teacher
 from kdsearch.progress import NULL_PROGRESS, Progress
-from kdsearch.rundir import CHECKPOINT, CORRELATE_RECORD, CORRELATE_STUDENTS
+from kdsearch.rundir import CHECKPOINT, CORRELATE_CURVES, CORRELATE_RECORD, CORRELATE_STUDENTS, CURVE_LOG
 from kdsearch.search.config import CorrelateConfig, parse_edges
 
 __all__ = [
@@ -357,6 +359,9 @@ def run_correlate(
         name = f"{zlib.crc32(arch.key.encode()):08x}" + ("" if seed == config.train.seed else f"-s{seed}")
         trained = _train_one(arch, teacher, dataset, out_dir / "students" / name,
                              replace(config, train=replace(config.train, seed=seed)), config.space)
+        curve = out_dir / "students" / name / CURVE_LOG
+        if curve.exists():  # before the student's line: a resumed study may repeat a curve, never lose one
+            _append_line(out_dir / CORRELATE_CURVES, {"key": arch.key, "seed": seed, **read_json(curve)})
         model = space.build(arch, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
         h, w = dataset.image_size
         row = {"key": arch.key, "arch": arch.to_dict(), "params": sum(p.numel() for p in model.parameters()),

@@ -192,3 +192,21 @@ def test_run_correlate_resumes_without_retraining(data, tmp_path, monkeypatch):
     assert json.loads((tmp_path / "correlate.json").read_text())["reliability"] == third.reliability
     rows = [json.loads(x) for x in (tmp_path / "students.jsonl").read_text().splitlines()]
     assert sorted(r.get("seed", 0) for r in rows) == [0] * 5 + [1] * 5
+
+
+def test_run_correlate_keeps_each_students_learning_curve(data, tmp_path):
+    space = tmp_path / "tiny.yaml"
+    space.write_text(TINY_SPACE)
+    torch.manual_seed(0)
+    teacher = load_teacher("resnet8", num_classes=data.num_classes, in_channels=data.in_channels)
+    config = with_train(CorrelateConfig(space=str(space), archs=5, pool=60, proxy_batch=16, extra_batches=(),
+                                        proxies=("diswot",), teacher_inits=("random",)),
+                        epochs=1, batch_size=32, device="cpu", curve_every=2)
+    run_correlate(teacher, data, tmp_path, config)
+    students = [json.loads(x) for x in (tmp_path / "students.jsonl").read_text().splitlines()]
+    curves = [json.loads(x) for x in (tmp_path / "curves.jsonl").read_text().splitlines()]
+    assert [(c["key"], c["seed"]) for c in curves] == [(s["key"], s["seed"]) for s in students]
+    for c in curves:
+        steps = [p["step"] for p in c["steps"]]
+        assert steps == list(range(1, len(steps) + 1)) and c["curve_every"] == 2
+        assert [p["step"] for p in c["steps"] if "val_acc" in p] == steps[1::2]
