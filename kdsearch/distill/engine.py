@@ -520,7 +520,6 @@ def train_epoch(run: Setup, state: TrainState, epoch: int, phases: Phases, progr
     seen_all, correct_all = totals[-2], totals[-1]
     return {
         "epoch": epoch + 1,
-        "steps": int(seen_all) // (config.batch_size * dist.world_size),  # optimizer steps these entries cover
         "train_loss": {n: v / max(seen_all, 1) for n, v in zip(names, totals)},
         "train_acc": correct_all / max(seen_all, 1),
         "train_images": int(seen_all),
@@ -871,8 +870,9 @@ def fit(
     Returns:
         The last epoch's metrics (at ``stop_step``: the metrics there) with the per-epoch
         ``history``, ``run_steps`` (optimizer steps of the whole run so far), ``train_loss_total``
-        (their training losses summed) and, under ``config.curve_every``, the learning ``curve``. ``model`` holds the final weights, on the CPU. Under ``torchrun`` rank 0
-        alone evaluates and writes, and every rank returns rank 0's metrics.
+        (their training losses summed) and, under ``config.curve_every``, the learning ``curve``.
+        ``model`` holds the final weights, on the CPU. Under ``torchrun`` rank 0 alone evaluates
+        and writes, and every rank returns rank 0's metrics.
 
     Raises:
         UsageError: a loss needs the missing teacher, too little data, a checkpoint with other settings.
