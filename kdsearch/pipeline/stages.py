@@ -23,7 +23,7 @@ from kdsearch.distill.assistant import Candidate, assistant_stage
 from kdsearch.distill.config import TrainConfig
 from kdsearch.distill.losses import CombinedLoss
 from kdsearch.distill.stage import distill_student, inheritance_refusal, student_space, train_teacher
-from kdsearch.errors import ConfigError, ModelError, UsageError
+from kdsearch.errors import ConfigError, KdsearchError, ModelError, UsageError
 from kdsearch.files import atomic_path
 from kdsearch.export.stage import export_model, export_teacher
 from kdsearch.models.inherit import inheritance_problem
@@ -232,7 +232,7 @@ def record_winner_init(run: RunDir, config: RunConfig, dataset, teacher) -> Winn
     student = build_student(arch, dataset, config.distill.seed, config.search.space)
     try:
         init = start_student(student, student_space(arch, config.search.space), teacher, config.distill.init)
-    except UsageError:  # --init inherit for a family that cannot: the distill stage refuses it in one line
+    except KdsearchError:  # e.g. --init inherit for a family that cannot: the distill stage says so in one line
         return winner
     winner = replace(winner, init=init)
     winner.save(run.winner)
