@@ -53,12 +53,13 @@ def inheritance_refusal(family: str, problem: str, source: str) -> str:
 
 
 def start_student(student: nn.Module, space: SearchSpace, teacher: Teacher, init: str,
-                  progress: Progress = NULL_PROGRESS) -> dict[str, Any]:
+                  progress: Progress = NULL_PROGRESS, seed: int = 0) -> dict[str, Any]:
     """Give ``student`` its starting weights as ``init`` says (random | inherit | auto); what
     metrics.json records under ``init``. ``random`` keeps the seeded initialisation it was built with.
 
-    A student of a ``pruned`` space is its teacher cut down, weights and all, whatever ``init`` says:
-    the record names the teacher file and digest it was cut from.
+    A student of a ``pruned`` space is its teacher cut down, weights and all (``auto``, ``inherit``),
+    or the cut shape with fresh weights seeded by ``seed`` (``random``); the record names the
+    teacher file and digest it was cut from.
 
     Raises:
         UsageError: ``init`` is ``inherit`` and the student cannot inherit from ``teacher``.
@@ -68,8 +69,17 @@ def start_student(student: nn.Module, space: SearchSpace, teacher: Teacher, init
 
     family = space.family
     if isinstance(space, PrunedSpace):
+        source = {"teacher": space.prune["teacher"], "teacher_sha256": space.prune["teacher_sha256"]}
+        if init == "random":
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                for module in student.modules():
+                    if hasattr(module, "reset_parameters"):
+                        module.reset_parameters()
+            progress.note(f"init: the student is teacher {space.prune['teacher']} pruned, with fresh weights")
+            return {"mode": "random", "pruned_from": source}
         progress.note(f"init: the student is teacher {space.prune['teacher']} pruned, its weights the teacher's")
-        return {"mode": "pruned", "teacher": space.prune["teacher"], "teacher_sha256": space.prune["teacher_sha256"]}
+        return {"mode": "pruned", **source}
     if init == "random":
         return {"mode": "random"}
     problem = inheritance_problem(family, teacher.module, student)
@@ -166,7 +176,7 @@ def distill_student(
     """
     space = student_space(arch, space_spec)
     student = build_student(arch, dataset, config.seed, space_spec)
-    init = start_student(student, space, teacher, config.init, progress)
+    init = start_student(student, space, teacher, config.init, progress, seed=config.seed)
     result = train(student, dataset, out_dir, config, teacher=teacher.module, resume=resume, progress=progress)
     info = {
         "init": init,

@@ -231,7 +231,8 @@ def record_winner_init(run: RunDir, config: RunConfig, dataset, teacher) -> Winn
     arch = Arch.from_dict(winner.arch)
     student = build_student(arch, dataset, config.distill.seed, config.search.space)
     try:
-        init = start_student(student, student_space(arch, config.search.space), teacher, config.distill.init)
+        init = start_student(student, student_space(arch, config.search.space), teacher, config.distill.init,
+                             seed=config.distill.seed)
     except KdsearchError:  # e.g. --init inherit for a family that cannot: the distill stage says so in one line
         return winner
     winner = replace(winner, init=init)

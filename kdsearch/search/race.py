@@ -277,7 +277,7 @@ class _Race:
 
         config = self.train_config
         student = build_student(arch, self.dataset, config.seed, self.space_spec)
-        init = start_student(student, student_space(arch, self.space_spec), self.teacher, config.init)
+        init = start_student(student, student_space(arch, self.space_spec), self.teacher, config.init, seed=config.seed)
         result = train(student, self.dataset, finalist_dir(self.race_dir, finalist), config,
                        teacher=self.teacher.module, resume=True, stop_step=self.plan.rungs[rung])
         # the checkpoint keeps the run's summed loss: right after a kill between checkpoint and record, and

@@ -82,6 +82,16 @@ def test_run_chains_a_pruned_search(cli, fashion_npz, tmp_path):
     assert json.loads(RunDir(out).student_json.read_text())["init"]["mode"] == "pruned"
 
 
+def test_init_random_gives_a_pruned_student_fresh_weights(cli, fashion_npz, tmp_path):
+    run = tmp_path / "run"
+    code, _, err = _search(cli, fashion_npz, "resnet8", run)
+    assert code == 0, err
+    code, _, err = cli("distill", run, *TRAIN, "--init", "random", "--out", tmp_path / "fresh")
+    assert code == 0, err
+    init = json.loads(RunDir(tmp_path / "fresh").student_json.read_text())["init"]
+    assert init["mode"] == "random" and init["pruned_from"]["teacher"] == "resnet8"
+
+
 def test_a_pruned_student_starts_from_its_teachers_weights(fashion_npz):
     from kdsearch.arch import Arch
     from kdsearch.spaces import pruned_space
@@ -99,6 +109,14 @@ def test_a_pruned_student_starts_from_its_teachers_weights(fashion_npz):
     with torch.device("meta"):
         counted = space.build(half, num_classes=10, in_channels=1)
     assert torch.equal(counted.classifier.weight, cut.classifier.weight)
+    # --init random: the same cut shape, fresh weights, the same for the same seed
+    from kdsearch.distill.stage import start_student
+
+    fresh, again = (space.build(half, num_classes=10, in_channels=1) for _ in range(2))
+    assert start_student(fresh, space, teacher, "random", seed=3)["mode"] == "random"
+    start_student(again, space, teacher, "random", seed=3)
+    assert not torch.equal(fresh.classifier.weight, cut.classifier.weight)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), again.state_dict().values()))
 
 
 def test_a_pruned_search_times_candidates_whole_under_a_speedup_budget(cli, fashion_npz, tmp_path):
