@@ -79,7 +79,7 @@ def search_config(draw: dict):
     from kdsearch.search.config import SearchConfig
 
     if "speedup" in draw:
-        return SearchConfig(speedup=draw["speedup"], latency_batch=1)  # the draws budget batch 1
+        return SearchConfig(speedup=draw["speedup"], latency_batch=32)  # batch 1 and 32, as the draws (attach_latency)
     return SearchConfig(**{f"max_{draw['resource']}": draw["budget"]})
 
 
