@@ -48,8 +48,8 @@ def curves_path(init: str) -> Path:
     return HERE / f"resnet_cifar_curves_{init}.jsonl"
 
 
-def collect() -> None:
-    for init in INITS:
+def collect(inits: list[str]) -> None:
+    for init in inits:
         source = Path(f"runs/race_curves/{init}/correlate/curves.jsonl")
         shutil.copyfile(source, curves_path(init))
         print(f"{source} -> {curves_path(init)} ({len(source.read_text().splitlines())} curves)")
@@ -149,15 +149,17 @@ def main() -> None:
     parser.add_argument("--ranks", default="tse,val")
     parser.add_argument("--replicates", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--inits", default=",".join(INITS), help="which learning curves to race on")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    inits = args.inits.split(",")
     if args.collect:
-        collect()
+        collect(inits)
     setting = SETTINGS["resnet_cifar"]
     truths = {"random": read_rows(setting.fresh), "inherit": read_rows(setting.inherited)}
     out: dict = {"command": "python benchmarks/race_sim.py " + " ".join(sys.argv[1:]), "full_steps": FULL_STEPS,
                  "inits": {}}
-    for init in INITS:
+    for init in inits:
         curves = load_curves(init)
         archs = [a for a in accuracies(truths[init]).values() if a["key"] in curves]  # every arch, once all are run
         attach_latency({"resnet_cifar": archs}, json.loads(setting.latency.read_text()), (1, 32))
@@ -196,11 +198,12 @@ def main() -> None:
         out["inits"][init] = {"curves": str(curves_path(init).relative_to(HERE.parent.parent)), "archs": len(archs),
                               "seeds_per_arch": seeds, "settings": rows,
                               "chosen": {k: chosen[k] for k in ("finalists", "eta", "budget", "rank")}}
-    match = steps_to_match(load_curves("inherit"), truths["random"])
+    match = steps_to_match(load_curves("inherit"), truths["random"]) if "inherit" in inits else None
     out["inherited_steps_to_match_fresh_final"] = match
-    print(f"\ninherited students reach the fresh-weights final val top-1 after a median of {match['median_steps']} of "
-          f"{FULL_STEPS} steps; within half the steps in {match['at_most_half']} of {match['archs']} archs, never in "
-          f"{match['never']}")
+    if match:
+        print(f"\ninherited students reach the fresh-weights final val top-1 after a median of {match['median_steps']} "
+              f"of {FULL_STEPS} steps; within half the steps in {match['at_most_half']} of {match['archs']} archs, never "
+              f"in {match['never']}")
     if args.json:
         tmp = args.json.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(out, indent=1) + "\n")
