@@ -205,9 +205,9 @@ def main() -> None:
               f"of {FULL_STEPS} steps; within half the steps in {match['at_most_half']} of {match['archs']} archs, never "
               f"in {match['never']}")
     if args.json:
-        tmp = args.json.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(out, indent=1) + "\n")
-        tmp.replace(args.json)
+        from kdsearch.files import write_json
+
+        write_json(args.json, out)  # atomic
 
 
 if __name__ == "__main__":
