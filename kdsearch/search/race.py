@@ -322,7 +322,7 @@ class RaceResult:
             "spent_distillations": self.spent_steps / self.plan.full_steps,
             "total_distillations": total / self.plan.full_steps,
             "seed": self.seed,
-            "continuation": {"checkpoint": f"finalist-{won['finalist']}/{CHECKPOINT}",
+            "continuation": {"checkpoint": (finalist_dir(Path(), won["finalist"]) / CHECKPOINT).as_posix(),
                              "step": self.plan.rungs[-1], "settings": self.settings},
             "finalists": self.finalists,
             "winner": self.winner["arch"],
