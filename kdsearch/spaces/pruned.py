@@ -21,6 +21,7 @@ distilled from this space inherits.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -28,7 +29,7 @@ import torch
 from torch import nn
 
 from kdsearch.arch import form_for_image_size
-from kdsearch.errors import ModelError, SpaceError
+from kdsearch.errors import KdsearchWarning, ModelError, SpaceError
 from kdsearch.spaces.base import SPACES, GeneSpec, SearchSpace
 
 if TYPE_CHECKING:
@@ -45,8 +46,10 @@ _PRUNE_KEYS = ("teacher", "teacher_sha256", "groups", "blocks", "input_shape", "
 def prunable_teacher(teacher: "Teacher") -> tuple[nn.Module, list[Path]]:
     """The network Torch-Pruning cuts for ``teacher`` and the weights file(s) its digest is taken of.
 
-    A ``.pt2`` teacher's flat graph is lifted back into layers (:func:`~kdsearch.models.prune.lift_layers`);
-    a zoo teacher has no file (its digest is of its state_dict).
+    A ``.pt2`` teacher's unflattened program is lifted back into layers inside its module hierarchy
+    (:func:`~kdsearch.models.prune.lift_layers`), so its residual blocks can be removed by path; when
+    that fails, its flat graph is, with one warning (its students then only get narrower). A zoo
+    teacher has no file (its digest is of its state_dict).
 
     Raises:
         ModelError: a TorchScript teacher.
@@ -57,7 +60,12 @@ def prunable_teacher(teacher: "Teacher") -> tuple[nn.Module, list[Path]]:
     if path.is_dir():
         return teacher.module, [path / "model.safetensors"]
     if path.suffix == ".pt2" and path.is_file():
-        return lift_layers(teacher.exportable()), [path]
+        try:
+            return lift_layers(teacher.module), [path]
+        except ModelError as e:
+            warnings.warn(f"teacher {teacher.source}: {e}; pruning its flat graph instead, whose students only get "
+                          "narrower (no residual block to remove)", KdsearchWarning, stacklevel=2)
+            return lift_layers(teacher.exportable()), [path]
     if path.is_file():  # TorchScript: script modules, which Torch-Pruning cannot follow or cut
         raise ModelError(f"the pruned space (--space pruned) cannot cut the TorchScript teacher {teacher.source}: "
                          "its layers are script modules, not nn layers; save it with torch.export (.pt2), or give "

@@ -2,16 +2,22 @@
 from __future__ import annotations
 
 import random
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from kdsearch.errors import ModelError
-from kdsearch.models.prune import (PruneRecipe, apply_recipe, lift_layers, load_pruned, prunable_groups, save_pruned,
-                                   teacher_digest)
+from kdsearch.errors import KdsearchWarning, ModelError
+from kdsearch.models.prune import (PruneRecipe, apply_recipe, lift_layers, load_pruned, prunable_groups,
+                                   removable_blocks, save_pruned, teacher_digest)
+from kdsearch.models.prune import lift as lift_module
+from kdsearch.models.vit import ViT
 from kdsearch.models.zoo import create_model
 from kdsearch.spaces import load_space
+from kdsearch.spaces.model_files import load_teacher
+from kdsearch.spaces.pruned import PrunedSpace, prunable_teacher, pruned_space
 
 X = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
 BATCH = torch.randn(5, 3, 16, 16, generator=torch.Generator().manual_seed(1))  # another batch size: the export's is dynamic
@@ -132,3 +138,119 @@ def test_calls_that_cannot_be_lifted_stay_as_they_are(tmp_path):
 def test_only_an_exported_program_is_lifted():
     with pytest.raises(ModelError, match="torch.export"):
         lift_layers(create_model("resnet8"))
+
+
+# The module hierarchy, restored by torch.export.unflatten: residual blocks a recipe can remove by path.
+
+X28 = torch.randn(2, 3, 28, 28, generator=torch.Generator().manual_seed(2))
+BATCH28 = torch.randn(5, 3, 28, 28, generator=torch.Generator().manual_seed(3))
+
+
+@pytest.fixture(scope="module")
+def resnet20(tmp_path_factory):
+    torch.manual_seed(0)
+    net = _trained_looking(create_model("resnet20"))
+    path = tmp_path_factory.mktemp("resnet20") / "teacher.pt2"
+    torch.export.save(torch.export.export(net, (X28,), dynamic_shapes={"x": {0: torch.export.Dim("batch")}}), str(path))
+    return net, str(path)
+
+
+def _unflattened(path: str) -> nn.Module:
+    """The program as a ``.pt2`` teacher is loaded (kdsearch.models.teacher): its module hierarchy restored."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*LeafSpec", category=FutureWarning)  # torch's own deprecation
+        return torch.export.unflatten(torch.export.load(path))
+
+
+def test_unflattened_program_offers_the_blocks_of_the_network_it_came_from(resnet20):
+    net, path = resnet20
+    lifted = lift_layers(_unflattened(path))
+    assert _layer_types(lifted) == _layer_types(net)
+    assert list(lifted.state_dict()) == list(net.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(lifted(BATCH28), net(BATCH28), atol=1e-5)
+    blocks = removable_blocks(net, X28)
+    assert blocks and removable_blocks(lifted, X28) == blocks  # the flat graph offers none
+    assert [g.name for g in prunable_groups(lifted, X28)] == [g.name for g in prunable_groups(net, X28)]
+
+
+def test_a_student_without_a_block_of_a_pt2_teacher_round_trips(resnet20, tmp_path):
+    net, path = resnet20
+    teacher = lift_layers(_unflattened(path))
+    keep = {g.name: 0.5 for g in prunable_groups(teacher, X28)}
+    recipe = PruneRecipe(teacher_digest(teacher, [path]), keep, remove=("layer2.1",))
+    student = apply_recipe(teacher, recipe, X28).eval()
+    assert not any(name.startswith("layer2.1.") for name in student.state_dict())
+    reference = apply_recipe(net, PruneRecipe(teacher_digest(net), keep, remove=("layer2.1",)), X28).eval()
+    with torch.no_grad():
+        assert student(BATCH28).shape == (5, 10)
+        assert torch.allclose(student(BATCH28), reference(BATCH28), atol=1e-5)
+    save_pruned(tmp_path / "student", student, recipe, X28)
+    loaded = load_pruned(tmp_path / "student", lift_layers(_unflattened(path)), teacher_files=[path])  # read again
+    with torch.no_grad():
+        assert torch.equal(loaded(BATCH28), student(BATCH28))
+
+
+@pytest.mark.slow
+def test_a_student_without_a_block_of_a_pt2_teacher_exports_to_onnx(resnet20, tmp_path):
+    import onnxruntime as ort
+
+    from kdsearch.export import export_onnx
+
+    _, path = resnet20
+    teacher = lift_layers(_unflattened(path))
+    keep = {g.name: 0.5 for g in prunable_groups(teacher, X28)}
+    student = apply_recipe(teacher, PruneRecipe(teacher_digest(teacher), keep, remove=("layer1.0", "layer3.2")), X28)
+    onnx_path = export_onnx(student, X28[:1], tmp_path / "student.onnx")
+    logits = ort.InferenceSession(str(onnx_path)).run(None, {"input": BATCH28.numpy()})[0]  # another batch size
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(logits), student.eval()(BATCH28), atol=1e-4)
+
+
+def test_a_student_cut_from_the_flat_graph_loads_from_the_unflattened_one(resnet20, tmp_path):
+    _, path = resnet20
+    flat = lift_layers(_program_module(path))
+    recipe = PruneRecipe(teacher_digest(flat, [path]), {g.name: 0.5 for g in prunable_groups(flat, X28)})
+    student = apply_recipe(flat, recipe, X28).eval()
+    save_pruned(tmp_path / "student", student, recipe, X28)
+    loaded = load_pruned(tmp_path / "student", lift_layers(_unflattened(path)), teacher_files=[path])
+    with torch.no_grad():
+        assert torch.allclose(loaded(BATCH28), student(BATCH28), atol=1e-6)
+
+
+def test_vit_program_blocks_take_their_stream_alone(tmp_path):
+    torch.manual_seed(0)
+    net = ViT(patch_size=7, depth=2, heads=2, embed_dim=16, mlp_ratio=2.0, image_size=28).eval()
+    path = tmp_path / "vit.pt2"
+    torch.export.save(torch.export.export(net, (X28,), dynamic_shapes={"x": {0: torch.export.Dim("batch")}}), str(path))
+    lifted = lift_layers(_unflattened(str(path)))  # its blocks were called with the batch size beside the tokens
+    assert removable_blocks(lifted, X28) == removable_blocks(net, X28) == ["blocks.0", "blocks.1"]
+    student = apply_recipe(lifted, PruneRecipe(teacher_digest(lifted), remove=("blocks.1",)), X28)
+    with torch.no_grad():
+        assert student(BATCH28).shape == (5, 10)
+
+
+def test_pruned_space_offers_block_genes_for_a_pt2_teacher(resnet20):
+    net, path = resnet20
+    teacher = load_teacher(path, num_classes=10, in_channels=3, image_size=(28, 28))
+    space = pruned_space(teacher, num_classes=10, in_channels=3, image_size=(28, 28))
+    assert space.blocks == removable_blocks(net, X28) and "remove" in space.gene_specs
+    genes = {"keep": [0.5] * len(space.groups), "remove": [i == 1 for i in range(len(space.blocks))]}
+    again = PrunedSpace(space.definition)  # as read back from the run's YAML: the teacher is read from its file again
+    with torch.no_grad():
+        built = space.build_model(genes, 10, 3, "cifar").eval()
+        assert torch.equal(again.build_model(genes, 10, 3, "cifar").eval()(BATCH28), built(BATCH28))
+
+
+def test_a_program_whose_tree_cannot_be_lifted_is_pruned_flat_with_one_warning(resnet20, monkeypatch):
+    _, path = resnet20
+    teacher = load_teacher(path, num_classes=10, in_channels=3, image_size=(28, 28))
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("no such call")
+
+    monkeypatch.setattr(lift_module, "_lift_tree", refuse)
+    with pytest.warns(KdsearchWarning, match="cannot lift its module tree .*pruning its flat graph instead") as warned:
+        module, files = prunable_teacher(teacher)
+    assert "\n" not in str(warned[0].message) and files == [Path(path)]
+    assert _layer_types(module) and removable_blocks(module, X28) == []

@@ -140,6 +140,7 @@ def test_a_teacher_changed_since_the_search_is_refused_in_one_line(cli, fashion_
     run = tmp_path / "run"
     student = _pruned_chain(cli, fashion_npz, teacher, run)
     assert student["space"]["prune"]["teacher"] == str(teacher.resolve())
+    assert student["space"]["prune"]["blocks"] == ["layer1.0"]  # found in the program's restored module hierarchy
     weights = teacher / "model.safetensors"
     state = load_file(str(weights))
     state["classifier.bias"] = state["classifier.bias"] + 1
@@ -200,6 +201,7 @@ def test_search_distill_export_a_pruned_pt2_teacher(cli, fashion_npz, tmp_path):
     run = tmp_path / "run"
     student = _pruned_chain(cli, fashion_npz, teacher, run)
     assert student["space"]["prune"]["teacher"] == str(teacher.resolve())
+    assert student["space"]["prune"]["blocks"] == ["layer1.0"]  # found in the program's restored module hierarchy
     # the run travels: a copy reloads its student from the same teacher file
     copy = tmp_path / "copy"
     shutil.copytree(run, copy)

@@ -8,8 +8,9 @@ share of each such group a student keeps, and which teacher it was cut from.
 ``removable_blocks(teacher, x)`` the residual blocks it can drop whole; ``apply_recipe(teacher,
 recipe, x)`` returns the cut copy (its kept channels the most important by weight magnitude or
 BN scale); ``save_pruned`` / ``load_pruned`` store it as the recipe plus safetensors, rebuilt
-from the teacher without unpickling anything. A ``.pt2`` teacher's flat graph calls its layers as
-functions; ``lift_layers`` makes them modules again so the dependency graph can follow them.
+from the teacher without unpickling anything. A ``.pt2`` teacher's graph calls its layers as
+functions; ``lift_layers`` makes them modules again so the dependency graph can follow them, inside
+the module hierarchy ``torch.export.unflatten`` restores (so its residual blocks can be removed too).
 """
 from __future__ import annotations
 
