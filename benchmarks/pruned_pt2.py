@@ -4,8 +4,8 @@ The teacher is the zoo ``resnet18`` (ImageNet layout), trained by ``kdsearch tea
 photos (``photo_setup.py``: JPEGs of about 260×300, centre-cropped to 224) into a model directory,
 then saved with ``torch.export`` (dynamic batch) as a user hands one over. ``kdsearch run`` cuts
 students from that file (``lift_layers`` turns its aten conv/linear/batch-norm calls back into
-layers for Torch-Pruning), searches, distils the winner from the teacher's own weights and exports
-it: ONNX checked against PyTorch, latency timed in ONNX Runtime against the teacher, interleaved.
+layers for Torch-Pruning, inside its unflattened module hierarchy), searches, distils the winner
+from the teacher's own weights and exports it: ONNX checked against PyTorch, latency timed in ONNX Runtime against the teacher, interleaved.
 Then, if it finishes within ``--qat-limit`` seconds, ``kdsearch quantize`` (QAT-KD) and an int8 export.
 
 Besides the run's own records, two figures come from the library: the winner's validation top-1
@@ -94,18 +94,19 @@ def cut_before_distillation(run: Path) -> dict[str, Any]:
 
 
 def removable_blocks_both_ways(model_dir: Path, pt2: Path) -> dict[str, list[str]]:
-    """Residual blocks Torch-Pruning may drop from the model directory's network and from its lifted ``.pt2``."""
+    """Residual blocks Torch-Pruning may drop from the model directory's network and from its lifted ``.pt2``
+    (as ``--space pruned`` lifts it: the unflattened program, its module hierarchy restored)."""
     import torch
 
-    from kdsearch.models.prune import lift_layers, removable_blocks
+    from kdsearch.models.prune import removable_blocks
     from kdsearch.spaces.model_files import load_teacher
+    from kdsearch.spaces.pruned import prunable_teacher
 
     x = torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE)  # (1, C, H, W)
     found = {}
     for name, source in (("model_dir", model_dir), ("pt2", pt2)):
         teacher = load_teacher(str(source), num_classes=CLASSES, in_channels=3, image_size=(IMAGE_SIZE, IMAGE_SIZE))
-        module = teacher.module if name == "model_dir" else lift_layers(teacher.exportable())
-        found[name] = removable_blocks(module, x)
+        found[name] = removable_blocks(prunable_teacher(teacher)[0], x)
     return found
 
 
