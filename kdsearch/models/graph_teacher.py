@@ -22,7 +22,7 @@ from torch import fx, nn
 
 from kdsearch.errors import ModelError
 
-__all__ = ["GraphTeacher", "hookable_torchscript"]
+__all__ = ["GraphTeacher", "hookable_torchscript", "quiet_converter"]
 
 
 class GraphTeacher(nn.Module):
@@ -66,7 +66,8 @@ def _activation_chain(nodes: list[fx.Node], start: fx.Node, out: fx.Node) -> boo
 
 
 @contextlib.contextmanager
-def _quiet_converter() -> Iterator[None]:
+def quiet_converter() -> Iterator[None]:
+    """Silence the TorchScript converter's own warnings and logs while it runs."""
     # The converter warns and logs ("dimension ... specialized") about its own guesses: not the user's business.
     log = logging.getLogger("torch._export")
     level = log.level
@@ -127,7 +128,7 @@ def hookable_torchscript(script: torch.jit.ScriptModule, sample: torch.Tensor) -
     from torch._export.converter import TS2EPConverter
 
     try:
-        with _quiet_converter():
+        with quiet_converter():
             gm = TS2EPConverter(script, (sample,)).convert().module()
     except Exception as e:  # noqa: BLE001 - the converter fails on unsupported TorchScript
         raise ModelError(f"cannot convert this TorchScript graph ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None

@@ -19,7 +19,7 @@ from torch import nn
 from kdsearch.arch import Arch
 from kdsearch.errors import KdsearchWarning, ModelError, UsageError
 
-__all__ = ["Teacher", "load_teacher_file", "reinitialise", "check_io"]
+__all__ = ["Teacher", "load_teacher_file", "load_torchscript", "reinitialise", "check_io"]
 
 
 @dataclass
@@ -105,7 +105,8 @@ def _load_pt2(path: Path) -> nn.Module:
         return torch.export.unflatten(program)
 
 
-def _load_torchscript(path: Path) -> nn.Module:
+def load_torchscript(path: Path) -> torch.jit.ScriptModule:
+    """The TorchScript module saved in ``path``, on the CPU (raises ``ModelError`` when it is not one)."""
     try:
         return torch.jit.load(str(path), map_location="cpu")
     except Exception as e:  # noqa: BLE001
@@ -137,7 +138,7 @@ def load_teacher_file(path: Path, spec: str, *, num_classes: int, in_channels: i
         module = _load_pt2(path)
         rebuild = lambda: _load_pt2(path)  # noqa: E731 - an unflattened program cannot be deep-copied: read again
     elif path.suffix in TORCHSCRIPT_SUFFIXES:
-        module = _hookable(_load_torchscript(path), spec, num_classes, in_channels, image_size)
+        module = _hookable(load_torchscript(path), spec, num_classes, in_channels, image_size)
         rebuild = lambda: copy.deepcopy(module)  # noqa: E731 - a copy, not a second read that would warn again
     else:
         raise UsageError(f"cannot read a teacher from {path}: a teacher file is TorchScript (.pt/.ts) or torch.export (.pt2)")

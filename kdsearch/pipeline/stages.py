@@ -90,7 +90,7 @@ def searched_space(config: RunConfig, dataset, teacher: str | None = None) -> Se
     spec = teacher or config.teacher
     if spec is None:
         raise UsageError("--space pruned cuts students from your teacher: give --teacher (a zoo name, a model "
-                         "directory or a .pt2 file)")
+                         "directory, a .pt2 or a TorchScript file)")
     loaded = load_teacher(spec, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
                           image_size=dataset.image_size)
     try:

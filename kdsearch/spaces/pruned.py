@@ -7,7 +7,7 @@ dropped whole. Which groups and blocks exist depends on the teacher, so the spac
 ``prune:``::
 
     prune:
-      teacher: /abs/path/model-dir   # a zoo name, a model directory or a .pt2 file
+      teacher: /abs/path/model-dir   # a zoo name, a model directory, a .pt2 or TorchScript file
       teacher_sha256: 9f...          # of its weights file(s) (of its state_dict for a zoo name)
       groups: [stem.0, layer1.0.conv1, ...]   # one keep gene per group, in this order
       blocks: [layer1.0, layer1.1, ...]       # one remove gene per block, in this order
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -48,29 +48,49 @@ def prunable_teacher(teacher: "Teacher") -> tuple[nn.Module, list[Path]]:
 
     A ``.pt2`` teacher's unflattened program is lifted back into layers inside its module hierarchy
     (:func:`~kdsearch.models.prune.lift_layers`), so its residual blocks can be removed by path; when
-    that fails, its flat graph is, with one warning (its students then only get narrower). A zoo
-    teacher has no file (its digest is of its state_dict).
+    that fails, its flat graph is, with one warning (its students then only get narrower). A
+    TorchScript teacher is converted into such a program first
+    (:func:`~kdsearch.models.prune.torchscript_program`, traced on inputs of the size it was loaded
+    for), the submodule each call ran in restored. A zoo teacher has no file (its digest is of its
+    state_dict).
 
     Raises:
-        ModelError: a TorchScript teacher.
+        ModelError: a TorchScript teacher the converter cannot convert (naming what failed), or one whose
+            weights are frozen into its graph.
     """
-    from kdsearch.models.prune import lift_layers
+    from kdsearch.models.prune import torchscript_program, unflattened
+    from kdsearch.models.teacher import load_torchscript
 
     path = Path(teacher.source).expanduser()
     if path.is_dir():
         return teacher.module, [path / "model.safetensors"]
     if path.suffix == ".pt2" and path.is_file():
+        return _lifted(lambda: teacher.module, teacher.exportable, teacher.source), [path]
+    if path.is_file():  # TorchScript
+        script = load_torchscript(path)
+        what = f"the pruned space (--space pruned) cannot cut the TorchScript teacher {teacher.source}"
+        if not any(True for _ in script.parameters()):
+            raise ModelError(f"{what}: its weights are frozen into its graph (torch.jit.freeze), so it has no layer "
+                             "to cut; save it before freezing, or as .pt2")
+        size = (2, teacher.info["in_channels"], *teacher.info["image_size"])  # a batch of one would be fixed
         try:
-            return lift_layers(teacher.module), [path]
+            program = torchscript_program(script, torch.zeros(size))
         except ModelError as e:
-            warnings.warn(f"teacher {teacher.source}: {e}; pruning its flat graph instead, whose students only get "
-                          "narrower (no residual block to remove)", KdsearchWarning, stacklevel=2)
-            return lift_layers(teacher.exportable()), [path]
-    if path.is_file():  # TorchScript: script modules, which Torch-Pruning cannot follow or cut
-        raise ModelError(f"the pruned space (--space pruned) cannot cut the TorchScript teacher {teacher.source}: "
-                         "its layers are script modules, not nn layers; save it with torch.export (.pt2), or give "
-                         "a model directory or a zoo name")
+            raise ModelError(f"{what}: {e}") from None
+        return _lifted(lambda: unflattened(program), program.module, teacher.source), [path]
     return teacher.module, []
+
+
+def _lifted(tree: Callable[[], nn.Module], flat: Callable[[], nn.Module], source: str) -> nn.Module:
+    """The program's layers lifted inside its module hierarchy (``tree()``), else in its flat graph (``flat()``)."""
+    from kdsearch.models.prune import lift_layers
+
+    try:
+        return lift_layers(tree())
+    except ModelError as e:
+        warnings.warn(f"teacher {source}: {e}; pruning its flat graph instead, whose students only get "
+                      "narrower (no residual block to remove)", KdsearchWarning, stacklevel=3)
+        return lift_layers(flat())
 
 
 @SPACES.register("pruned")

@@ -157,14 +157,25 @@ def _linear_pt2(path):
     _save_pt2(nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10)), path)  # its one layer makes the logits
 
 
-def _torchscript(path):
-    model = ResNetCifar([1, 1, 1], [8, 8, 16], in_channels=1).eval()
-    torch.jit.save(torch.jit.trace(model, torch.zeros(1, 1, 28, 28)), str(path))
+class _FrozenConv(nn.Module):
+    """A conv and a linear layer whose weights are constants of the graph (torch.jit.freeze): nothing to cut."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
+def _frozen_torchscript(path):
+    torch.jit.save(torch.jit.freeze(torch.jit.script(_FrozenConv().eval())), str(path))
 
 
 @pytest.mark.parametrize("name, save, message", [
     ("linear.pt2", _linear_pt2, "finds no channel group it can cut"),
-    ("teacher.pt", _torchscript, "cannot cut the TorchScript teacher"),
+    ("frozen.pt", _frozen_torchscript, "its weights are frozen into its graph (torch.jit.freeze)"),
 ])
 def test_a_teacher_it_cannot_cut_is_refused_in_one_line_and_leaves_nothing(cli, fashion_npz, tmp_path, name, save,
                                                                            message):
@@ -207,3 +218,23 @@ def test_search_distill_export_a_pruned_pt2_teacher(cli, fashion_npz, tmp_path):
     shutil.copytree(run, copy)
     code, _, err = cli("export", copy, "--latency-runs", "3", "--quiet")
     assert code == 0, err
+
+
+def test_search_distill_export_a_pruned_torchscript_teacher(cli, fashion_npz, tmp_path):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = ResNetCifar([1, 1, 1], [8, 16, 16], in_channels=1).eval()
+    teacher = tmp_path / "teacher.pt"
+    torch.jit.save(torch.jit.trace(net, torch.zeros(2, 1, 28, 28)), str(teacher))
+    run = tmp_path / "run"
+    student = _pruned_chain(cli, fashion_npz, teacher, run)
+    assert student["space"]["prune"]["teacher"] == str(teacher.resolve())
+    assert student["space"]["prune"]["blocks"] == ["layer1.0"]  # its module hierarchy survives the conversion
+    code, _, err = cli("quantize", run, *TRAIN)
+    assert code == 0, err
+    with torch.no_grad():
+        net.classifier.bias.add_(1)
+    torch.jit.save(torch.jit.trace(net, torch.zeros(2, 1, 28, 28)), str(teacher))
+    code, _, err = cli("export", run, "--quiet")
+    assert code != 0
+    assert "has changed since the pruned space was made from it" in _one_line(err)

@@ -11,6 +11,8 @@ BN scale); ``save_pruned`` / ``load_pruned`` store it as the recipe plus safeten
 from the teacher without unpickling anything. A ``.pt2`` teacher's graph calls its layers as
 functions; ``lift_layers`` makes them modules again so the dependency graph can follow them, inside
 the module hierarchy ``torch.export.unflatten`` restores (so its residual blocks can be removed too).
+A TorchScript teacher is converted into such a program first (``torchscript_program``), the
+submodule each of its calls ran in carried over, so it is pruned the same way.
 """
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ from kdsearch.models.prune.lift import lift_layers
 from kdsearch.models.prune.recipe import (PruneRecipe, apply_recipe, kept_channels, prunable_groups, removable_blocks,
                                          teacher_digest)
 from kdsearch.models.prune.saved import PRUNED_FORMAT, load_pruned, save_pruned
+from kdsearch.models.prune.torchscript import torchscript_program, unflattened
 
 __all__ = ["ChannelGroup", "IMPORTANCES", "PruneRecipe", "prunable_groups", "removable_blocks", "apply_recipe",
-           "kept_channels", "teacher_digest", "save_pruned", "load_pruned", "PRUNED_FORMAT", "lift_layers"]
+           "kept_channels", "teacher_digest", "save_pruned", "load_pruned", "PRUNED_FORMAT", "lift_layers",
+           "torchscript_program", "unflattened"]

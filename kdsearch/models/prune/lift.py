@@ -64,14 +64,28 @@ def _owner(nodes: list[Any]) -> str:
 
 
 def _conv(root: nn.Module, node: fx.Node) -> tuple[str, nn.Module, tuple[str, ...]]:
+    # conv2d(input, weight, bias, stride, padding, dilation, groups)
+    return _conv2d(root, node, _arg(node, 3, 1), _arg(node, 4, 0), _arg(node, 5, 1), _arg(node, 6, 1))
+
+
+def _convolution(root: nn.Module, node: fx.Node) -> tuple[str, nn.Module, tuple[str, ...]]:
+    # convolution(input, weight, bias, stride, padding, dilation, transposed, output_padding, groups): what a
+    # converted TorchScript graph calls
+    stride, padding, dilation, transposed, _, groups = node.args[3:9]
+    if transposed:
+        raise _Skip  # no nn.Conv2d computes it
+    return _conv2d(root, node, stride, padding, dilation, groups)
+
+
+def _conv2d(root: nn.Module, node: fx.Node, stride: Any, padding: Any, dilation: Any,
+            groups: int) -> tuple[str, nn.Module, tuple[str, ...]]:
     w, b = node.args[1], _arg(node, 2, None)
     weight, bias = _tensor(root, w), _tensor(root, b)
     if weight.dim() != 4:
         raise _Skip
-    groups = _arg(node, 6, 1)
-    conv = nn.Conv2d(weight.shape[1] * groups, weight.shape[0], tuple(weight.shape[2:]), stride=_pair(_arg(node, 3, 1)),
-                     padding=_pair(_arg(node, 4, 0)), dilation=_pair(_arg(node, 5, 1)), groups=groups,
-                     bias=bias is not None, device="meta")
+    conv = nn.Conv2d(weight.shape[1] * groups, weight.shape[0], tuple(weight.shape[2:]), stride=_pair(stride),
+                     padding=_pair(padding), dilation=_pair(dilation), groups=groups, bias=bias is not None,
+                     device="meta")
     conv.weight = weight
     if bias is not None:
         conv.bias = bias
@@ -110,6 +124,7 @@ def _batch_norm(root: nn.Module, node: fx.Node) -> tuple[str, nn.Module, tuple[s
 
 _LIFTS: dict[Any, Callable[[nn.Module, fx.Node], tuple[str, nn.Module, tuple[str, ...]]]] = {
     _aten.conv2d.default: _conv,
+    _aten.convolution.default: _convolution,
     _aten.linear.default: _linear,
     _aten.batch_norm.default: _batch_norm,
 }

@@ -106,9 +106,9 @@ def prunable_groups(teacher: nn.Module, example_input: torch.Tensor) -> list[Cha
         ModelError: Torch-Pruning cannot trace the teacher, or finds no group it can cut.
     """
     if not any(isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) for m in teacher.modules()):
-        raise ModelError("the teacher has no nn.Conv2d or nn.Linear layers for Torch-Pruning to follow (a TorchScript "
-                         "file holds script modules, a .pt2 graph calls its layers as functions until lift_layers makes "
-                         "them modules); give it as a model directory or a zoo model")
+        raise ModelError("the teacher has no nn.Conv2d or nn.Linear layers for Torch-Pruning to follow (a .pt2 or "
+                         "converted TorchScript graph calls its layers as functions until lift_layers makes them "
+                         "modules); give it as a model directory or a zoo model")
     groups, problems = working_groups(teacher, example_input)
     if not groups:
         why = f" (e.g. {next(iter(problems.values()))})" if problems else ""
