@@ -50,6 +50,26 @@ def torchscript_teacher(tmp_path) -> Callable[..., tuple[SmallNet, str]]:
     return make
 
 
+def _trained_looking(model: nn.Module, seed: int = 0) -> nn.Module:
+    """``model`` in eval mode with distinct BN scales and statistics, so importance orders the channels
+    and eval logits depend on them."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.copy_(torch.rand(m.num_features, generator=g) * 2 - 0.5)  # some negative: |gamma| counts
+                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def trained_looking() -> Callable[..., nn.Module]:
+    """``trained_looking(model, seed=0) -> model``: BN scales and statistics set as a trained net's might be."""
+    return _trained_looking
+
+
 @pytest.fixture()
 def scale() -> type[Scale]:
     """The :class:`Scale` module (logits times a constant), for a TorchScript graph that cannot be cut."""

@@ -13,23 +13,10 @@ from kdsearch.models.resnet_cifar import ResNetCifar
 from kdsearch.models.zoo import create_model
 
 
-def _trained_looking(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Distinct BN scales and statistics, so importance orders the channels and eval logits depend on them."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.copy_(torch.rand(m.num_features, generator=g) * 2 - 0.5)  # some negative: |gamma| counts
-                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
-def resnet20():
+def resnet20(trained_looking):
     torch.manual_seed(0)
-    return _trained_looking(create_model("resnet20"))
+    return trained_looking(create_model("resnet20"))
 
 
 def _student(depths, widths, seed: int = 1, **kw) -> ResNetCifar:
@@ -109,15 +96,15 @@ def test_the_teacher_is_left_as_it_was(resnet20):
     assert all(torch.equal(before[k], v) for k, v in resnet20.state_dict().items())
 
 
-def test_imagenet_form_four_stages_and_bottlenecks_inherit():
+def test_imagenet_form_four_stages_and_bottlenecks_inherit(trained_looking):
     torch.manual_seed(0)
-    teacher = _trained_looking(create_model("resnet18"))
+    teacher = trained_looking(create_model("resnet18"))
     student = _student([1, 2, 1, 1], [32, 64, 128, 256], form="imagenet")
     record = inherit_weights("resnet_cifar", teacher, student)
     assert record.fraction == 1.0
     with torch.no_grad():
         assert student.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 10)
-    teacher = _trained_looking(ResNetCifar([2, 2, 2], [16, 32, 64], block="bottleneck"))
+    teacher = trained_looking(ResNetCifar([2, 2, 2], [16, 32, 64], block="bottleneck"))
     student = _student([1, 2, 1], [8, 16, 32], block="bottleneck")
     assert inherit_weights("resnet_cifar", teacher, student).fraction == 1.0
     same = _student([2, 2, 2], [16, 32, 64], block="bottleneck")

@@ -23,23 +23,10 @@ def _params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _trained_looking(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Distinct BN scales and statistics, so importance orders the channels and eval logits depend on them."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.copy_(torch.rand(m.num_features, generator=g) * 2 - 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
-def resnet20() -> nn.Module:
+def resnet20(trained_looking) -> nn.Module:
     torch.manual_seed(0)
-    return _trained_looking(create_model("resnet20"))
+    return trained_looking(create_model("resnet20"))
 
 
 @pytest.fixture(scope="module")
@@ -174,10 +161,10 @@ def test_removing_what_is_not_a_residual_block_is_refused(resnet20):
     assert "layer1.0" in _one_line(error)  # the blocks it does have
 
 
-def test_mbconv_student_prunes_with_its_forward_intact():
+def test_mbconv_student_prunes_with_its_forward_intact(trained_looking):
     space = load_space("mbconv")
     torch.manual_seed(0)
-    teacher = _trained_looking(space.build(space.sample(random.Random(0)), num_classes=10, in_channels=3))
+    teacher = trained_looking(space.build(space.sample(random.Random(0)), num_classes=10, in_channels=3))
     groups = prunable_groups(teacher, X)
     names = [g.name for g in groups]
     assert names[0] == "stem.0" and "head.0" in names and "classifier" not in names

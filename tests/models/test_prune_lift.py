@@ -23,17 +23,6 @@ X = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
 BATCH = torch.randn(5, 3, 16, 16, generator=torch.Generator().manual_seed(1))  # another batch size: the export's is dynamic
 
 
-def _trained_looking(model: nn.Module) -> nn.Module:
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.copy_(torch.rand(m.num_features, generator=g) * 2 - 0.5)
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-    return model.eval()
-
-
 def _export(net: nn.Module, path) -> str:
     """``net`` saved as a user saves a teacher: torch.export with any batch size."""
     program = torch.export.export(net, (X,), dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
@@ -50,9 +39,9 @@ def _layer_types(model: nn.Module) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def resnet(tmp_path_factory):
+def resnet(trained_looking, tmp_path_factory):
     torch.manual_seed(0)
-    net = _trained_looking(create_model("resnet8"))
+    net = trained_looking(create_model("resnet8"))
     return net, _export(net, tmp_path_factory.mktemp("teacher") / "teacher.pt2")
 
 
@@ -99,10 +88,10 @@ def test_student_of_a_pt2_teacher_round_trips_pinned_to_the_file(resnet, tmp_pat
         load_pruned(tmp_path / "student", teacher, teacher_files=[changed])
 
 
-def test_mbconv_program_lifts_and_prunes(tmp_path):
+def test_mbconv_program_lifts_and_prunes(trained_looking, tmp_path):
     space = load_space("mbconv")
     torch.manual_seed(0)
-    net = _trained_looking(space.build(space.sample(random.Random(0)), num_classes=10, in_channels=3))
+    net = trained_looking(space.build(space.sample(random.Random(0)), num_classes=10, in_channels=3))
     lifted = lift_layers(_program_module(_export(net, tmp_path / "mbconv.pt2")))
     assert _layer_types(lifted) == _layer_types(net)  # depthwise and squeeze-excite convs too
     groups = prunable_groups(lifted, X)
@@ -147,9 +136,9 @@ BATCH28 = torch.randn(5, 3, 28, 28, generator=torch.Generator().manual_seed(3))
 
 
 @pytest.fixture(scope="module")
-def resnet20(tmp_path_factory):
+def resnet20(trained_looking, tmp_path_factory):
     torch.manual_seed(0)
-    net = _trained_looking(create_model("resnet20"))
+    net = trained_looking(create_model("resnet20"))
     path = tmp_path_factory.mktemp("resnet20") / "teacher.pt2"
     torch.export.save(torch.export.export(net, (X28,), dynamic_shapes={"x": {0: torch.export.Dim("batch")}}), str(path))
     return net, str(path)

@@ -17,17 +17,6 @@ X28 = torch.randn(2, 3, 28, 28, generator=torch.Generator().manual_seed(2))
 BATCH28 = torch.randn(5, 3, 28, 28, generator=torch.Generator().manual_seed(3))  # the converted batch is dynamic
 
 
-def _trained_looking(model: nn.Module) -> nn.Module:
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.copy_(torch.rand(m.num_features, generator=g) * 2 - 0.5)
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-    return model.eval()
-
-
 def _save_traced(net: nn.Module, path) -> str:
     """``net`` saved as a user saves a TorchScript teacher: ``torch.jit.save(torch.jit.trace(...))``."""
     torch.jit.save(torch.jit.trace(net, X28), str(path))
@@ -39,9 +28,9 @@ def _teacher(path: str):
 
 
 @pytest.fixture(scope="module")
-def resnet20(tmp_path_factory):
+def resnet20(trained_looking, tmp_path_factory):
     torch.manual_seed(0)
-    net = _trained_looking(create_model("resnet20"))
+    net = trained_looking(create_model("resnet20"))
     return net, _save_traced(net, tmp_path_factory.mktemp("resnet20") / "teacher.pt")
 
 
@@ -74,9 +63,9 @@ def test_a_student_of_a_torchscript_teacher_round_trips_pinned_to_the_file(resne
         assert torch.equal(loaded(BATCH28), student(BATCH28))
 
 
-def test_a_torchscript_teacher_changed_since_its_space_was_made_is_refused(tmp_path):
+def test_a_torchscript_teacher_changed_since_its_space_was_made_is_refused(trained_looking, tmp_path):
     torch.manual_seed(0)
-    net = _trained_looking(create_model("resnet8"))
+    net = trained_looking(create_model("resnet8"))
     path = _save_traced(net, tmp_path / "teacher.ts")
     space = pruned_space(_teacher(path), num_classes=10, in_channels=3, image_size=(28, 28))
     assert space.blocks == removable_blocks(net, X28)
@@ -116,9 +105,9 @@ class _Scriptable(nn.Module):
         return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
 
 
-def test_a_scripted_teacher_offers_its_groups_and_blocks_too(tmp_path):
+def test_a_scripted_teacher_offers_its_groups_and_blocks_too(trained_looking, tmp_path):
     torch.manual_seed(0)
-    net = _trained_looking(_Scriptable())
+    net = trained_looking(_Scriptable())
     path = tmp_path / "scripted.pt"
     torch.jit.save(torch.jit.script(net), str(path))
     module, _ = prunable_teacher(_teacher(str(path)))
