@@ -44,8 +44,11 @@ FULL_STEPS = 234  # the ground truth's recipe: 3 epochs of 4,500 images at batch
 INITS = ("inherit", "random")
 
 
-def curves_path(init: str) -> Path:
-    return HERE / f"resnet_cifar_curves_{init}.jsonl"
+RACE_SEED = 1000  # kdsearch's race seed for training seed 0 (RACE_SEED_OFFSET)
+
+
+def curves_path(init: str, seed: int = RACE_SEED) -> Path:
+    return HERE / (f"resnet_cifar_curves_{init}.jsonl" if seed == RACE_SEED else f"resnet_cifar_curves_{init}_s{seed}.jsonl")
 
 
 def collect(inits: list[str]) -> None:
@@ -55,11 +58,11 @@ def collect(inits: list[str]) -> None:
         print(f"{source} -> {curves_path(init)} ({len(source.read_text().splitlines())} curves)")
 
 
-def load_curves(init: str) -> dict[str, dict]:
+def load_curves(init: str, seed: int = RACE_SEED) -> dict[str, dict]:
     """Per arch key: ``tse`` (cumulative training loss by step, index 0 = after step 1) and ``val``
-    (step -> validation top-1)."""
+    (step -> validation top-1), of the curves run at race seed ``seed``."""
     out = {}
-    for row in read_rows(curves_path(init)):
+    for row in read_rows(curves_path(init, seed)):
         steps = row["steps"]
         out[row["key"]] = {"tse": np.cumsum([sum(p["loss"].values()) for p in steps]),
                            "val": {p["step"]: p["val_acc"] for p in steps if "val_acc" in p}}
