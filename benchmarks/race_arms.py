@@ -31,6 +31,7 @@ seed 1000 + s; (c) − (b) is paired by draw and seed, its 95 % interval a boots
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -176,17 +177,39 @@ def real_races(n: int, by_key: dict, draws: dict) -> None:
         print(f"{kind} draw {i}: winner {label(by_key[winner['key']])}, test top-1 {100 * m['test_acc']:.2f}", flush=True)
 
 
-def replay(by_key: dict, draws: dict) -> dict:
-    """(kind, draw, seed) -> the replayed race's winner and its shipped test top-1 (fraction)."""
+def replay(by_key: dict, draws: dict, race: dict = RACE, floor: float = 0.0) -> dict:
+    """(kind, draw, seed) -> the replayed race's winner and its shipped test top-1 (fraction); with
+    ``floor``, only archs using at least that share of the budget race (``largest`` if under two do)."""
+    from kdsearch.search.race import edge_share
+
     raced = {(r["key"], r["seed"]): r["test_acc"] for r in read_rows(RACED)}
     out = {}
     for s in SEEDS:
         curves = load_curves("inherit", RACE_SEED + s)
         for kind in KINDS:
             for i, draw in enumerate(draws[kind]):
-                key = race_pick(draw, by_key, curves, RACE["k"], RACE["eta"], RACE["budget"], RACE["rank"])
+                near = {a["key"]: a for a in feasible(draw, by_key)
+                        if edge_share(a, search_config(draw)) >= floor}
+                key = (race_pick({**draw, "pool": list(near)}, by_key, curves, race["k"], race["eta"],
+                                 race["budget"], race["rank"]) if len(near) >= 2 else None) or largest(draw, by_key)
                 out[(kind, i, s)] = {"winner": key, "test_acc": raced[(key, RACE_SEED + s)]}
     return out
+
+
+def variants(by_key: dict, draws: dict, long: dict) -> list[dict]:
+    """(c) − (b) for every race shape that costs about the same (``--race-budget`` 4/3), per kind of budget."""
+    rows = []
+    for k, eta, rank, floor in itertools.product((2, 3, 4, 6), (2, 3), ("tse", "val"), (0.0, 0.5, 0.75)):
+        race = {"k": k, "eta": eta, "budget": RACE["budget"], "rank": rank}
+        replayed = replay(by_key, draws, race, floor)
+        row = {**race, "floor": floor}
+        for kind in KINDS:
+            diff = [100 * replayed[(kind, i, s)]["test_acc"] - long[(largest(d, by_key), s)]
+                    for i, d in enumerate(draws[kind]) for s in SEEDS]
+            row[kind] = float(np.mean(diff))
+        rows.append(row)
+        print(f"K {k} eta {eta} {rank} floor {floor:g}: " + ", ".join(f"{kind} {row[kind]:+.2f}" for kind in KINDS))
+    return rows
 
 
 def bootstrap(diff: np.ndarray, replicates: int, seed: int) -> list[float] | None:
@@ -203,6 +226,7 @@ def main() -> None:
     parser.add_argument("--train-largest", action="store_true", help="distil arm (b): the draws' largest archs, 4 epochs")
     parser.add_argument("--shard", default="0/1", help="i/n: train every n-th of arm (b)'s runs, from the i-th")
     parser.add_argument("--real", type=int, default=0, help="race this many draws for real (seed 1000), to check the replay")
+    parser.add_argument("--variants", action="store_true", help="also replay other race shapes of the same cost")
     parser.add_argument("--replicates", type=int, default=2000)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -224,7 +248,7 @@ def main() -> None:
           f"(b) largest inherited, {LONG_EPOCHS} epochs: 312 steps. Test top-1 (points), mean over draws and "
           f"seeds {','.join(map(str, SEEDS))}; (c) − (b) bootstrap 95 % CI over draws and seeds")
     print(f"{'budget':8s} {'draws':>5s} {'(c) race':>8s} {'(b) 312':>8s} {'c − b':>6s} {'95% CI':>16s} {'W/T/L':>9s}"
-          f" {'(b) 234':>8s} {'(a) 234':>8s} {'same arch':>9s}")
+          f" {'(b) 234':>8s} {'c − b234':>8s} {'95% CI':>16s} {'(a) 234':>8s} {'same arch':>9s}")
     kinds = {}
     for kind in KINDS:
         ds = draws[kind]
@@ -239,14 +263,19 @@ def main() -> None:
              "difference": float(diff.mean()), "difference_ci95": bootstrap(diff, args.replicates, 0),
              "wins": int((diff > 1e-9).sum()), "ties": int((abs(diff) <= 1e-9).sum()),
              "losses": int((diff < -1e-9).sum()), "largest_234_inherited_top1": float(b234.mean()),
-             "largest_234_fresh_top1": float(a234.mean()), "race_picked_largest": int(same),
+             "largest_234_fresh_top1": float(a234.mean()),
+             "race_minus_largest_234": float((c - b234).mean()),
+             "race_minus_largest_234_ci95": bootstrap(c - b234, args.replicates, 0), "race_picked_largest": int(same),
              "race_distinct_winners": len({replayed[(kind, i, s)]["winner"] for i in range(len(ds)) for s in SEEDS}),
              "largest_distinct": len(set(big))}
         kinds[kind] = m
-        lo, hi = m["difference_ci95"]
+        (lo, hi), (lo2, hi2) = m["difference_ci95"], m["race_minus_largest_234_ci95"]
         print(f"{kind:8s} {len(ds):5d} {m['race_top1']:8.2f} {m['largest_312_top1']:8.2f} {m['difference']:+6.2f} "
               f"[{lo:+6.2f}, {hi:+6.2f}] {m['wins']:3d}/{m['ties']}/{m['losses']:<3d} {m['largest_234_inherited_top1']:8.2f} "
-              f"{m['largest_234_fresh_top1']:8.2f} {same:5d}/{3 * len(ds)}")
+              f"{m['race_minus_largest_234']:+8.2f} [{lo2:+6.2f}, {hi2:+6.2f}] {m['largest_234_fresh_top1']:8.2f} "
+              f"{same:5d}/{3 * len(ds)}")
+    longer = [v - inherited[k]["accs"][s] for (k, s), v in long.items()]
+    print(f"4 epochs against 3 on the {len(long) // len(SEEDS)} largest archs, same seeds: {np.mean(longer):+.2f} points")
     real = read_rows(REAL) if REAL.exists() else []
     for r in real:
         r["replay_winner"], r["replay_test_acc"] = (replayed[(r["kind"], r["draw"], 0)][k] for k in ("winner", "test_acc"))
@@ -257,15 +286,17 @@ def main() -> None:
     agree = [r for r in real if r["reproduced"]]
     if real:
         print(f"real races: {len(real)}; the replay's winner and test top-1 reproduced exactly in {len(agree)}")
+    shapes = variants(by_key, draws, long) if args.variants else None
     if args.json:
         from kdsearch.files import write_json
 
         write_json(args.json, {
             "command": "python benchmarks/race_arms.py " + " ".join(sys.argv[1:]), "race": RACE, "race_steps": 311,
             "largest_steps": LONG_EPOCHS * FULL_STEPS // 3,  # the recipe's 3 epochs are FULL_STEPS "full_steps": FULL_STEPS, "seeds": list(SEEDS),
-            "inputs": {"largest_312": shown(LONG), "raced": shown(RACED),
+            "largest_4_minus_3_epochs": float(np.mean(longer)), "inputs": {"largest_312": shown(LONG), "raced": shown(RACED),
                        "curves": [shown(curves_path("inherit", RACE_SEED + s)) for s in SEEDS]},
-            "unit": "test top-1, points", "kinds": kinds, "real_races": real, "real_reproduced": len(agree)})
+            "unit": "test top-1, points", "kinds": kinds, "real_races": real, "real_reproduced": len(agree),
+            "variants": shapes})
 
 
 if __name__ == "__main__":
