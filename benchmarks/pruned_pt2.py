@@ -69,7 +69,10 @@ def save_model_dir_as_pt2(model_dir: Path, path: Path) -> int:
 def distill_steps(run: Path) -> dict[str, Any]:
     """What the run's distillation trained: optimizer steps, images, and its validation top-1."""
     last = json.loads((run / "distill" / "metrics.json").read_text())["history"][-1]
-    return {k: last.get(k) for k in ("epoch", "steps", "train_images", "micro_batch", "val_acc", "agreement")}
+    out = {k: last.get(k) for k in ("epoch", "train_images", "micro_batch", "val_acc", "agreement")}
+    batch = last["micro_batch"] * last.get("accumulation_steps", 1)
+    out["steps"] = last["epoch"] * (last["train_images"] // batch)  # train_images: one epoch's, whole batches
+    return out
 
 
 def cut_before_distillation(run: Path) -> dict[str, Any]:
