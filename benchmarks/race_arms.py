@@ -44,7 +44,7 @@ import numpy as np
 
 from inherit_proof import SETTINGS, accuracies, budget_draws, label, largest, read_rows, shown
 from race_proof import HERE, _interval, append_line, feasible
-from race_sim import FULL_STEPS, RACE_SEED, curves_path, load_curves, race_pick, search_config
+from race_sim import FULL_STEPS, RACE_SEED, curves_path, load_curves, race_pick, race_rows, search_config
 from speed_rules import attach_latency
 
 RACE = {"k": 6, "eta": 3, "budget": 4 / 3, "rank": "tse"}  # 311 optimizer steps with the winner's distillation
@@ -74,9 +74,9 @@ def collect() -> None:
 
 
 def _write_rows(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in sorted(rows, key=lambda r: (r["seed"], r["key"]))))
-    tmp.replace(path)
+    from kdsearch.files import write_text
+
+    write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in sorted(rows, key=lambda r: (r["seed"], r["key"]))))
     print(f"-> {shown(path)} ({len(rows)} rows)")
 
 
@@ -132,13 +132,6 @@ def train_largest(by_key: dict, draws: dict, shard: tuple[int, int]) -> None:
         print(f"{label(by_key[key])} seed {seed}: test top-1 {100 * m['test_acc']:.2f}", flush=True)
 
 
-def race_rows(draw: dict, by_key: dict) -> list[dict]:
-    """The draw's feasible archs as leaderboard rows (how ``run_race`` reads candidates)."""
-    return [{"arch": json.dumps(a["arch"], sort_keys=True, separators=(",", ":")), "key": a["key"],
-             "params": a["params"], "flops": a["flops"], "feasible": True, "score_diswot": 0.0,
-             "speedup_b1": a["speedup_b1"], "speedup_b32": a["speedup_b32"]} for a in feasible(draw, by_key)]
-
-
 def real_races(n: int, by_key: dict, draws: dict) -> None:
     """Run the first ``n`` draws' races for real at race seed 1000 (alternating params and speed-up
     budgets) and continue each winner into its distillation; append what happened to REAL."""
@@ -177,31 +170,37 @@ def real_races(n: int, by_key: dict, draws: dict) -> None:
         print(f"{kind} draw {i}: winner {label(by_key[winner['key']])}, test top-1 {100 * m['test_acc']:.2f}", flush=True)
 
 
-def replay(by_key: dict, draws: dict, race: dict = RACE, floor: float = 0.0) -> dict:
-    """(kind, draw, seed) -> the replayed race's winner and its shipped test top-1 (fraction); with
-    ``floor``, only archs using at least that share of the budget race (``largest`` if under two do)."""
+def race_runs() -> tuple[list[dict], dict]:
+    """Per seed, the curves of every arch at its race seed; and (key, race seed) -> the curve run's test top-1."""
+    return ([load_curves("inherit", RACE_SEED + s) for s in SEEDS],
+            {(r["key"], r["seed"]): r["test_acc"] for r in read_rows(RACED)})
+
+
+def replay(by_key: dict, draws: dict, runs: tuple[list[dict], dict], race: dict = RACE, floor: float = 0.0) -> dict:
+    """(kind, draw, seed) -> the replayed race's winner and its shipped test top-1 (fraction), from
+    ``runs`` (:func:`race_runs`); with ``floor``, only archs using at least that share of the budget race
+    (``largest`` if under two do)."""
     from kdsearch.search.race import edge_share
 
-    raced = {(r["key"], r["seed"]): r["test_acc"] for r in read_rows(RACED)}
+    curves, raced = runs
     out = {}
     for s in SEEDS:
-        curves = load_curves("inherit", RACE_SEED + s)
         for kind in KINDS:
             for i, draw in enumerate(draws[kind]):
                 near = {a["key"]: a for a in feasible(draw, by_key)
                         if edge_share(a, search_config(draw)) >= floor}
-                key = (race_pick({**draw, "pool": list(near)}, by_key, curves, race["k"], race["eta"],
+                key = (race_pick({**draw, "pool": list(near)}, by_key, curves[s], race["k"], race["eta"],
                                  race["budget"], race["rank"]) if len(near) >= 2 else None) or largest(draw, by_key)
                 out[(kind, i, s)] = {"winner": key, "test_acc": raced[(key, RACE_SEED + s)]}
     return out
 
 
-def variants(by_key: dict, draws: dict, long: dict) -> list[dict]:
+def variants(by_key: dict, draws: dict, runs: tuple[list[dict], dict], long: dict) -> list[dict]:
     """(c) − (b) for every race shape that costs about the same (``--race-budget`` 4/3), per kind of budget."""
     rows = []
     for k, eta, rank, floor in itertools.product((2, 3, 4, 6), (2, 3), ("tse", "val"), (0.0, 0.5, 0.75)):
         race = {"k": k, "eta": eta, "budget": RACE["budget"], "rank": rank}
-        replayed = replay(by_key, draws, race, floor)
+        replayed = replay(by_key, draws, runs, race, floor)
         row = {**race, "floor": floor}
         for kind in KINDS:
             diff = [100 * replayed[(kind, i, s)]["test_acc"] - long[(largest(d, by_key), s)]
@@ -239,7 +238,8 @@ def main() -> None:
         return
     if args.collect:
         collect()
-    replayed = replay(by_key, draws)
+    runs = race_runs()
+    replayed = replay(by_key, draws, runs)
     setting = SETTINGS["resnet_cifar"]
     long = {(r["key"], r["seed"]): 100 * r["test_acc"] for r in read_rows(LONG)}
     inherited = accuracies(read_rows(setting.inherited))
@@ -286,7 +286,7 @@ def main() -> None:
     agree = [r for r in real if r["reproduced"]]
     if real:
         print(f"real races: {len(real)}; the replay's winner and test top-1 reproduced exactly in {len(agree)}")
-    shapes = variants(by_key, draws, long) if args.variants else None
+    shapes = variants(by_key, draws, runs, long) if args.variants else None
     if args.json:
         from kdsearch.files import write_json
 

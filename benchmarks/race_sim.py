@@ -86,16 +86,19 @@ def search_config(draw: dict):
     return SearchConfig(**{f"max_{draw['resource']}": draw["budget"]})
 
 
+def race_rows(draw: dict, by_key: dict) -> list[dict]:
+    """The draw's feasible archs as leaderboard rows (how kdsearch's race reads candidates)."""
+    return [{"arch": json.dumps(a["arch"], sort_keys=True, separators=(",", ":")), "key": a["key"],
+             "params": a["params"], "flops": a["flops"], "feasible": True, "score_diswot": 0.0,
+             "speedup_b1": a.get("speedup_b1"), "speedup_b32": a.get("speedup_b32")} for a in feasible(draw, by_key)]
+
+
 def race_pick(draw: dict, by_key: dict, curves: dict, k: int, eta: int, budget: float, rank: str) -> str | None:
     """The race's winner among the draw's feasible archs (None: fewer than two to race)."""
     from kdsearch.errors import UsageError
     from kdsearch.search.race import pick_finalists, plan_race
 
-    inside = feasible(draw, by_key)
-    rows = [{"arch": json.dumps(a["arch"], sort_keys=True, separators=(",", ":")), "key": a["key"],
-             "params": a["params"], "flops": a["flops"], "feasible": True, "score_diswot": 0.0,
-             "speedup_b1": a.get("speedup_b1"), "speedup_b32": a.get("speedup_b32")} for a in inside]
-    finalists = pick_finalists(rows, search_config(draw), k)
+    finalists = pick_finalists(race_rows(draw, by_key), search_config(draw), k)
     if len(finalists) < 2:
         return None
     try:
