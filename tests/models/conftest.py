@@ -70,6 +70,34 @@ def trained_looking() -> Callable[..., nn.Module]:
     return _trained_looking
 
 
+def _block_cut_round_trips(net: nn.Module, teacher: nn.Module, path: str, reload: Callable[[], tuple[nn.Module, list]],
+                           tmp_path, x: torch.Tensor, batch: torch.Tensor) -> None:
+    """A cut of ``teacher`` (``net`` read back from the file ``path``) with half of every group and block
+    ``layer2.1`` removed computes what the same cut of ``net`` does, and saved, reloads onto the teacher read
+    again (``reload() -> (teacher, files)``) with equal outputs, pinned to the file."""
+    from kdsearch.models.prune import PruneRecipe, apply_recipe, load_pruned, prunable_groups, save_pruned, teacher_digest
+
+    keep = {g.name: 0.5 for g in prunable_groups(teacher, x)}
+    recipe = PruneRecipe(teacher_digest(teacher, [path]), keep, remove=("layer2.1",))
+    student = apply_recipe(teacher, recipe, x).eval()
+    assert not any(name.startswith("layer2.1.") for name in student.state_dict())
+    reference = apply_recipe(net, PruneRecipe(teacher_digest(net), keep, remove=("layer2.1",)), x).eval()
+    with torch.no_grad():
+        assert student(batch).shape == (len(batch), 10)
+        assert torch.allclose(student(batch), reference(batch), atol=1e-5)
+    save_pruned(tmp_path / "student", student, recipe, x)
+    again, files = reload()
+    loaded = load_pruned(tmp_path / "student", again, teacher_files=files)
+    with torch.no_grad():
+        assert torch.equal(loaded(batch), student(batch))
+
+
+@pytest.fixture(scope="session")
+def block_cut_round_trips() -> Callable[..., None]:
+    """``block_cut_round_trips(net, teacher, path, reload, tmp_path, x, batch)``: see :func:`_block_cut_round_trips`."""
+    return _block_cut_round_trips
+
+
 @pytest.fixture()
 def scale() -> type[Scale]:
     """The :class:`Scale` module (logits times a constant), for a TorchScript graph that cannot be cut."""

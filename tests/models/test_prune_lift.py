@@ -163,21 +163,10 @@ def test_unflattened_program_offers_the_blocks_of_the_network_it_came_from(resne
     assert [g.name for g in prunable_groups(lifted, X28)] == [g.name for g in prunable_groups(net, X28)]
 
 
-def test_a_student_without_a_block_of_a_pt2_teacher_round_trips(resnet20, tmp_path):
+def test_a_student_without_a_block_of_a_pt2_teacher_round_trips(resnet20, block_cut_round_trips, tmp_path):
     net, path = resnet20
-    teacher = lift_layers(_unflattened(path))
-    keep = {g.name: 0.5 for g in prunable_groups(teacher, X28)}
-    recipe = PruneRecipe(teacher_digest(teacher, [path]), keep, remove=("layer2.1",))
-    student = apply_recipe(teacher, recipe, X28).eval()
-    assert not any(name.startswith("layer2.1.") for name in student.state_dict())
-    reference = apply_recipe(net, PruneRecipe(teacher_digest(net), keep, remove=("layer2.1",)), X28).eval()
-    with torch.no_grad():
-        assert student(BATCH28).shape == (5, 10)
-        assert torch.allclose(student(BATCH28), reference(BATCH28), atol=1e-5)
-    save_pruned(tmp_path / "student", student, recipe, X28)
-    loaded = load_pruned(tmp_path / "student", lift_layers(_unflattened(path)), teacher_files=[path])  # read again
-    with torch.no_grad():
-        assert torch.equal(loaded(BATCH28), student(BATCH28))
+    block_cut_round_trips(net, lift_layers(_unflattened(path)), path,
+                          lambda: (lift_layers(_unflattened(path)), [path]), tmp_path, X28, BATCH28)  # read again
 
 
 @pytest.mark.slow

@@ -7,8 +7,7 @@ import torch
 from torch import nn
 
 from kdsearch.errors import ModelError
-from kdsearch.models.prune import (PruneRecipe, apply_recipe, load_pruned, prunable_groups, removable_blocks,
-                                   save_pruned, teacher_digest)
+from kdsearch.models.prune import PruneRecipe, apply_recipe, prunable_groups, removable_blocks, teacher_digest
 from kdsearch.models.zoo import create_model
 from kdsearch.spaces.model_files import load_teacher
 from kdsearch.spaces.pruned import PrunedSpace, prunable_teacher, pruned_space
@@ -46,21 +45,11 @@ def test_a_torchscript_teacher_offers_the_groups_and_blocks_of_the_network_it_ca
     assert blocks and removable_blocks(module, X28) == blocks  # the module hierarchy survives the conversion
 
 
-def test_a_student_of_a_torchscript_teacher_round_trips_pinned_to_the_file(resnet20, tmp_path):
+def test_a_student_of_a_torchscript_teacher_round_trips_pinned_to_the_file(resnet20, block_cut_round_trips, tmp_path):
     net, path = resnet20
-    teacher, _ = prunable_teacher(_teacher(path))
-    keep = {g.name: 0.5 for g in prunable_groups(teacher, X28)}
-    recipe = PruneRecipe(teacher_digest(teacher, [path]), keep, remove=("layer2.1",))
-    student = apply_recipe(teacher, recipe, X28).eval()
-    assert not any(name.startswith("layer2.1.") for name in student.state_dict())
-    reference = apply_recipe(net, PruneRecipe(teacher_digest(net), keep, remove=("layer2.1",)), X28).eval()
-    with torch.no_grad():
-        assert torch.allclose(student(BATCH28), reference(BATCH28), atol=1e-5)
-    save_pruned(tmp_path / "student", student, recipe, X28)
-    again, files = prunable_teacher(_teacher(path))  # the file read and converted again
-    loaded = load_pruned(tmp_path / "student", again, teacher_files=files)
-    with torch.no_grad():
-        assert torch.equal(loaded(BATCH28), student(BATCH28))
+    block_cut_round_trips(net, prunable_teacher(_teacher(path))[0], path,
+                          lambda: prunable_teacher(_teacher(path)),  # the file read and converted again
+                          tmp_path, X28, BATCH28)
 
 
 def test_a_torchscript_teacher_changed_since_its_space_was_made_is_refused(trained_looking, tmp_path):
