@@ -52,6 +52,13 @@ _register("resnet18", "resnet_cifar", ResNetCifar,
 
 _register("mobilenetv2", "mbconv", MBConvNet, mobilenetv2_genes())
 
+# A small MobileNetV2-style teacher in the mbconv space's own four-stage layout (221k parameters, 35M FLOPs
+# at 28 px), so mbconv students can start from its weights (--init inherit); MobileNetV2 has seven stages.
+_register("mbconv4", "mbconv", MBConvNet, {
+    "stem_width": 16, "depths": [2, 2, 2, 2], "widths": [16, 32, 64, 96], "kernels": [3, 3, 3, 3],
+    "expansions": [4, 4, 4, 4], "se": [False] * 4, "strides": [1, 2, 2, 1], "head_width": 256,
+})
+
 # NB201's macro skeleton (N=5, C=16) with its best CIFAR-10 cell (94.37% test accuracy, 200 epochs).
 _register("nb201_default", "nb201", NB201Net, {
     "ops": parse_cell("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"),

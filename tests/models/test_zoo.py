@@ -1,6 +1,8 @@
 """The model zoo: sizes against published figures, shapes, and where features are read."""
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 from torch import nn
@@ -8,6 +10,8 @@ from torch import nn
 from kdsearch.errors import ModelError, UsageError
 from kdsearch.models import MODELS, FeatureTap, ImageClassifier, create_model, locate_parts, model_arch
 from kdsearch.models.features import get_module
+from kdsearch.models.inherit import inheritance_problem
+from kdsearch.spaces import load_space
 
 HEAVY = {"resnet110", "resnet56", "resnet44", "resnet18"}  # shape checks at two sizes cost seconds on two cores
 
@@ -52,6 +56,19 @@ def test_mobilenetv2_matches_torchvision_count():
     # torchvision.models.mobilenet_v2(): 3,504,872 parameters (1000 classes); the CIFAR strides keep it.
     assert n_params(create_model("mobilenetv2", num_classes=1000, in_channels=3)) == 3_504_872
     assert n_params(create_model("mobilenetv2", 10, 3)) == 3_504_872 - 1281 * 990
+
+
+def test_mbconv_space_students_inherit_from_mbconv4_not_from_mobilenetv2():
+    """mobilenetv2's seven stages fit no student of the four-stage mbconv space; mbconv4 is one of its members."""
+    space = load_space("mbconv")
+    arch = model_arch("mbconv4")
+    assert arch is not None and arch.space == "mbconv"
+    assert n_params(space.build(arch, num_classes=10, in_channels=1)) == n_params(create_model("mbconv4", 10, 1))
+    rng = random.Random(0)
+    for _ in range(3):
+        student = space.build(space.sample(rng, (28, 28)), num_classes=10, in_channels=1)
+        assert "stages" in inheritance_problem("mbconv", create_model("mobilenetv2", 10, 1), student)
+        assert inheritance_problem("mbconv", create_model("mbconv4", 10, 1), student) is None
 
 
 @pytest.mark.parametrize("name", MODELS.names())
