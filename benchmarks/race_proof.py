@@ -63,22 +63,29 @@ def collect(runs: Path) -> None:
             print(f"{source} -> {HERE / f'{space}.jsonl'} ({len(source.read_text().splitlines())} students)")
 
 
-def planned_archs(space: str, dataset) -> list[dict]:
+def study_config(space: str, config: str | None = None):
+    """The run config of the space's correlate study in race_truth/ (``config``, default ``<space>.yaml``)."""
+    import yaml
+
+    from kdsearch.pipeline.config import config_from_dict
+
+    return config_from_dict(yaml.safe_load((HERE / (config or f"{space}.yaml")).read_text()))
+
+
+def planned_archs(space: str, dataset, config: str | None = None) -> list[dict]:
     """The archs the space's correlate study distils (its stratified, edge-weighted sample), with
     params and FLOPs; worked out once and kept in ``<space>.archs.json``, so draws and races do
-    not depend on how far the ground truth has got."""
+    not depend on how far the ground truth has got. ``config``: the study's YAML in race_truth/
+    (default ``<space>.yaml``), whose ``correlate.space`` builds the archs."""
     path = HERE / f"{space}.archs.json"
     if not path.exists():
-        import yaml
-
-        from kdsearch.pipeline.config import config_from_dict
         from kdsearch.proxies import count_flops
         from kdsearch.search.config import parse_edges
         from kdsearch.search.correlate import stratified_archs
         from kdsearch.spaces import load_space
 
-        c = config_from_dict(yaml.safe_load((HERE / f"{space}.yaml").read_text())).correlate
-        sp = load_space(space)
+        c = study_config(space, config).correlate
+        sp = load_space(c.space)
         archs = stratified_archs(sp, dataset, c.archs, seed=c.seed, pool=c.pool, max_params=c.max_params,
                                  edges=parse_edges(c.edges))
         rows = []

@@ -61,8 +61,13 @@ def collect(inits: list[str]) -> None:
 def load_curves(init: str, seed: int = RACE_SEED) -> dict[str, dict]:
     """Per arch key: ``tse`` (cumulative training loss by step, index 0 = after step 1) and ``val``
     (step -> validation top-1), of the curves run at race seed ``seed``."""
+    return read_curves(curves_path(init, seed))
+
+
+def read_curves(path: Path) -> dict[str, dict]:
+    """:func:`load_curves` of one collected ``curves.jsonl``."""
     out = {}
-    for row in read_rows(curves_path(init, seed)):
+    for row in read_rows(path):
         steps = row["steps"]
         out[row["key"]] = {"tse": np.cumsum([sum(p["loss"].values()) for p in steps]),
                            "val": {p["step"]: p["val_acc"] for p in steps if "val_acc" in p}}

@@ -7,7 +7,10 @@ intra-op thread, at batch 1 and 32. Each student runs in its own loop with the t
 (:func:`kdsearch.export.timing.interleaved_latency_ms`, rotated order after a warm-up), so each
 speed-up is the ratio of two medians of one loop; the teacher's median is recorded per loop.
 
-Run: ``python benchmarks/race_truth_latency.py --json benchmarks/race_truth/latency.json``
+Run: ``python benchmarks/race_truth_latency.py --json benchmarks/race_truth/latency.json``; the pruned space's
+archs (``race_pruned.py``): ``--space pruned --config pruned_curves.yaml --json benchmarks/race_truth/pruned_latency.json``;
+the mbconv archs against the second setting's teacher (``inherit_mbconv.py``): ``--space mbconv --teacher mbconv4
+--json benchmarks/race_truth/mbconv4_latency.json``
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from race_proof import HERE, SPACES, planned_archs
+from race_proof import HERE, SPACES, planned_archs, study_config
 
 INPUT_CHW = (1, 28, 28)
 NUM_CLASSES = 10
@@ -35,22 +38,27 @@ def cpu_model() -> str:
     return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "")
 
 
-def time_archs(batches: tuple[int, ...], runs: dict[int, int], warmup: int, threads: int, limit: int | None) -> dict:
-    """Per arch: teacher and student median ms and the speed-up at each batch, one loop per (arch, batch)."""
+def time_archs(batches: tuple[int, ...], runs: dict[int, int], warmup: int, threads: int, limit: int | None,
+               studies: dict[str, str | None], teacher_model: str = TEACHER) -> dict:
+    """Per arch of each study (space -> its config in race_truth/, None: ``<space>.yaml``): teacher and
+    student median ms and the speed-up at each batch, one loop per (arch, batch)."""
     import torch
 
     from kdsearch.arch import Arch
     from kdsearch.export.timing import interleaved_latency_ms, probe_session, speedup
     from kdsearch.models.zoo import create_model
+    from kdsearch.pipeline.stages import load_run_dataset
     from kdsearch.spaces import load_space
 
     torch.manual_seed(0)
-    teacher = probe_session(create_model(TEACHER, num_classes=NUM_CLASSES, in_channels=INPUT_CHW[0]), INPUT_CHW,
+    teacher = probe_session(create_model(teacher_model, num_classes=NUM_CLASSES, in_channels=INPUT_CHW[0]), INPUT_CHW,
                             threads=threads)
     rows = []
-    for space in SPACES:
-        sp = load_space(space)
-        for a in planned_archs(space, None)[:limit]:
+    for space, config in studies.items():
+        study = study_config(space, config)
+        sp = load_space(study.correlate.space)
+        dataset = None if (HERE / f"{space}.archs.json").exists() else load_run_dataset(study)
+        for a in planned_archs(space, dataset, config)[:limit]:
             student = probe_session(sp.build(Arch.from_dict(a["arch"]), num_classes=NUM_CLASSES, in_channels=INPUT_CHW[0]),
                                     INPUT_CHW, threads=threads)
             row = {"key": a["key"], "space": space, "params": a["params"], "flops": a["flops"]}
@@ -73,6 +81,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--limit", type=int, help="only the first N archs of each space (a quick check)")
+    parser.add_argument("--space", help="time only this study's archs (race_truth/<space>.archs.json)")
+    parser.add_argument("--config", help="with --space: the study's config in race_truth/ (default <space>.yaml)")
+    parser.add_argument("--teacher", default=TEACHER, help="zoo model the archs are timed against")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -83,10 +94,11 @@ def main() -> None:
     batches = tuple(int(b) for b in args.batches.split(","))
     runs = dict(zip(batches, (int(r) for r in args.runs.split(","))))
     load_before, t0 = os.getloadavg(), time.perf_counter()
-    result = time_archs(batches, runs, args.warmup, args.threads, args.limit)
+    studies = {args.space: args.config} if args.space else dict.fromkeys(SPACES)
+    result = time_archs(batches, runs, args.warmup, args.threads, args.limit, studies, args.teacher)
     load_after = os.getloadavg()
     rows = result["archs"]
-    for space in SPACES:
+    for space in studies:
         mine = [r for r in rows if r["space"] == space]
         slower = sum(r["speedup_b1"] <= 1 for r in mine)
         print(f"{space}: {slower} of {len(mine)} archs not faster than the teacher at batch 1; speed-up at batch 1 "
@@ -94,7 +106,7 @@ def main() -> None:
     if args.json:
         payload = {
             "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-            "teacher": TEACHER, "input_chw": list(INPUT_CHW), "num_classes": NUM_CLASSES, "provider": "cpu",
+            "teacher": args.teacher, "input_chw": list(INPUT_CHW), "num_classes": NUM_CLASSES, "provider": "cpu",
             "threads": args.threads, "batches": list(batches), "runs": {str(b): r for b, r in runs.items()},
             "warmup": args.warmup, "timing": "each arch in its own loop with the teacher, interleaved "
             "(kdsearch.export.timing.interleaved_latency_ms); ms are medians (p50)",
