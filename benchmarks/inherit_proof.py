@@ -111,6 +111,8 @@ def accuracies(rows: list[dict]) -> dict[str, dict]:
 
 def label(arch: dict) -> str:
     genes = arch["arch"]["genes"]
+    if "depths" not in genes:  # a pruning of the teacher: its size says more than its keep shares
+        return f"{arch['arch']['space']} {arch['params']:,} params"
     name = "d" + "-".join(map(str, genes["depths"])) + "_w" + "-".join(map(str, genes["widths"]))
     return name if genes.get("block", "basic") == "basic" else f"{genes['block']}_{name}"
 

@@ -132,15 +132,17 @@ def train_largest(by_key: dict, draws: dict, shard: tuple[int, int]) -> None:
         print(f"{label(by_key[key])} seed {seed}: test top-1 {100 * m['test_acc']:.2f}", flush=True)
 
 
-def real_races(n: int, by_key: dict, draws: dict) -> None:
+def real_races(n: int, by_key: dict, draws: dict, space_spec: str = "resnet_cifar", out: Path = REAL,
+               work: Path = WORK / "real") -> None:
     """Run the first ``n`` draws' races for real at race seed 1000 (alternating params and speed-up
-    budgets) and continue each winner into its distillation; append what happened to REAL."""
+    budgets) over the archs of ``space_spec`` and continue each winner into its distillation; append
+    what happened to ``out``."""
     from kdsearch.arch import Arch
     from kdsearch.distill.stage import distill_student
     from kdsearch.rundir import CHECKPOINT
     from kdsearch.search.race import finalist_dir, run_race
 
-    done = {(r["kind"], r["draw"]) for r in (read_rows(REAL) if REAL.exists() else [])}
+    done = {(r["kind"], r["draw"]) for r in (read_rows(out) if out.exists() else [])}
     order = [(kind, i) for i in range(len(draws["params"])) for kind in ("params", "speedup")][:n]
     dataset, teacher, recipe = load_runtime()
     for kind, i in order:
@@ -149,10 +151,10 @@ def real_races(n: int, by_key: dict, draws: dict) -> None:
         draw = draws[kind][i]
         rows = race_rows(draw, by_key)
         config = replace(search_config(draw), race=RACE["k"], race_eta=RACE["eta"], race_budget=RACE["budget"],
-                         race_rank=RACE["rank"], space="resnet_cifar", study_name=f"{kind}-{i}")
-        race_dir = WORK / "real" / f"{kind}-{i}"
+                         race_rank=RACE["rank"], space=space_spec, study_name=f"{kind}-{i}")
+        race_dir = work / f"{kind}-{i}"
         train = replace(recipe, seed=0)
-        result = run_race(rows, teacher, dataset, race_dir, config, train, space_spec="resnet_cifar", resume=True)
+        result = run_race(rows, teacher, dataset, race_dir, config, train, space_spec=space_spec, resume=True)
         record = result.record()
         winner = next(r for r in rows if r["arch"] == result.winner["arch"])
         finalist = next(f["finalist"] for f in record["finalists"]
@@ -162,11 +164,11 @@ def real_races(n: int, by_key: dict, draws: dict) -> None:
         if not (distill / CHECKPOINT).exists():
             shutil.copyfile(finalist_dir(race_dir, finalist) / CHECKPOINT, distill / CHECKPOINT)
         m = distill_student(Arch.from_dict(by_key[winner["key"]]["arch"]), teacher, dataset, distill,
-                            replace(train, seed=record["seed"]), resume=True, space_spec="resnet_cifar")
+                            replace(train, seed=record["seed"]), resume=True, space_spec=space_spec)
         row = {"kind": kind, "draw": i, "budget": draw["budget_text"], "winner": winner["key"],
                "test_acc": m["test_acc"], "total_steps": round(record["total_distillations"] * record["full_steps"]),
                "total_distillations": record["total_distillations"], "seed": record["seed"]}
-        append_line(REAL, row)
+        append_line(out, row)
         print(f"{kind} draw {i}: winner {label(by_key[winner['key']])}, test top-1 {100 * m['test_acc']:.2f}", flush=True)
 
 

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from inherit_proof import SETTINGS, accuracies, largest, read_rows, shown
-from race_arms import KINDS, LONG, RACE, SEEDS, bootstrap, load_setting, race_runs, replay
+from race_arms import KINDS, LONG, RACE, SEEDS, WORK, bootstrap, load_setting, race_runs, real_races, replay
 from race_proof import HERE, feasible
 from race_sim import RACE_SEED, race_pick, read_curves
 from speed_rules import attach_latency
@@ -48,6 +48,8 @@ POOL = 20  # prunings each draw's search offers the race, as arm (c)'s pools of 
 ARCHS = HERE / "pruned.archs.json"
 LATENCY = HERE / "pruned_latency.json"
 STUDENTS = HERE / "pruned_curves_students.jsonl"  # the curve runs' test top-1, every race seed
+SPACE = "benchmarks/race_truth/pruned_space.yaml"
+REAL = HERE / "race_pruned_real.jsonl"
 
 
 def curves_file(seed: int) -> Path:
@@ -94,6 +96,7 @@ def pruned_draws(draws: dict, pruned: dict[str, dict]) -> dict[str, list[dict]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--collect", action="store_true", help="copy the finished curve runs into race_truth/ first")
+    parser.add_argument("--real", type=int, default=0, help="race this many draws for real (seed 1000), to check the replay")
     parser.add_argument("--replicates", type=int, default=2000)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -102,8 +105,12 @@ def main() -> None:
     _, by_key, draws = load_setting()
     pruned = load_pruned()
     pdraws = pruned_draws(draws, pruned)
+    if args.real:
+        real_races(args.real, pruned, pdraws, SPACE, REAL, WORK / "real-pruned")
+        return
     curves = [read_curves(curves_file(RACE_SEED + s)) for s in SEEDS]
-    tested = {(r["key"], r["seed"]): 100 * r["test_acc"] for r in read_rows(STUDENTS)}
+    raw = {(r["key"], r["seed"]): r["test_acc"] for r in read_rows(STUDENTS)}  # fractions, as the runs wrote them
+    tested = {k: 100 * v for k, v in raw.items()}
     long = {(r["key"], r["seed"]): 100 * r["test_acc"] for r in read_rows(LONG)}
     c_replayed = replay(by_key, draws, race_runs())
     inherited = accuracies(read_rows(SETTINGS["resnet_cifar"].inherited))
@@ -113,7 +120,7 @@ def main() -> None:
           f"against (b) the largest resnet_cifar inherited, 312 steps, and (c) its race, 311. At 234 steps: the largest "
           "pruning against the largest resnet_cifar, inherited (b) and fresh (a). Test top-1 (points), mean over draws "
           f"and seeds {','.join(map(str, SEEDS))}; 95 % CI over draws and seeds")
-    kinds = {}
+    kinds, shipped = {}, {}
     for kind in KINDS:
         ds, pds = draws[kind], pdraws[kind]
         big = [largest(d, by_key) for d in ds]
@@ -128,6 +135,7 @@ def main() -> None:
                 key = (race_pick(pd, pruned, curves[j], RACE["k"], RACE["eta"], RACE["budget"], RACE["rank"])
                        if raceable[i] else None) or largest(pd, pruned)
                 winners.append(key)
+                shipped[(kind, i, s)] = key
                 d_race[i, j] = tested[(key, RACE_SEED + s)]
                 d_big[i, j] = tested[(largest(pd, pruned), RACE_SEED + s)]
         ok = ~np.isnan(d_race[:, 0])
@@ -165,6 +173,14 @@ def main() -> None:
             v = m[name]
             lo, hi = v["ci95"]
             print(f"  {name:34s} {v['difference']:+6.2f} [{lo:+6.2f}, {hi:+6.2f}]  W/T/L {v['wins']}/{v['ties']}/{v['losses']}")
+    real = read_rows(REAL) if REAL.exists() else []
+    for r in real:
+        key = shipped[(r["kind"], r["draw"], 0)]
+        r["replay_winner"], r["replay_test_acc"] = key, raw[(key, RACE_SEED)]
+        r["reproduced"] = r["winner"] == key and r["test_acc"] == r["replay_test_acc"]
+        print(f"real race, {r['kind']} draw {r['draw']} ({r['budget']}): winner {pruned[r['winner']]['params']:,} params, "
+              f"test top-1 {100 * r['test_acc']:.2f}; replay {pruned[key]['params']:,} params, "
+              f"{100 * r['replay_test_acc']:.2f}; {r['total_steps']} steps")
     if args.json:
         from kdsearch.files import write_json
 
@@ -173,7 +189,8 @@ def main() -> None:
             "largest_steps": 312, "pool": POOL, "seeds": list(SEEDS), "race_seeds": [RACE_SEED + s for s in SEEDS],
             "inputs": {"archs": shown(ARCHS), "latency": shown(LATENCY), "students": shown(STUDENTS),
                        "curves": [shown(curves_file(RACE_SEED + s)) for s in SEEDS], "largest_312": shown(LONG)},
-            "unit": "test top-1, points", "kinds": kinds})
+            "unit": "test top-1, points", "kinds": kinds, "real_races": real,
+            "real_reproduced": sum(r["reproduced"] for r in real)})
 
 
 if __name__ == "__main__":
