@@ -13,7 +13,7 @@ so only the archs some draw picks are distilled (``--train``), each in both arms
 with ``inherit_proof.compare``'s paired bootstrap over draws and, per arch, seeds.
 
     OMP_NUM_THREADS=1 python benchmarks/inherit_mbconv.py --train --shard 0/2   # and 1/2, in parallel
-    python benchmarks/inherit_mbconv.py --collect --json benchmarks/inherit_mbconv.json
+    python benchmarks/inherit_mbconv.py --collect --json benchmarks/inherit_mbconv.json   # committed: --seeds 0,1
 """
 from __future__ import annotations
 
@@ -100,6 +100,7 @@ def main() -> None:
     parser.add_argument("--train", action="store_true", help="distil the picked archs, fresh and inherited")
     parser.add_argument("--shard", default="0/1", help="i/n: train every n-th run, from the i-th")
     parser.add_argument("--collect", action="store_true", help="copy the shards' rows into race_truth/ first")
+    parser.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="training seeds an arch needs in both arms")
     parser.add_argument("--replicates", type=int, default=2000)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -109,16 +110,17 @@ def main() -> None:
         return
     if args.collect:
         collect()
+    seeds = [int(x) for x in args.seeds.split(",")]
     acc: dict[tuple[str, str], dict[int, float]] = {}
     for r in read_rows(ROWS):
         acc.setdefault((r["key"], r["init"]), {})[r["seed"]] = 100 * r["test_acc"]
-    complete = sorted({k for k, _ in acc if all(len(acc.get((k, i), {})) == len(SEEDS) for i in INITS)},
+    complete = sorted({k for k, _ in acc if all(set(seeds) <= set(acc.get((k, i), {})) for i in INITS)},
                       key=lambda k: by_key[k]["params"])
     index = {k: n for n, k in enumerate(complete)}
-    fresh = np.array([[acc[(k, "random")][s] for s in SEEDS] for k in complete])
-    inherited = np.array([[acc[(k, "inherit")][s] for s in SEEDS] for k in complete])
-    print(f"mbconv students of the mbconv4 teacher, 234 steps; {len(complete)} picked archs complete (3 seeds, both "
-          "inits). Test top-1 in points, mean over seeds 0-2; (b) − (a) paired bootstrap 95 % CI")
+    fresh = np.array([[acc[(k, "random")][s] for s in seeds] for k in complete])
+    inherited = np.array([[acc[(k, "inherit")][s] for s in seeds] for k in complete])
+    print(f"mbconv students of the mbconv4 teacher, 234 steps; {len(complete)} picked archs complete (seeds "
+          f"{args.seeds}, both inits). Test top-1 in points, mean over those seeds; (b) − (a) paired bootstrap 95 % CI")
     kinds = {}
     for kind in KINDS:
         picks = [largest(d, by_key) for d in draws[kind]]
@@ -143,7 +145,7 @@ def main() -> None:
         write_json(args.json, {"command": "python benchmarks/inherit_mbconv.py " + " ".join(sys.argv[1:]),
                                "teacher": "mbconv4 (runs/mbconv4_teacher, race_truth/mbconv4_teacher.yaml)",
                                "inputs": {"archs": shown(ARCHS), "latency": shown(LATENCY), "rows": shown(ROWS)},
-                               "seeds": list(SEEDS), "steps": 234, "unit": "test top-1, points", "kinds": kinds,
+                               "seeds": seeds, "steps": 234, "unit": "test top-1, points", "kinds": kinds,
                                "arch_table": table})
 
 
