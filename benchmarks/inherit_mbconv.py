@@ -13,7 +13,7 @@ so only the archs some draw picks are distilled (``--train``), each in both arms
 with ``inherit_proof.compare``'s paired bootstrap over draws and, per arch, seeds.
 
     OMP_NUM_THREADS=1 python benchmarks/inherit_mbconv.py --train --shard 0/2   # and 1/2, in parallel
-    python benchmarks/inherit_mbconv.py --collect --json benchmarks/inherit_mbconv.json   # committed: --seeds 0,1
+    python benchmarks/inherit_mbconv.py --collect --json benchmarks/inherit_mbconv.json
 """
 from __future__ import annotations
 
