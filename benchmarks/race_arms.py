@@ -69,11 +69,11 @@ def collect() -> None:
         if s:  # seed 1000's curves are race_sim's, collected there
             shutil.copyfile(run / "curves.jsonl", curves_path("inherit", RACE_SEED + s))
         rows += read_rows(run / "students.jsonl")
-    _write_rows(RACED, rows)
-    _write_rows(LONG, [r for shard in sorted(WORK.glob("long-shard*.jsonl")) for r in read_rows(shard)])
+    write_rows(RACED, rows)
+    write_rows(LONG, [r for shard in sorted(WORK.glob("long-shard*.jsonl")) for r in read_rows(shard)])
 
 
-def _write_rows(path: Path, rows: list[dict]) -> None:
+def write_rows(path: Path, rows: list[dict]) -> None:
     from kdsearch.files import write_text
 
     write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in sorted(rows, key=lambda r: (r["seed"], r["key"]))))

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from inherit_proof import SETTINGS, accuracies, largest, read_rows, shown
-from race_arms import KINDS, LONG, RACE, SEEDS, WORK, bootstrap, load_setting, race_runs, real_races, replay
+from race_arms import KINDS, LONG, RACE, SEEDS, WORK, bootstrap, load_setting, race_runs, real_races, replay, write_rows
 from race_proof import HERE, feasible
 from race_sim import RACE_SEED, race_pick, read_curves
 from speed_rules import attach_latency
@@ -62,16 +62,12 @@ def curve_run(seed: int) -> Path:
 
 def collect() -> None:
     """Copy the three curve runs' curves and students into race_truth/."""
-    from kdsearch.files import write_text
-
     rows = []
     for s in SEEDS:
         run = curve_run(RACE_SEED + s)
         shutil.copyfile(run / "curves.jsonl", curves_file(RACE_SEED + s))
         rows += read_rows(run / "students.jsonl")
-    rows.sort(key=lambda r: (r["seed"], r["key"]))
-    write_text(STUDENTS, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-    print(f"-> {shown(STUDENTS)} ({len(rows)} rows)")
+    write_rows(STUDENTS, rows)
 
 
 def load_pruned() -> dict[str, dict]:
