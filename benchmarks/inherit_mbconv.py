@@ -35,10 +35,12 @@ ARCHS = HERE / "mbconv.archs.json"
 LATENCY = HERE / "mbconv4_latency.json"
 RECIPE = HERE / "mbconv4.yaml"
 ROWS = HERE / "mbconv4_students.jsonl"
+LONG_ROWS = HERE / "mbconv4_students_4ep.jsonl"  # arm (b) at 4 epochs, 312 steps (--train --epochs 4; race_pruned.py)
 WORK = Path("runs/inherit_mbconv")
 KINDS = ("params", "speedup")
 INITS = ("random", "inherit")
 SEEDS = (0, 1, 2)
+EPOCHS = 3  # the recipe's: 234 optimizer steps
 SPEEDUPS = (1.5, 2.4)  # the small teacher is fast: no arch of the 30 is 2.5x faster at batch 1
 
 
@@ -50,8 +52,9 @@ def load() -> tuple[dict[str, dict], dict[str, list[dict]]]:
     return {a["key"]: a for a in archs}, draws
 
 
-def train(by_key: dict, draws: dict, shard: tuple[int, int]) -> None:
-    """Distil every picked arch at each seed, fresh and inherited (resumable; one shard's share)."""
+def train(by_key: dict, draws: dict, shard: tuple[int, int], epochs: int = EPOCHS) -> None:
+    """Distil every picked arch at each seed, fresh and inherited (resumable; one shard's share). At
+    other than the recipe's ``epochs`` only inherited: arm (b) at the race's length, for ``race_pruned.py``."""
     import torch
     import yaml
 
@@ -63,10 +66,12 @@ def train(by_key: dict, draws: dict, shard: tuple[int, int]) -> None:
     from kdsearch.spaces.model_files import load_teacher
 
     keys = sorted({largest(d, by_key) for kind in KINDS for d in draws[kind]}, key=lambda k: by_key[k]["params"])
-    out = WORK / f"shard{shard[0]}.jsonl"
-    done = {(r["key"], r["seed"], r["init"]) for r in (read_rows(out) if out.exists() else [])}
-    todo = [(k, s, i) for s in SEEDS for k in keys for i in INITS][shard[0]::shard[1]]
-    print(f"{len(keys)} picked archs × {len(SEEDS)} seeds × {len(INITS)} inits; shard {shard[0]}/{shard[1]}: "
+    inits, tag = (INITS, "") if epochs == EPOCHS else (("inherit",), f"-{epochs}ep")
+    out = WORK / f"shard{shard[0]}{tag}.jsonl"
+    done = {(r["key"], r["seed"], r["init"]) for f in WORK.glob("shard*.jsonl")
+            if f.stem.partition("-")[2] == tag.lstrip("-") for r in read_rows(f)}  # any shard's, so shards can change
+    todo = [(k, s, i) for s in SEEDS for k in keys for i in inits][shard[0]::shard[1]]
+    print(f"{len(keys)} picked archs × {len(SEEDS)} seeds × {len(inits)} inits, {epochs} epochs; shard {shard[0]}/{shard[1]}: "
           f"{sum(t not in done for t in todo)} of {len(todo)} to train", flush=True)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     config = config_from_dict(yaml.safe_load(RECIPE.read_text()))
@@ -76,29 +81,37 @@ def train(by_key: dict, draws: dict, shard: tuple[int, int]) -> None:
     for key, seed, init in todo:
         if (key, seed, init) in done:
             continue
-        work = WORK / f"{zlib.crc32(key.encode()):08x}-s{seed}-{init}"
+        work = WORK / f"{zlib.crc32(key.encode()):08x}-s{seed}-{init}{tag}"
         m = distill_student(Arch.from_dict(by_key[key]["arch"]), teacher, dataset, work,
-                            replace(config.correlate.train, init=init, seed=seed),
+                            replace(config.correlate.train, init=init, seed=seed, epochs=epochs),
                             resume=(work / CHECKPOINT).exists(), space_spec="mbconv")
         append_line(out, {"key": key, "arch": by_key[key]["arch"], "params": by_key[key]["params"],
-                          "flops": by_key[key]["flops"], "seed": seed, "init": init,
+                          "flops": by_key[key]["flops"], "seed": seed, "init": init, **({"epochs": epochs} if tag else {}),
                           "test_acc": m["test_acc"], "val_acc": m["val_acc"]})
         print(f"{label(by_key[key])} seed {seed} {init}: test top-1 {100 * m['test_acc']:.2f}", flush=True)
 
 
 def collect() -> None:
+    """Join the shards' rows: the recipe's length into ROWS, other lengths into ``mbconv4_students_<n>ep.jsonl``."""
     from kdsearch.files import write_text
 
-    rows = sorted((r for shard in sorted(WORK.glob("shard*.jsonl")) for r in read_rows(shard)),
-                  key=lambda r: (r["seed"], r["key"], r["init"]))
-    write_text(ROWS, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-    print(f"-> {shown(ROWS)} ({len(rows)} rows)")
+    groups: dict[str, list[dict]] = {}
+    for shard in sorted(WORK.glob("shard*.jsonl")):
+        tag = shard.stem.partition("-")[2]  # "" or "4ep"
+        groups.setdefault(tag, []).extend(read_rows(shard))
+    for tag, rows in groups.items():
+        path = ROWS.with_name(f"{ROWS.stem}_{tag}.jsonl") if tag else ROWS
+        rows.sort(key=lambda r: (r["seed"], r["key"], r["init"]))
+        write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+        print(f"-> {shown(path)} ({len(rows)} rows)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", action="store_true", help="distil the picked archs, fresh and inherited")
     parser.add_argument("--shard", default="0/1", help="i/n: train every n-th run, from the i-th")
+    parser.add_argument("--epochs", type=int, default=EPOCHS,
+                        help="with --train: distil this long (not 3: inherited only, rows kept apart)")
     parser.add_argument("--collect", action="store_true", help="copy the shards' rows into race_truth/ first")
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="training seeds an arch needs in both arms")
     parser.add_argument("--replicates", type=int, default=2000)
@@ -106,7 +119,7 @@ def main() -> None:
     args = parser.parse_args()
     by_key, draws = load()
     if args.train:
-        train(by_key, draws, tuple(int(x) for x in args.shard.split("/")))
+        train(by_key, draws, tuple(int(x) for x in args.shard.split("/")), args.epochs)
         return
     if args.collect:
         collect()

@@ -89,8 +89,9 @@ def load_setting():
     return archs, {a["key"]: a for a in archs}, draws
 
 
-def load_runtime():
-    """The dataset, teacher and inherited recipe of the ground truth (``resnet_cifar_inherit.yaml``)."""
+def load_runtime(recipe: Path = SETTINGS["resnet_cifar"].inherited_config):
+    """The dataset, teacher and training recipe of a ground truth's config (default: the inherited
+    ``resnet_cifar_inherit.yaml``)."""
     import torch
     import yaml
 
@@ -99,7 +100,7 @@ def load_runtime():
     from kdsearch.spaces.model_files import load_teacher
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    config = config_from_dict(yaml.safe_load(SETTINGS["resnet_cifar"].inherited_config.read_text()))
+    config = config_from_dict(yaml.safe_load(recipe.read_text()))
     dataset = load_run_dataset(config)
     teacher = load_teacher(config.teacher, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
                            image_size=dataset.image_size)
@@ -133,10 +134,10 @@ def train_largest(by_key: dict, draws: dict, shard: tuple[int, int]) -> None:
 
 
 def real_races(n: int, by_key: dict, draws: dict, space_spec: str = "resnet_cifar", out: Path = REAL,
-               work: Path = WORK / "real") -> None:
+               work: Path = WORK / "real", recipe: Path = SETTINGS["resnet_cifar"].inherited_config) -> None:
     """Run the first ``n`` draws' races for real at race seed 1000 (alternating params and speed-up
-    budgets) over the archs of ``space_spec`` and continue each winner into its distillation; append
-    what happened to ``out``."""
+    budgets) over the archs of ``space_spec`` and continue each winner into its distillation, with the
+    teacher, data and recipe of the config ``recipe``; append what happened to ``out``."""
     from kdsearch.arch import Arch
     from kdsearch.distill.stage import distill_student
     from kdsearch.rundir import CHECKPOINT
@@ -144,7 +145,7 @@ def real_races(n: int, by_key: dict, draws: dict, space_spec: str = "resnet_cifa
 
     done = {(r["kind"], r["draw"]) for r in (read_rows(out) if out.exists() else [])}
     order = [(kind, i) for i in range(len(draws["params"])) for kind in ("params", "speedup")][:n]
-    dataset, teacher, recipe = load_runtime()
+    dataset, teacher, train_recipe = load_runtime(recipe)
     for kind, i in order:
         if (kind, i) in done:
             continue
@@ -153,7 +154,7 @@ def real_races(n: int, by_key: dict, draws: dict, space_spec: str = "resnet_cifa
         config = replace(search_config(draw), race=RACE["k"], race_eta=RACE["eta"], race_budget=RACE["budget"],
                          race_rank=RACE["rank"], space=space_spec, study_name=f"{kind}-{i}")
         race_dir = work / f"{kind}-{i}"
-        train = replace(recipe, seed=0)
+        train = replace(train_recipe, seed=0)
         result = run_race(rows, teacher, dataset, race_dir, config, train, space_spec=space_spec, resume=True)
         record = result.record()
         winner = next(r for r in rows if r["arch"] == result.winner["arch"])
