@@ -116,8 +116,8 @@ class Baselines:
     largest_312: dict[tuple[str, int], float]
     inherited_234: dict[tuple[str, int], float]
     fresh_234: dict[tuple[str, int], float]
-    race: dict[tuple[str, int, int], float] | None
     fresh_val_234: dict[tuple[str, int], float]  # (a)'s final validation top-1, for steps to match
+    race: dict[tuple[str, int, int], float] | None
     files: dict[str, str]  # the committed rows behind the arms, for the JSON's inputs
 
 
@@ -132,10 +132,10 @@ def resnet20_baselines() -> Baselines:
     _, by_key, draws = load_setting()
     c = replay(by_key, draws, race_runs())
     fresh = read_rows(SETTINGS["resnet_cifar"].fresh)
-    return Baselines(by_key, draws, by_seed(read_rows(LONG)),
-                     by_seed(read_rows(SETTINGS["resnet_cifar"].inherited)), by_seed(fresh),
-                     {k: 100 * v["test_acc"] for k, v in c.items()}, by_seed(fresh, "val_acc"),
-                     {"largest_312": shown(LONG)})
+    return Baselines(by_key, draws, largest_312=by_seed(read_rows(LONG)),
+                     inherited_234=by_seed(read_rows(SETTINGS["resnet_cifar"].inherited)),
+                     fresh_234=by_seed(fresh), fresh_val_234=by_seed(fresh, "val_acc"),
+                     race={k: 100 * v["test_acc"] for k, v in c.items()}, files={"largest_312": shown(LONG)})
 
 
 def mbconv4_baselines() -> Baselines:
@@ -145,10 +145,10 @@ def mbconv4_baselines() -> Baselines:
     by_key, draws = inherit_mbconv.load()
     rows = read_rows(inherit_mbconv.ROWS)
     fresh = [r for r in rows if r["init"] == "random"]
-    return Baselines(by_key, draws, by_seed(read_rows(inherit_mbconv.LONG_ROWS)),
-                     by_seed([r for r in rows if r["init"] == "inherit"]), by_seed(fresh), None,
-                     by_seed(fresh, "val_acc"),
-                     {"largest_312": shown(inherit_mbconv.LONG_ROWS), "largest_234": shown(inherit_mbconv.ROWS)})
+    return Baselines(by_key, draws, largest_312=by_seed(read_rows(inherit_mbconv.LONG_ROWS)),
+                     inherited_234=by_seed([r for r in rows if r["init"] == "inherit"]),
+                     fresh_234=by_seed(fresh), fresh_val_234=by_seed(fresh, "val_acc"), race=None,
+                     files={"largest_312": shown(inherit_mbconv.LONG_ROWS), "largest_234": shown(inherit_mbconv.ROWS)})
 
 
 BASELINES = {"resnet20": resnet20_baselines, "mbconv4": mbconv4_baselines}
