@@ -50,7 +50,9 @@ import json
 import random
 import shutil
 import sys
-from dataclasses import dataclass
+import time
+import zlib
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +60,7 @@ import numpy as np
 from inherit_proof import SETTINGS, largest, read_rows, shown
 from race_arms import RACE, SEEDS, WORK, bootstrap, load_setting, race_runs, real_races, replay, write_rows
 from race_proof import HERE, feasible
-from race_sim import FULL_STEPS, RACE_SEED, race_pick, read_curves
+from race_sim import FULL_STEPS, RACE_SEED, race_pick, race_rows, read_curves, search_config
 from speed_rules import attach_latency
 
 POOL = 20  # prunings each draw's search offers the race, as arm (c)'s pools of 20 archs
@@ -113,7 +115,7 @@ class Baselines:
 
     by_key: dict[str, dict]
     draws: dict[str, list[dict]]
-    largest_312: dict[tuple[str, int], float]
+    largest_312: dict[tuple[str, int], float] | None  # None: not trained in this setting
     inherited_234: dict[tuple[str, int], float]
     fresh_234: dict[tuple[str, int], float]
     fresh_val_234: dict[tuple[str, int], float]  # (a)'s final validation top-1, for steps to match
@@ -145,10 +147,12 @@ def mbconv4_baselines() -> Baselines:
     by_key, draws = inherit_mbconv.load()
     rows = read_rows(inherit_mbconv.ROWS)
     fresh = [r for r in rows if r["init"] == "random"]
-    return Baselines(by_key, draws, largest_312=by_seed(read_rows(inherit_mbconv.LONG_ROWS)),
+    long = inherit_mbconv.LONG_ROWS
+    return Baselines(by_key, draws, largest_312=by_seed(read_rows(long)) if long.exists() else None,
                      inherited_234=by_seed([r for r in rows if r["init"] == "inherit"]),
                      fresh_234=by_seed(fresh), fresh_val_234=by_seed(fresh, "val_acc"), race=None,
-                     files={"largest_312": shown(inherit_mbconv.LONG_ROWS), "largest_234": shown(inherit_mbconv.ROWS)})
+                     files={"largest_234": shown(inherit_mbconv.ROWS),
+                            **({"largest_312": shown(long)} if long.exists() else {})})
 
 
 BASELINES = {"resnet20": resnet20_baselines, "mbconv4": mbconv4_baselines}
@@ -171,6 +175,13 @@ def load_pruned(setting: PrunedSetting) -> dict[str, dict]:
     return {a["key"]: a for a in archs}
 
 
+def finalists(draw: dict, pruned: dict[str, dict]) -> list[str]:
+    """The prunings kdsearch's race would take to its first rung under ``draw``'s budget."""
+    from kdsearch.search.race import pick_finalists
+
+    return [r["key"] for r in pick_finalists(race_rows(draw, pruned), search_config(draw), RACE["k"])]
+
+
 def pruned_draws(draws: dict, pruned: dict[str, dict], kinds: tuple[str, ...]) -> dict[str, list[dict]]:
     """The other arms' budgets, each with a seeded pool of POOL prunings instead of their archs."""
     keys = sorted(pruned)
@@ -183,12 +194,57 @@ def pruned_draws(draws: dict, pruned: dict[str, dict], kinds: tuple[str, ...]) -
     return out
 
 
+def train_largest(setting: PrunedSetting, draws: dict[str, list[dict]], pruned: dict[str, dict],
+                  shard: tuple[int, int]) -> None:
+    """Distil only the prunings some draw ships as its largest, at every race seed, into the curve runs'
+    own directories and files (``runs/race_curves/<name>[_s<seed>]/correlate``), so that ``kdsearch
+    correlate`` on the same config later trains only the rest. Seed-major, resumable; one shard's share."""
+    import yaml
+
+    from kdsearch.arch import Arch
+    from kdsearch.distill.stage import distill_student
+    from kdsearch.pipeline.config import config_from_dict
+    from kdsearch.pipeline.stages import load_run_dataset
+    from kdsearch.rundir import CHECKPOINT, CORRELATE_CURVES, CORRELATE_STUDENTS, CURVE_LOG
+    from kdsearch.spaces.model_files import load_teacher
+    from race_proof import append_line
+
+    keys = sorted({largest(d, pruned) for kind in setting.kinds for d in draws[kind] if feasible(d, pruned)},
+                  key=lambda k: pruned[k]["params"])
+    todo = [(k, s) for s in SEEDS for k in keys][shard[0]::shard[1]]
+    config = config_from_dict(yaml.safe_load((HERE / f"{setting.name}_curves.yaml").read_text()))
+    dataset = load_run_dataset(config)
+    teacher = load_teacher(config.teacher, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
+                           image_size=dataset.image_size)
+    for key, s in todo:
+        seed = RACE_SEED + s
+        out = setting.curve_run(seed)
+        students = out / CORRELATE_STUDENTS
+        if any(r["key"] == key and r["seed"] == seed for r in (read_rows(students) if students.exists() else [])):
+            continue
+        work = out / "students" / f"{zlib.crc32(key.encode()):08x}"  # the name kdsearch correlate gives it
+        resumed = (work / CHECKPOINT).exists()
+        start = time.perf_counter()
+        m = distill_student(Arch.from_dict(pruned[key]["arch"]), teacher, dataset, work,
+                            replace(config.correlate.train, seed=seed), resume=resumed, space_spec=setting.space)
+        append_line(out / CORRELATE_CURVES, {"key": key, "seed": seed, **json.loads((work / CURVE_LOG).read_text())})
+        append_line(students, {"key": key, "arch": pruned[key]["arch"], "params": pruned[key]["params"],
+                               "flops": pruned[key]["flops"], "val_acc": m["val_acc"], "test_acc": m["test_acc"],
+                               "train_s": time.perf_counter() - start, "resumed": resumed,
+                               "epochs": config.correlate.train.epochs, "seed": seed})
+        print(f"{pruned[key]['params']:,} params, seed {seed}: test top-1 {100 * m['test_acc']:.2f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--setting", choices=sorted(PRUNED), default="resnet20",
                         help="whose prunings: the quick preset's ResNet20 teacher or the mbconv4 teacher")
+    parser.add_argument("--train-largest", action="store_true",
+                        help="distil only the prunings the draws ship as their largest, at every race seed")
+    parser.add_argument("--shard", default="0/1", help="with --train-largest: i/n, train every n-th run from the i-th")
     parser.add_argument("--collect", action="store_true", help="copy the finished curve runs into race_truth/ first")
     parser.add_argument("--real", type=int, default=0, help="race this many draws for real (seed 1000), to check the replay")
+    parser.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="training seeds to judge on (race seed 1000 + each)")
     parser.add_argument("--replicates", type=int, default=2000)
     parser.add_argument("--json", type=Path, help="where to write the figures (default: the setting's own file)")
     args = parser.parse_args()
@@ -198,42 +254,51 @@ def main() -> None:
     base = BASELINES[args.setting]()
     pruned = load_pruned(setting)
     pdraws = pruned_draws(base.draws, pruned, setting.kinds)
+    if args.train_largest:
+        train_largest(setting, pdraws, pruned, tuple(int(x) for x in args.shard.split("/")))
+        return
     if args.real:
         real_races(args.real, pruned, pdraws, setting.space, setting.real, WORK / f"real-{setting.name}", setting.recipe)
         return
-    curves = [read_curves(setting.curves_file(RACE_SEED + s)) for s in SEEDS]
+    seeds = [int(x) for x in args.seeds.split(",")]
+    curves = {s: read_curves(setting.curves_file(RACE_SEED + s)) for s in seeds}
     raw = {(r["key"], r["seed"]): r["test_acc"] for r in read_rows(setting.students)}  # fractions, as the runs wrote them
     tested = {k: 100 * v for k, v in raw.items()}
+    missing = {k for kind in setting.kinds for pd in pdraws[kind] if len(feasible(pd, pruned)) >= 2
+               for k in finalists(pd, pruned) for s in seeds if k not in curves[s]}
+    raced = not missing  # a race is replayed only where every finalist's curve exists at every seed
 
-    print(f"{args.setting}: (d) pruned race K {RACE['k']}, eta {RACE['eta']}, budget {RACE['budget']:.3g}, "
+    print(f"{args.setting}: " + (f"(d) pruned race K {RACE['k']}, eta {RACE['eta']}, budget {RACE['budget']:.3g}, "
           f"{RACE['rank']}: 311 steps, against (b) the largest student of the other space, inherited, 312 steps"
-          f"{', and (c) its race, 311' if base.race else ''}. At 234 steps: the largest pruning against the largest "
-          "student, inherited (b) and fresh (a). Test top-1 (points), mean over draws and seeds "
-          f"{','.join(map(str, SEEDS))}; 95 % CI over draws and seeds")
+          f"{', and (c) its race, 311' if base.race else ''}. " if raced else
+          f"the race is not replayed: {len(missing)} of its finalists have no curve run at every seed. ") +
+          "At 234 steps: the largest pruning against the largest student, inherited (b) and fresh (a). Test top-1 "
+          f"(points), mean over draws and seeds {args.seeds}; 95 % CI over draws and seeds")
     kinds, shipped = {}, {}
     for kind in setting.kinds:
         ds, pds = base.draws[kind], pdraws[kind]
         big = [largest(d, base.by_key) for d in ds]
         inside = [feasible(pd, pruned) for pd in pds]
         raceable = [len(f) >= 2 for f in inside]
-        d_race, d_big = np.full((len(ds), len(SEEDS)), np.nan), np.full((len(ds), len(SEEDS)), np.nan)
+        d_race, d_big = np.full((len(ds), len(seeds)), np.nan), np.full((len(ds), len(seeds)), np.nan)
         winners, to_match = [], []  # to_match: steps the largest pruning takes to reach (a)'s final val top-1
         for i, pd in enumerate(pds):
             if not inside[i]:
                 continue  # nothing of the pool fits: the pruned search would ship nothing
-            for j, s in enumerate(SEEDS):
-                key = (race_pick(pd, pruned, curves[j], RACE["k"], RACE["eta"], RACE["budget"], RACE["rank"])
-                       if raceable[i] else None) or largest(pd, pruned)
-                winners.append(key)
-                shipped[(kind, i, s)] = key
-                d_race[i, j] = tested[(key, RACE_SEED + s)]
-                d_big[i, j] = tested[(largest(pd, pruned), RACE_SEED + s)]
+            top = largest(pd, pruned)
+            for j, s in enumerate(seeds):
+                d_big[i, j] = tested[(top, RACE_SEED + s)]
                 target = base.fresh_val_234[(big[i], s)]
-                to_match.append(next((step for step, v in sorted(curves[j][largest(pd, pruned)]["val"].items())
+                to_match.append(next((step for step, v in sorted(curves[s][top]["val"].items())
                                       if 100 * v >= target), None))
-        ok = ~np.isnan(d_race[:, 0])
-        b312, b234, a234 = (np.array([[arm[(k, s)] for s in SEEDS] for k in big])
-                            for arm in (base.largest_312, base.inherited_234, base.fresh_234))
+                if raced:
+                    key = (race_pick(pd, pruned, curves[s], RACE["k"], RACE["eta"], RACE["budget"], RACE["rank"])
+                           if raceable[i] else None) or top
+                    winners.append(key)
+                    shipped[(kind, i, s)] = key
+                    d_race[i, j] = tested[(key, RACE_SEED + s)]
+        ok = ~np.isnan(d_big[:, 0])
+        b234, a234 = (np.array([[arm[(k, s)] for s in seeds] for k in big]) for arm in (base.inherited_234, base.fresh_234))
 
         def versus(x: np.ndarray, y: np.ndarray) -> dict:
             diff = (x - y)[ok]
@@ -241,29 +306,36 @@ def main() -> None:
                     "wins": int((diff > 1e-9).sum()), "ties": int((abs(diff) <= 1e-9).sum()),
                     "losses": int((diff < -1e-9).sum())}
 
+        picked = [largest(pd, pruned) for pd, f in zip(pds, inside) if f]
         m = {"draws": len(ds), "draws_with_a_pruning": int(ok.sum()), "draws_raced": int(sum(raceable)),
-             "pruned_race_311": float(d_race[ok].mean()), "largest_312": float(b312[ok].mean()),
              "pruned_largest_234": float(d_big[ok].mean()),
              "largest_234_inherited": float(b234[ok].mean()), "largest_234_fresh": float(a234[ok].mean()),
-             "d_minus_b_312": versus(d_race, b312),
              "pruned_largest_minus_b_234": versus(d_big, b234), "pruned_largest_minus_a_234": versus(d_big, a234),
-             "pruned_race_minus_pruned_largest": versus(d_race, d_big),
-             "distinct_winners": len(set(winners)),
+             "distinct_largest": len(set(picked)),
+             "largest_params": [min(pruned[k]["params"] for k in picked), max(pruned[k]["params"] for k in picked)],
              "pruned_steps_to_match_fresh_final_val": {
                  "runs": len(to_match), "never": sum(v is None for v in to_match),
                  "median": float(np.median([v for v in to_match if v is not None])),
-                 "at_most_half": sum(v is not None and v <= FULL_STEPS // 2 for v in to_match), "of": FULL_STEPS},
-             "winner_params": [int(np.min([pruned[k]["params"] for k in winners])),
-                               int(np.max([pruned[k]["params"] for k in winners]))]}
-        if base.race:
-            c311 = np.array([[base.race[(kind, i, s)] for s in SEEDS] for i in range(len(ds))])
+                 "at_most_half": sum(v is not None and v <= FULL_STEPS // 2 for v in to_match), "of": FULL_STEPS}}
+        if raced:
+            m.update({"pruned_race_311": float(d_race[ok].mean()),
+                      "pruned_race_minus_pruned_largest": versus(d_race, d_big), "distinct_winners": len(set(winners)),
+                      "winner_params": [min(pruned[k]["params"] for k in winners),
+                                        max(pruned[k]["params"] for k in winners)]})
+        if raced and base.largest_312:
+            b312 = np.array([[base.largest_312[(k, s)] for s in seeds] for k in big])
+            m["largest_312"], m["d_minus_b_312"] = float(b312[ok].mean()), versus(d_race, b312)
+        if raced and base.race:
+            c311 = np.array([[base.race[(kind, i, s)] for s in seeds] for i in range(len(ds))])
             m["race_311"], m["d_minus_c_311"] = float(c311[ok].mean()), versus(d_race, c311)
         kinds[kind] = m
         print(f"\n{kind}: {m['draws_with_a_pruning']} of {len(ds)} budgets leave a pruning in the pool "
-              f"({m['draws_raced']} leave two or more to race); {m['distinct_winners']} distinct winners, "
-              f"{m['winner_params'][0]:,}–{m['winner_params'][1]:,} params")
-        print(f"  (d) pruned race 311: {m['pruned_race_311']:.2f}   (b) largest 312: {m['largest_312']:.2f}"
-              + (f"   (c) race 311: {m['race_311']:.2f}" if base.race else ""))
+              f"({m['draws_raced']} leave two or more to race); {m['distinct_largest']} distinct largest prunings, "
+              f"{m['largest_params'][0]:,}–{m['largest_params'][1]:,} params")
+        if raced:
+            print(f"  (d) pruned race 311: {m['pruned_race_311']:.2f}, {m['distinct_winners']} distinct winners"
+                  + (f"   (b) largest 312: {m['largest_312']:.2f}" if "largest_312" in m else "")
+                  + (f"   (c) race 311: {m['race_311']:.2f}" if "race_311" in m else ""))
         print(f"  pruned largest 234: {m['pruned_largest_234']:.2f}   (b) 234: {m['largest_234_inherited']:.2f}   "
               f"(a) 234: {m['largest_234_fresh']:.2f}")
         t = m["pruned_steps_to_match_fresh_final_val"]
@@ -289,10 +361,10 @@ def main() -> None:
 
     write_json(out, {
         "command": "python benchmarks/race_pruned.py " + " ".join(sys.argv[1:]), "setting": args.setting,
-        "race": RACE, "race_steps": 311, "largest_steps": 312, "pool": POOL, "seeds": list(SEEDS),
-        "race_seeds": [RACE_SEED + s for s in SEEDS],
+        "race": RACE, "race_steps": 311, "largest_steps": 312, "pool": POOL, "seeds": seeds,
+        "race_seeds": [RACE_SEED + s for s in seeds], "race_replayed": raced, "finalists_without_curves": len(missing),
         "inputs": {"archs": shown(setting.archs), "latency": shown(setting.latency), "students": shown(setting.students),
-                   "curves": [shown(setting.curves_file(RACE_SEED + s)) for s in SEEDS], **base.files},
+                   "curves": [shown(setting.curves_file(RACE_SEED + s)) for s in seeds], **base.files},
         "unit": "test top-1, points", "kinds": kinds, "real_races": real,
         "real_reproduced": sum(r["reproduced"] for r in real)})
 
