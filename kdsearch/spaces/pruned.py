@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -58,27 +58,32 @@ def prunable_teacher(teacher: "Teacher") -> tuple[nn.Module, list[Path]]:
         ModelError: a TorchScript teacher the converter cannot convert (naming what failed), or one whose
             weights are frozen into its graph.
     """
-    from kdsearch.models.prune import torchscript_program, unflattened
-    from kdsearch.models.teacher import load_torchscript
-
     path = Path(teacher.source).expanduser()
     if path.is_dir():
         return teacher.module, [path / "model.safetensors"]
     if path.suffix == ".pt2" and path.is_file():
         return _lifted(lambda: teacher.module, teacher.exportable, teacher.source), [path]
     if path.is_file():  # TorchScript
-        script = load_torchscript(path)
-        what = f"the pruned space (--space pruned) cannot cut the TorchScript teacher {teacher.source}"
-        if not any(True for _ in script.parameters()):
-            raise ModelError(f"{what}: its weights are frozen into its graph (torch.jit.freeze), so it has no layer "
-                             "to cut; save it before freezing, or as .pt2")
-        size = (2, teacher.info["in_channels"], *teacher.info["image_size"])  # a batch of one would be fixed
-        try:
-            program = torchscript_program(script, torch.zeros(size))
-        except ModelError as e:
-            raise ModelError(f"{what}: {e}") from None
-        return _lifted(lambda: unflattened(program), program.module, teacher.source), [path]
+        return _prunable_script(path, teacher.source, teacher.info["in_channels"], teacher.info["image_size"]), [path]
     return teacher.module, []
+
+
+def _prunable_script(path: Path, source: str, in_channels: int, image_size: Sequence[int]) -> nn.Module:
+    """The TorchScript file's network as :func:`prunable_teacher` gives it, converted on inputs of ``image_size``."""
+    from kdsearch.models.prune import torchscript_program, unflattened
+    from kdsearch.models.teacher import load_torchscript
+
+    script = load_torchscript(path)
+    what = f"the pruned space (--space pruned) cannot cut the TorchScript teacher {source}"
+    if not any(True for _ in script.parameters()):
+        raise ModelError(f"{what}: its weights are frozen into its graph (torch.jit.freeze), so it has no layer "
+                         "to cut; save it before freezing, or as .pt2")
+    size = (2, in_channels, *image_size)  # a batch of one would be fixed
+    try:
+        program = torchscript_program(script, torch.zeros(size))
+    except ModelError as e:
+        raise ModelError(f"{what}: {e}") from None
+    return _lifted(lambda: unflattened(program), program.module, source)
 
 
 def _lifted(tree: Callable[[], nn.Module], flat: Callable[[], nn.Module], source: str) -> nn.Module:
@@ -159,11 +164,18 @@ class PrunedSpace(SearchSpace):
             from kdsearch.models.prune import teacher_digest
             from kdsearch.spaces.model_files import load_teacher
 
+            from kdsearch.models.teacher import TORCHSCRIPT_SUFFIXES
+
             _, in_channels, h, w = self.prune["input_shape"]
+            path = Path(self.prune["teacher"]).expanduser()
             with torch.device("cpu"):  # also when built inside a meta-device context (parameter counts)
-                teacher = load_teacher(self.prune["teacher"], num_classes=self.prune["num_classes"],
-                                       in_channels=in_channels, image_size=(h, w))
-                module, files = prunable_teacher(teacher)
+                if path.suffix in TORCHSCRIPT_SUFFIXES and path.is_file():
+                    # converted once, for pruning: load_teacher would first cut it into hookable parts
+                    module, files = _prunable_script(path, self.prune["teacher"], in_channels, (h, w)), [path]
+                else:
+                    teacher = load_teacher(self.prune["teacher"], num_classes=self.prune["num_classes"],
+                                           in_channels=in_channels, image_size=(h, w))
+                    module, files = prunable_teacher(teacher)
                 digest = teacher_digest(module, files)
             if digest != self.prune["teacher_sha256"]:
                 raise ModelError(f"teacher {self.prune['teacher']} has changed since the pruned space was made from it "

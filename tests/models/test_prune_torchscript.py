@@ -52,6 +52,24 @@ def test_a_student_of_a_torchscript_teacher_round_trips_pinned_to_the_file(resne
                           tmp_path, X28, BATCH28)
 
 
+def test_a_pruned_space_reading_a_torchscript_teacher_converts_it_once(resnet20, monkeypatch):
+    """Building students from the run's space needs only the pruning program, not the hookable parts
+    ``load_teacher`` cuts a script into for the search."""
+    import kdsearch.models.graph_teacher as graph_teacher
+
+    _, path = resnet20
+    space = pruned_space(_teacher(path), num_classes=10, in_channels=3, image_size=(28, 28))
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("the script was cut into hookable parts")
+
+    monkeypatch.setattr(graph_teacher, "hookable_torchscript", refuse)
+    genes = {"keep": [0.5] * len(space.groups), "remove": [False] * len(space.blocks)}
+    with torch.no_grad():
+        assert torch.equal(PrunedSpace(space.definition).build_model(genes, 10, 3, "cifar").eval()(BATCH28),
+                           space.build_model(genes, 10, 3, "cifar").eval()(BATCH28))
+
+
 def test_a_torchscript_teacher_changed_since_its_space_was_made_is_refused(trained_looking, tmp_path):
     torch.manual_seed(0)
     net = trained_looking(create_model("resnet8"))
