@@ -194,11 +194,12 @@ def pruned_draws(draws: dict, pruned: dict[str, dict], kinds: tuple[str, ...]) -
     return out
 
 
-def train_largest(setting: PrunedSetting, draws: dict[str, list[dict]], pruned: dict[str, dict],
-                  shard: tuple[int, int]) -> None:
-    """Distil only the prunings some draw ships as its largest, at every race seed, into the curve runs'
-    own directories and files (``runs/race_curves/<name>[_s<seed>]/correlate``), so that ``kdsearch
-    correlate`` on the same config later trains only the rest. Seed-major, resumable; one shard's share."""
+def train_prunings(setting: PrunedSetting, draws: dict[str, list[dict]], pruned: dict[str, dict],
+                   shard: tuple[int, int], finalists_too: bool = False) -> None:
+    """Distil only the prunings some draw ships as its largest (``finalists_too``: also every race
+    finalist), at every race seed, into the curve runs' own directories and files
+    (``runs/race_curves/<name>[_s<seed>]/correlate``), so that ``kdsearch correlate`` on the same config
+    later trains only the rest. Seed-major, resumable; one shard's share."""
     import yaml
 
     from kdsearch.arch import Arch
@@ -209,8 +210,11 @@ def train_largest(setting: PrunedSetting, draws: dict[str, list[dict]], pruned: 
     from kdsearch.spaces.model_files import load_teacher
     from race_proof import append_line
 
-    keys = sorted({largest(d, pruned) for kind in setting.kinds for d in draws[kind] if feasible(d, pruned)},
-                  key=lambda k: pruned[k]["params"])
+    keys = {largest(d, pruned) for kind in setting.kinds for d in draws[kind] if feasible(d, pruned)}
+    if finalists_too:
+        keys |= {k for kind in setting.kinds for d in draws[kind] if len(feasible(d, pruned)) >= 2
+                 for k in finalists(d, pruned)}
+    keys = sorted(keys, key=lambda k: pruned[k]["params"])
     todo = [(k, s) for s in SEEDS for k in keys][shard[0]::shard[1]]
     config = config_from_dict(yaml.safe_load((HERE / f"{setting.name}_curves.yaml").read_text()))
     dataset = load_run_dataset(config)
@@ -241,7 +245,9 @@ def main() -> None:
                         help="whose prunings: the quick preset's ResNet20 teacher or the mbconv4 teacher")
     parser.add_argument("--train-largest", action="store_true",
                         help="distil only the prunings the draws ship as their largest, at every race seed")
-    parser.add_argument("--shard", default="0/1", help="with --train-largest: i/n, train every n-th run from the i-th")
+    parser.add_argument("--train-finalists", action="store_true",
+                        help="as --train-largest, and also every pruning the race takes to its first rung")
+    parser.add_argument("--shard", default="0/1", help="with --train-*: i/n, train every n-th run from the i-th")
     parser.add_argument("--collect", action="store_true", help="copy the finished curve runs into race_truth/ first")
     parser.add_argument("--real", type=int, default=0, help="race this many draws for real (seed 1000), to check the replay")
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="training seeds to judge on (race seed 1000 + each)")
@@ -254,8 +260,8 @@ def main() -> None:
     base = BASELINES[args.setting]()
     pruned = load_pruned(setting)
     pdraws = pruned_draws(base.draws, pruned, setting.kinds)
-    if args.train_largest:
-        train_largest(setting, pdraws, pruned, tuple(int(x) for x in args.shard.split("/")))
+    if args.train_largest or args.train_finalists:
+        train_prunings(setting, pdraws, pruned, tuple(int(x) for x in args.shard.split("/")), args.train_finalists)
         return
     if args.real:
         real_races(args.real, pruned, pdraws, setting.space, setting.real, WORK / f"real-{setting.name}", setting.recipe)
