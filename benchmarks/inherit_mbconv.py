@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import zlib
 from dataclasses import replace
@@ -55,40 +54,37 @@ def load() -> tuple[dict[str, dict], dict[str, list[dict]]]:
 def train(by_key: dict, draws: dict, shard: tuple[int, int], epochs: int = EPOCHS) -> None:
     """Distil every picked arch at each seed, fresh and inherited (resumable; one shard's share). At
     other than the recipe's ``epochs`` only inherited: arm (b) at the race's length, for ``race_pruned.py``."""
-    import torch
-    import yaml
-
     from kdsearch.arch import Arch
     from kdsearch.distill.stage import distill_student
-    from kdsearch.pipeline.config import config_from_dict
-    from kdsearch.pipeline.stages import load_run_dataset
     from kdsearch.rundir import CHECKPOINT
-    from kdsearch.spaces.model_files import load_teacher
+    from race_arms import load_runtime
 
     keys = sorted({largest(d, by_key) for kind in KINDS for d in draws[kind]}, key=lambda k: by_key[k]["params"])
-    inits, tag = (INITS, "") if epochs == EPOCHS else (("inherit",), f"-{epochs}ep")
-    out = WORK / f"shard{shard[0]}{tag}.jsonl"
-    done = {(r["key"], r["seed"], r["init"]) for f in WORK.glob("shard*.jsonl")
-            if f.stem.partition("-")[2] == tag.lstrip("-") for r in read_rows(f)}  # any shard's, so shards can change
+    inits, tag = (INITS, "") if epochs == EPOCHS else (("inherit",), f"{epochs}ep")
+    suffix = f"-{tag}" if tag else ""
+    out = WORK / f"shard{shard[0]}{suffix}.jsonl"
+    done = {(r["key"], r["seed"], r["init"]) for f in WORK.glob("shard*.jsonl") if shard_tag(f) == tag
+            for r in read_rows(f)}  # any shard's, so shards can change
     todo = [(k, s, i) for s in SEEDS for k in keys for i in inits][shard[0]::shard[1]]
     print(f"{len(keys)} picked archs × {len(SEEDS)} seeds × {len(inits)} inits, {epochs} epochs; shard {shard[0]}/{shard[1]}: "
           f"{sum(t not in done for t in todo)} of {len(todo)} to train", flush=True)
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    config = config_from_dict(yaml.safe_load(RECIPE.read_text()))
-    dataset = load_run_dataset(config)
-    teacher = load_teacher(config.teacher, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
-                           image_size=dataset.image_size)
+    dataset, teacher, recipe = load_runtime(RECIPE)
     for key, seed, init in todo:
         if (key, seed, init) in done:
             continue
-        work = WORK / f"{zlib.crc32(key.encode()):08x}-s{seed}-{init}{tag}"
+        work = WORK / f"{zlib.crc32(key.encode()):08x}-s{seed}-{init}{suffix}"
         m = distill_student(Arch.from_dict(by_key[key]["arch"]), teacher, dataset, work,
-                            replace(config.correlate.train, init=init, seed=seed, epochs=epochs),
+                            replace(recipe, init=init, seed=seed, epochs=epochs),
                             resume=(work / CHECKPOINT).exists(), space_spec="mbconv")
         append_line(out, {"key": key, "arch": by_key[key]["arch"], "params": by_key[key]["params"],
                           "flops": by_key[key]["flops"], "seed": seed, "init": init, **({"epochs": epochs} if tag else {}),
                           "test_acc": m["test_acc"], "val_acc": m["val_acc"]})
         print(f"{label(by_key[key])} seed {seed} {init}: test top-1 {100 * m['test_acc']:.2f}", flush=True)
+
+
+def shard_tag(path: Path) -> str:
+    """A shard file's training length: "" for the recipe's (``shard0.jsonl``), else e.g. "4ep" (``shard0-4ep.jsonl``)."""
+    return path.stem.partition("-")[2]
 
 
 def collect() -> None:
@@ -97,8 +93,7 @@ def collect() -> None:
 
     groups: dict[str, list[dict]] = {}
     for shard in sorted(WORK.glob("shard*.jsonl")):
-        tag = shard.stem.partition("-")[2]  # "" or "4ep"
-        groups.setdefault(tag, []).extend(read_rows(shard))
+        groups.setdefault(shard_tag(shard), []).extend(read_rows(shard))
     for tag, rows in groups.items():
         path = ROWS.with_name(f"{ROWS.stem}_{tag}.jsonl") if tag else ROWS
         rows.sort(key=lambda r: (r["seed"], r["key"], r["init"]))

@@ -58,7 +58,7 @@ from pathlib import Path
 import numpy as np
 
 from inherit_proof import SETTINGS, largest, read_rows, shown
-from race_arms import RACE, SEEDS, WORK, bootstrap, load_setting, race_runs, real_races, replay, write_rows
+from race_arms import RACE, SEEDS, WORK, bootstrap, load_runtime, load_setting, race_runs, real_races, replay, write_rows
 from race_proof import HERE, feasible
 from race_sim import FULL_STEPS, RACE_SEED, race_pick, race_rows, read_curves, search_config
 from speed_rules import attach_latency
@@ -175,11 +175,12 @@ def load_pruned(setting: PrunedSetting) -> dict[str, dict]:
     return {a["key"]: a for a in archs}
 
 
-def finalists(draw: dict, pruned: dict[str, dict]) -> list[str]:
-    """The prunings kdsearch's race would take to its first rung under ``draw``'s budget."""
+def race_finalists(draws: dict[str, list[dict]], pruned: dict[str, dict], kinds: tuple[str, ...]) -> set[str]:
+    """Every pruning kdsearch's race takes to its first rung under some draw that leaves two or more to race."""
     from kdsearch.search.race import pick_finalists
 
-    return [r["key"] for r in pick_finalists(race_rows(draw, pruned), search_config(draw), RACE["k"])]
+    return {r["key"] for kind in kinds for d in draws[kind] if len(feasible(d, pruned)) >= 2
+            for r in pick_finalists(race_rows(d, pruned), search_config(d), RACE["k"])}
 
 
 def pruned_draws(draws: dict, pruned: dict[str, dict], kinds: tuple[str, ...]) -> dict[str, list[dict]]:
@@ -200,26 +201,17 @@ def train_prunings(setting: PrunedSetting, draws: dict[str, list[dict]], pruned:
     finalist), at every race seed, into the curve runs' own directories and files
     (``runs/race_curves/<name>[_s<seed>]/correlate``), so that ``kdsearch correlate`` on the same config
     later trains only the rest. Seed-major, resumable; one shard's share."""
-    import yaml
-
     from kdsearch.arch import Arch
     from kdsearch.distill.stage import distill_student
-    from kdsearch.pipeline.config import config_from_dict
-    from kdsearch.pipeline.stages import load_run_dataset
     from kdsearch.rundir import CHECKPOINT, CORRELATE_CURVES, CORRELATE_STUDENTS, CURVE_LOG
-    from kdsearch.spaces.model_files import load_teacher
     from race_proof import append_line
 
     keys = {largest(d, pruned) for kind in setting.kinds for d in draws[kind] if feasible(d, pruned)}
     if finalists_too:
-        keys |= {k for kind in setting.kinds for d in draws[kind] if len(feasible(d, pruned)) >= 2
-                 for k in finalists(d, pruned)}
+        keys |= race_finalists(draws, pruned, setting.kinds)
     keys = sorted(keys, key=lambda k: pruned[k]["params"])
     todo = [(k, s) for s in SEEDS for k in keys][shard[0]::shard[1]]
-    config = config_from_dict(yaml.safe_load((HERE / f"{setting.name}_curves.yaml").read_text()))
-    dataset = load_run_dataset(config)
-    teacher = load_teacher(config.teacher, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
-                           image_size=dataset.image_size)
+    dataset, teacher, recipe = load_runtime(HERE / f"{setting.name}_curves.yaml")
     for key, s in todo:
         seed = RACE_SEED + s
         out = setting.curve_run(seed)
@@ -230,12 +222,12 @@ def train_prunings(setting: PrunedSetting, draws: dict[str, list[dict]], pruned:
         resumed = (work / CHECKPOINT).exists()
         start = time.perf_counter()
         m = distill_student(Arch.from_dict(pruned[key]["arch"]), teacher, dataset, work,
-                            replace(config.correlate.train, seed=seed), resume=resumed, space_spec=setting.space)
+                            replace(recipe, seed=seed), resume=resumed, space_spec=setting.space)
         append_line(out / CORRELATE_CURVES, {"key": key, "seed": seed, **json.loads((work / CURVE_LOG).read_text())})
         append_line(students, {"key": key, "arch": pruned[key]["arch"], "params": pruned[key]["params"],
                                "flops": pruned[key]["flops"], "val_acc": m["val_acc"], "test_acc": m["test_acc"],
                                "train_s": time.perf_counter() - start, "resumed": resumed,
-                               "epochs": config.correlate.train.epochs, "seed": seed})
+                               "epochs": recipe.epochs, "seed": seed})
         print(f"{pruned[key]['params']:,} params, seed {seed}: test top-1 {100 * m['test_acc']:.2f}", flush=True)
 
 
@@ -270,8 +262,7 @@ def main() -> None:
     curves = {s: read_curves(setting.curves_file(RACE_SEED + s)) for s in seeds}
     raw = {(r["key"], r["seed"]): r["test_acc"] for r in read_rows(setting.students)}  # fractions, as the runs wrote them
     tested = {k: 100 * v for k, v in raw.items()}
-    missing = {k for kind in setting.kinds for pd in pdraws[kind] if len(feasible(pd, pruned)) >= 2
-               for k in finalists(pd, pruned) for s in seeds if k not in curves[s]}
+    missing = {k for k in race_finalists(pdraws, pruned, setting.kinds) if any(k not in curves[s] for s in seeds)}
     raced = not missing  # a race is replayed only where every finalist's curve exists at every seed
 
     print(f"{args.setting}: " + (f"(d) pruned race K {RACE['k']}, eta {RACE['eta']}, budget {RACE['budget']:.3g}, "

@@ -162,9 +162,8 @@ class PrunedSpace(SearchSpace):
         """
         if self._teacher is None:
             from kdsearch.models.prune import teacher_digest
-            from kdsearch.spaces.model_files import load_teacher
-
             from kdsearch.models.teacher import TORCHSCRIPT_SUFFIXES
+            from kdsearch.spaces.model_files import load_teacher
 
             _, in_channels, h, w = self.prune["input_shape"]
             path = Path(self.prune["teacher"]).expanduser()

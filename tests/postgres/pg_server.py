@@ -63,14 +63,18 @@ def postgres_server(bin_dir: Path) -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def create_database(base_url: str) -> str:
-    """A new empty database on the server at ``base_url``; returns its URL."""
+def admin_connection(url: str):
+    """A psycopg2 connection to the ``postgres`` database of the server of ``url`` (a base or database URL)."""
     import psycopg2
 
+    host, port = url.split("@", 1)[1].split("/")[0].split(":")
+    return psycopg2.connect(host=host, port=int(port), user="postgres", dbname="postgres")
+
+
+def create_database(base_url: str) -> str:
+    """A new empty database on the server at ``base_url``; returns its URL."""
     name = "kd_" + uuid.uuid4().hex[:12]
-    host_port = base_url.split("@", 1)[1]
-    host, port = host_port.split(":")
-    conn = psycopg2.connect(host=host, port=int(port), user="postgres", dbname="postgres")
+    conn = admin_connection(base_url)
     conn.autocommit = True
     with conn.cursor() as cur:
         cur.execute(f"CREATE DATABASE {name}")

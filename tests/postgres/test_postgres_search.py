@@ -10,6 +10,7 @@ import time
 import optuna
 import pytest
 import torch
+from pg_server import admin_connection
 
 from kdsearch.data import load_dataset
 from kdsearch.spaces.model_files import load_teacher
@@ -50,11 +51,8 @@ def _trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
 
 def _connections(url: str) -> int:
     """Client connections open to the database of ``url``."""
-    import psycopg2
-
-    host_port, name = url.split("@", 1)[1].split("/")
-    host, port = host_port.split(":")
-    conn = psycopg2.connect(host=host, port=int(port), user="postgres", dbname="postgres")
+    name = url.rsplit("/", 1)[1]
+    conn = admin_connection(url)
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (name,))
@@ -166,7 +164,10 @@ def test_two_workers_race_one_study(pg_url, fashion_npz, tmp_path):
         _, err = w.communicate(timeout=600)
         assert w.returncode == 0, err[-2000:]
     race = optuna.load_study(study_name="raced-race", storage=pg_url).get_trials(deepcopy=False)
-    assert sorted(t.user_attrs["finalist"] for t in race) == [0, 1, 2]  # enqueued once, not once per worker
+    finalists = [t for t in race if "finalist" in t.user_attrs]
+    assert sorted(t.user_attrs["finalist"] for t in finalists) == [0, 1, 2]  # enqueued once, not once per worker
+    # a worker that asked just after the other took the last waiting finalist got a fresh trial, pruned unused
+    assert all(t.state == PRUNED and not t.user_attrs for t in race if t not in finalists)
     assert [t.state for t in race].count(COMPLETE) == 3  # three finalists, eta 3: one rung, all finish it
     trained = [p.parent.name for i in range(2) for p in (tmp_path / f"w{i}" / "race").glob("finalist-*/last.ckpt")]
     assert len(trained) == len(set(trained)) == 3  # each finalist trained by one worker only
