@@ -26,8 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+from kdsearch.files import append_line
+
 from inherit_proof import budget_draws, compare, label, largest, read_rows, shown
-from race_proof import HERE, append_line
+from race_proof import HERE
 from speed_rules import attach_latency
 
 ARCHS = HERE / "mbconv.archs.json"
@@ -68,7 +70,8 @@ def train(by_key: dict, draws: dict, shard: tuple[int, int], epochs: int = EPOCH
     todo = [(k, s, i) for s in SEEDS for k in keys for i in inits][shard[0]::shard[1]]
     print(f"{len(keys)} picked archs × {len(SEEDS)} seeds × {len(inits)} inits, {epochs} epochs; shard {shard[0]}/{shard[1]}: "
           f"{sum(t not in done for t in todo)} of {len(todo)} to train", flush=True)
-    dataset, teacher, recipe = load_runtime(RECIPE)
+    dataset, teacher, study = load_runtime(RECIPE)
+    recipe = study.train
     for key, seed, init in todo:
         if (key, seed, init) in done:
             continue

@@ -42,8 +42,10 @@ from pathlib import Path
 
 import numpy as np
 
+from kdsearch.files import append_line
+
 from inherit_proof import SETTINGS, accuracies, budget_draws, label, largest, read_rows, shown
-from race_proof import HERE, _interval, append_line, feasible
+from race_proof import HERE, _interval, feasible
 from race_sim import FULL_STEPS, RACE_SEED, curves_path, load_curves, race_pick, race_rows, search_config
 from speed_rules import attach_latency
 
@@ -90,8 +92,8 @@ def load_setting():
 
 
 def load_runtime(recipe: Path = SETTINGS["resnet_cifar"].inherited_config):
-    """The dataset, teacher and training recipe of a ground truth's config (default: the inherited
-    ``resnet_cifar_inherit.yaml``)."""
+    """The dataset, teacher and correlate study (its ``train`` is the recipe) of a ground truth's config
+    (default: the inherited ``resnet_cifar_inherit.yaml``)."""
     import torch
     import yaml
 
@@ -104,7 +106,7 @@ def load_runtime(recipe: Path = SETTINGS["resnet_cifar"].inherited_config):
     dataset = load_run_dataset(config)
     teacher = load_teacher(config.teacher, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
                            image_size=dataset.image_size)
-    return dataset, teacher, config.correlate.train
+    return dataset, teacher, config.correlate
 
 
 def train_largest(by_key: dict, draws: dict, shard: tuple[int, int]) -> None:
@@ -120,6 +122,7 @@ def train_largest(by_key: dict, draws: dict, shard: tuple[int, int]) -> None:
     print(f"{len(keys)} largest archs × {len(SEEDS)} seeds; shard {shard[0]}/{shard[1]}: "
           f"{sum(t not in done for t in todo)} of {len(todo)} to train", flush=True)
     dataset, teacher, recipe = load_runtime()
+    recipe = recipe.train
     for key, seed in todo:
         if (key, seed) in done:
             continue
@@ -145,7 +148,8 @@ def real_races(n: int, by_key: dict, draws: dict, space_spec: str = "resnet_cifa
 
     done = {(r["kind"], r["draw"]) for r in (read_rows(out) if out.exists() else [])}
     order = [(kind, i) for i in range(len(draws["params"])) for kind in ("params", "speedup")][:n]
-    dataset, teacher, train_recipe = load_runtime(recipe)
+    dataset, teacher, study = load_runtime(recipe)
+    train_recipe = study.train
     for kind, i in order:
         if (kind, i) in done:
             continue

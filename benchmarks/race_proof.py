@@ -49,6 +49,8 @@ from pathlib import Path
 
 import numpy as np
 
+from kdsearch.files import append_line
+
 HERE = Path(__file__).parent / "race_truth"
 SPACES = ("resnet_cifar", "mbconv")
 RULES = ("largest", "largest-by-resource", "best-diswot")
@@ -187,13 +189,6 @@ def run_one_race(draw: dict, budget: float, rank: str, by_key: dict[str, dict], 
 
 def _arch_text(arch: dict) -> str:
     return json.dumps(arch["arch"], sort_keys=True, separators=(",", ":"))
-
-
-def append_line(path: Path, row: dict) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def regrets(draws: list[dict], picks: dict[str, list[str | None]], by_key: dict[str, dict],

@@ -50,8 +50,6 @@ import json
 import random
 import shutil
 import sys
-import time
-import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -202,33 +200,27 @@ def train_prunings(setting: PrunedSetting, draws: dict[str, list[dict]], pruned:
     (``runs/race_curves/<name>[_s<seed>]/correlate``), so that ``kdsearch correlate`` on the same config
     later trains only the rest. Seed-major, resumable; one shard's share."""
     from kdsearch.arch import Arch
-    from kdsearch.distill.stage import distill_student
-    from kdsearch.rundir import CHECKPOINT, CORRELATE_CURVES, CORRELATE_STUDENTS, CURVE_LOG
-    from race_proof import append_line
+    from kdsearch.rundir import CORRELATE_STUDENTS
+    from kdsearch.search.correlate import train_and_record
+    from kdsearch.spaces import load_space
 
     keys = {largest(d, pruned) for kind in setting.kinds for d in draws[kind] if feasible(d, pruned)}
     if finalists_too:
         keys |= race_finalists(draws, pruned, setting.kinds)
     keys = sorted(keys, key=lambda k: pruned[k]["params"])
     todo = [(k, s) for s in SEEDS for k in keys][shard[0]::shard[1]]
-    dataset, teacher, recipe = load_runtime(HERE / f"{setting.name}_curves.yaml")
+    dataset, teacher, study = load_runtime(HERE / f"{setting.name}_curves.yaml")
+    space = load_space(study.space)
     for key, s in todo:
         seed = RACE_SEED + s
         out = setting.curve_run(seed)
         students = out / CORRELATE_STUDENTS
         if any(r["key"] == key and r["seed"] == seed for r in (read_rows(students) if students.exists() else [])):
             continue
-        work = out / "students" / f"{zlib.crc32(key.encode()):08x}"  # the name kdsearch correlate gives it
-        resumed = (work / CHECKPOINT).exists()
-        start = time.perf_counter()
-        m = distill_student(Arch.from_dict(pruned[key]["arch"]), teacher, dataset, work,
-                            replace(recipe, seed=seed), resume=resumed, space_spec=setting.space)
-        append_line(out / CORRELATE_CURVES, {"key": key, "seed": seed, **json.loads((work / CURVE_LOG).read_text())})
-        append_line(students, {"key": key, "arch": pruned[key]["arch"], "params": pruned[key]["params"],
-                               "flops": pruned[key]["flops"], "val_acc": m["val_acc"], "test_acc": m["test_acc"],
-                               "train_s": time.perf_counter() - start, "resumed": resumed,
-                               "epochs": recipe.epochs, "seed": seed})
-        print(f"{pruned[key]['params']:,} params, seed {seed}: test top-1 {100 * m['test_acc']:.2f}", flush=True)
+        out.mkdir(parents=True, exist_ok=True)
+        row = train_and_record(Arch.from_dict(pruned[key]["arch"]), seed, space, teacher, dataset, out,
+                               replace(study, train=replace(study.train, seed=seed)))  # the seed's own study
+        print(f"{row['params']:,} params, seed {seed}: test top-1 {100 * row['test_acc']:.2f}", flush=True)
 
 
 def main() -> None:

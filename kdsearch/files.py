@@ -1,4 +1,4 @@
-"""Atomic file writes: an artifact is never left truncated under its final name."""
+"""Safe file writes: an artifact is never left truncated under its final name, a log line is fsynced."""
 from __future__ import annotations
 
 import contextlib
@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["atomic_path", "write_bytes", "write_text", "write_json", "read_json"]
+__all__ = ["atomic_path", "write_bytes", "write_text", "write_json", "read_json", "append_line"]
 
 
 @contextlib.contextmanager
@@ -51,6 +51,14 @@ def write_text(path: str | os.PathLike[str], text: str) -> None:
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def append_line(path: str | os.PathLike[str], row: Any) -> None:
+    """Append ``row`` to ``path`` as one JSON line and fsync: a finished record survives a crash right after."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def read_json(path: str | os.PathLike[str], what: str = "JSON file") -> Any:

@@ -29,7 +29,6 @@ import csv
 import io
 import json
 import math
-import os
 import random
 import time
 import zlib
@@ -42,7 +41,7 @@ import torch
 from kdsearch.arch import Arch
 from kdsearch.data import Dataset, fixed_batch
 from kdsearch.errors import UsageError
-from kdsearch.files import read_json, write_json, write_text
+from kdsearch.files import append_line, read_json, write_json, write_text
 from kdsearch.models.teacher import Teacher
 from kdsearch.progress import NULL_PROGRESS, Progress
 from kdsearch.rundir import CHECKPOINT, CORRELATE_CURVES, CORRELATE_RECORD, CORRELATE_STUDENTS, CURVE_LOG
@@ -266,23 +265,33 @@ def seed_reliability(accs: Sequence[Sequence[float]], params: Sequence[float],
     }
 
 
-def _append_line(path: Path, row: dict[str, Any]) -> None:
-    """Append one JSON line and fsync: a finished student survives a crash right after."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+def train_and_record(arch: Arch, seed: int, space, teacher: Teacher, dataset: Dataset, out_dir: Path,
+                     config: CorrelateConfig) -> dict[str, Any]:
+    """One step of a study: distil ``arch`` at ``seed`` into ``out_dir/students/<name>`` (resuming its
+    checkpoint), append its learning curve and its row to the study's files, and return the row.
 
-
-def _train_one(arch: Arch, teacher: Teacher, dataset: Dataset, work: Path, config: CorrelateConfig,
-               space_spec: str) -> dict[str, Any]:
+    The name is the arch key's CRC32, suffixed ``-s<seed>`` at a seed other than ``config.train.seed``,
+    so a caller that trains archs of its own choosing fills the same study ``run_correlate`` would."""
     from kdsearch.distill.stage import distill_student
+    from kdsearch.proxies import count_flops
 
+    name = f"{zlib.crc32(arch.key.encode()):08x}" + ("" if seed == config.train.seed else f"-s{seed}")
+    work = out_dir / "students" / name
     resume = (work / CHECKPOINT).exists()
     t0 = time.perf_counter()
-    metrics = distill_student(arch, teacher, dataset, work, config.train, resume=resume, space_spec=space_spec)
-    return {"val_acc": metrics["val_acc"], "test_acc": metrics["test_acc"], "train_s": time.perf_counter() - t0,
-            "resumed": resume}
+    metrics = distill_student(arch, teacher, dataset, work, replace(config.train, seed=seed), resume=resume,
+                              space_spec=config.space)
+    train_s = time.perf_counter() - t0
+    if (work / CURVE_LOG).exists():  # before the student's line: a resumed study may repeat a curve, never lose one
+        append_line(out_dir / CORRELATE_CURVES, {"key": arch.key, "seed": seed, **read_json(work / CURVE_LOG)})
+    model = space.build(arch, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
+    h, w = dataset.image_size
+    row = {"key": arch.key, "arch": arch.to_dict(), "params": sum(p.numel() for p in model.parameters()),
+           "flops": count_flops(model, (dataset.in_channels, h, w)), "val_acc": metrics["val_acc"],
+           "test_acc": metrics["test_acc"], "train_s": train_s, "resumed": resume,
+           "epochs": config.train.epochs, "seed": seed}
+    append_line(out_dir / CORRELATE_STUDENTS, row)
+    return row
 
 
 def score_variants(space, archs: list[Arch], teacher: Teacher, dataset: Dataset, config: CorrelateConfig,
@@ -342,7 +351,6 @@ def run_correlate(
     Writes ``students.jsonl``, ``scores.csv`` (one row per arch), ``correlate.csv`` (one row
     per proxy variant), ``correlate.json`` and ``scatter.png`` / ``size_controlled.png`` to ``out_dir``.
     """
-    from kdsearch.proxies import count_flops
     from kdsearch.spaces import load_space
 
     space = load_space(config.space)
@@ -356,19 +364,7 @@ def run_correlate(
     todo = [(a, seed) for seed in seeds for a in archs if (a.key, seed) not in done]
     progress.start("distill", f"distil {len(todo)} students ({len(archs) * len(seeds) - len(todo)} done before)", len(todo))
     for arch, seed in todo:
-        name = f"{zlib.crc32(arch.key.encode()):08x}" + ("" if seed == config.train.seed else f"-s{seed}")
-        trained = _train_one(arch, teacher, dataset, out_dir / "students" / name,
-                             replace(config, train=replace(config.train, seed=seed)), config.space)
-        curve = out_dir / "students" / name / CURVE_LOG
-        if curve.exists():  # before the student's line: a resumed study may repeat a curve, never lose one
-            _append_line(out_dir / CORRELATE_CURVES, {"key": arch.key, "seed": seed, **read_json(curve)})
-        model = space.build(arch, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
-        h, w = dataset.image_size
-        row = {"key": arch.key, "arch": arch.to_dict(), "params": sum(p.numel() for p in model.parameters()),
-               "flops": count_flops(model, (dataset.in_channels, h, w)), **trained,
-               "epochs": config.train.epochs, "seed": seed}
-        _append_line(students_path, row)
-        done[(arch.key, seed)] = row
+        done[(arch.key, seed)] = row = train_and_record(arch, seed, space, teacher, dataset, out_dir, config)
         progress.advance("distill", acc=_accuracy(row))
     progress.finish("distill")
 

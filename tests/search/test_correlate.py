@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import zlib
 from dataclasses import replace
 
 import numpy as np
@@ -22,6 +23,7 @@ from kdsearch.search.correlate import (
     size_controlled_tau,
     stratified_archs,
     top_k_hit_rate,
+    train_and_record,
     with_train,
 )
 
@@ -194,7 +196,8 @@ def test_run_correlate_resumes_without_retraining(data, tmp_path, monkeypatch):
     assert sorted(r.get("seed", 0) for r in rows) == [0] * 5 + [1] * 5
 
 
-def test_run_correlate_keeps_each_students_learning_curve(data, tmp_path):
+def _curve_study(data, tmp_path):
+    """A tiny space, a resnet8 teacher and a 5-arch study that logs learning curves every 2 steps."""
     space = tmp_path / "tiny.yaml"
     space.write_text(TINY_SPACE)
     torch.manual_seed(0)
@@ -202,6 +205,11 @@ def test_run_correlate_keeps_each_students_learning_curve(data, tmp_path):
     config = with_train(CorrelateConfig(space=str(space), archs=5, pool=60, proxy_batch=16, extra_batches=(),
                                         proxies=("diswot",), teacher_inits=("random",)),
                         epochs=1, batch_size=32, device="cpu", curve_every=2)
+    return teacher, config
+
+
+def test_run_correlate_keeps_each_students_learning_curve(data, tmp_path):
+    teacher, config = _curve_study(data, tmp_path)
     run_correlate(teacher, data, tmp_path, config)
     students = [json.loads(x) for x in (tmp_path / "students.jsonl").read_text().splitlines()]
     curves = [json.loads(x) for x in (tmp_path / "curves.jsonl").read_text().splitlines()]
@@ -210,3 +218,22 @@ def test_run_correlate_keeps_each_students_learning_curve(data, tmp_path):
         steps = [p["step"] for p in c["steps"]]
         assert steps == list(range(1, len(steps) + 1)) and c["curve_every"] == 2
         assert [p["step"] for p in c["steps"] if "val_acc" in p] == steps[1::2]
+
+
+def test_a_student_trained_by_its_caller_joins_the_study_and_is_not_trained_again(data, tmp_path, monkeypatch):
+    import kdsearch.distill.stage as stage
+    from kdsearch.spaces import load_space
+
+    teacher, config = _curve_study(data, tmp_path)
+    space = load_space(config.space)
+    chosen = stratified_archs(space, data, 5, seed=config.seed, pool=60)[2]
+    row = train_and_record(chosen, 0, space, teacher, data, tmp_path, config)
+    assert (tmp_path / "students" / f"{zlib.crc32(chosen.key.encode()):08x}").is_dir()
+    assert [json.loads(x) for x in (tmp_path / "students.jsonl").read_text().splitlines()] == [row]
+    assert [json.loads(x)["key"] for x in (tmp_path / "curves.jsonl").read_text().splitlines()] == [chosen.key]
+    calls = []
+    real = stage.distill_student
+    monkeypatch.setattr(stage, "distill_student", lambda *a, **k: calls.append(a[0].key) or real(*a, **k))
+    result = run_correlate(teacher, data, tmp_path, config)
+    assert result.trained_now == 4 and chosen.key not in calls and len(calls) == 4
+    assert next(s for s in result.students if s["key"] == chosen.key)["test_acc"] == row["test_acc"]
