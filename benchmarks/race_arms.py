@@ -121,8 +121,8 @@ def train_largest(by_key: dict, draws: dict, shard: tuple[int, int]) -> None:
     todo = [(k, s) for s in SEEDS for k in keys][shard[0]::shard[1]]
     print(f"{len(keys)} largest archs × {len(SEEDS)} seeds; shard {shard[0]}/{shard[1]}: "
           f"{sum(t not in done for t in todo)} of {len(todo)} to train", flush=True)
-    dataset, teacher, recipe = load_runtime()
-    recipe = recipe.train
+    dataset, teacher, study = load_runtime()
+    recipe = study.train
     for key, seed in todo:
         if (key, seed) in done:
             continue
