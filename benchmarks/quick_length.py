@@ -73,12 +73,12 @@ def first_epoch_at(history: list[dict], target: float) -> int | None:
 
 def measure(arms: list[str], seeds: list[int], work: Path) -> list[dict]:
     """One row per arm and seed (distilling what is missing), each with the epoch it reaches (a)'s final val."""
-    refs = sorted({ARMS[arm][2] for arm in arms})
-    runs = {(arm, s): distilled(arm, s, work) for s in seeds for arm in dict.fromkeys(refs + arms)}
+    every = list(dict.fromkeys(sorted({ARMS[arm][2] for arm in arms}) + arms))  # the fresh arms they need first
+    runs = {(arm, s): distilled(arm, s, work) for s in seeds for arm in every}
     return [{"arm": arm, "seed": s, "params": m["params"], "val_acc": m["val_acc"], "test_acc": m["test_acc"],
              "teacher_val_acc": m["teacher_val_acc"], "val_by_epoch": [h["val_acc"] for h in m["history"]],
              "epoch_reaching_fresh_final_val": first_epoch_at(m["history"], runs[(ARMS[arm][2], s)]["val_acc"])}
-            for s in seeds for arm in dict.fromkeys(refs + arms) for m in [runs[(arm, s)]]]
+            for s in seeds for arm in every for m in [runs[(arm, s)]]]
 
 
 def summarize(rows: list[dict]) -> dict:
