@@ -1,7 +1,7 @@
 """The second setting: does inheriting beat fresh weights with a teacher of another family? Arms (a) and (b).
 
 Teacher: the zoo's ``mbconv4``, a four-stage MBConv network (221k parameters), trained by
-``kdsearch teach --config benchmarks/race_truth/mbconv4_teacher.yaml --out runs/mbconv4_teacher``.
+``kdsearch teach --config benchmarks/race_truth/mbconv4_teacher.yaml --out benchmarks/race_truth/mbconv4_teacher``.
 Students: the race benchmark's 30 ``mbconv`` archs (``race_truth/mbconv.archs.json``, drawn near the params
 and FLOPs edges), timed against the teacher (``race_truth_latency.py --space mbconv --teacher mbconv4``),
 distilled with the ground truth's recipe (``race_truth/mbconv4.yaml``: 5,000 Fashion-MNIST images, 234
@@ -154,7 +154,7 @@ def main() -> None:
         from kdsearch.files import write_json
 
         write_json(args.json, {"command": "python benchmarks/inherit_mbconv.py " + " ".join(sys.argv[1:]),
-                               "teacher": "mbconv4 (runs/mbconv4_teacher, race_truth/mbconv4_teacher.yaml)",
+                               "teacher": "mbconv4 (benchmarks/race_truth/mbconv4_teacher, race_truth/mbconv4_teacher.yaml)",
                                "inputs": {"archs": shown(ARCHS), "latency": shown(LATENCY), "rows": shown(ROWS)},
                                "seeds": seeds, "steps": 234, "unit": "test top-1, points", "kinds": kinds,
                                "arch_table": table})

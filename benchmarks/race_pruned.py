@@ -5,7 +5,7 @@ distillation is 234 optimizer steps (3 epochs).
 
 - ``resnet20`` (default): the quick preset's teacher (``teachers/fashion-mnist-resnet20``) against the
   ``resnet_cifar`` ground truth (``race_arms.py``, ``inherit_proof.py``).
-- ``mbconv4``: the second setting's teacher (``runs/mbconv4_teacher``, trained by
+- ``mbconv4``: the second setting's teacher (``benchmarks/race_truth/mbconv4_teacher``, trained by
   ``race_truth/mbconv4_teacher.yaml``) against its ``mbconv`` students (``inherit_mbconv.py``).
 
 Per setting:
