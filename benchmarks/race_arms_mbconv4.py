@@ -9,7 +9,7 @@ Setting: ``inherit_mbconv.py``'s (teacher ``race_truth/mbconv4_teacher``, the 30
   step 33, the winner's run goes on into its distillation, 311 optimizer steps in all. Race seed 1000 +
   training seed s, s = 0, 1, 2.
 - (b) the largest arch within the budget, inherited, 4 epochs = 312 steps
-  (``inherit_mbconv.py --train --epochs 4``), and at 234 steps (b) and (a) (``inherit_mbconv.py --train``).
+  (``inherit_mbconv.py --train --epochs 4``; rows in ``race_truth/mbconv4_students_4ep.jsonl``).
 
 How (c) is run. A finalist trains the distillation's own schedule from step 0 at the race seed, and its
 rungs only stop and resume that run (``tests/search/test_race.py``: bit for bit a straight run). So an
@@ -202,11 +202,9 @@ def main() -> None:
         runs = SharedRuns(RACE_SEED + s, by_key, train=False)
         runs.rows = {r["key"]: r for r in rows if r["seed"] == RACE_SEED + s}
         raced.append(race(runs, draws))
-    arms = {name: {(r["key"], r["seed"]): 100 * r["test_acc"] for r in read_rows(path) if r.get("init", "inherit") == init}
-            for name, path, init in (("b312", inherit_mbconv.LONG_ROWS, "inherit"), ("b234", inherit_mbconv.ROWS, "inherit"),
-                                     ("a234", inherit_mbconv.ROWS, "random"))}
+    arms = {"b312": {(r["key"], r["seed"]): 100 * r["test_acc"] for r in read_rows(inherit_mbconv.LONG_ROWS)}}
     steps = {r["key"]: r for r in rows}
-    print(f"mbconv4 teacher, mbconv students, all inherited but (a). (c) race K {RACE['k']}, eta {RACE['eta']}, "
+    print(f"mbconv4 teacher, mbconv students, inherited. (c) race K {RACE['k']}, eta {RACE['eta']}, "
           f"budget {RACE['budget']:.3g}, {RACE['rank']}: 311 steps; (b) largest, 4 epochs: 312 steps. Test top-1 "
           "(points), mean over draws and seeds 0,1,2; 95 % CI a bootstrap over draws and seeds")
     kinds = {}
@@ -251,8 +249,7 @@ def main() -> None:
         write_json(args.json, {
             "command": "python benchmarks/race_arms_mbconv4.py " + " ".join(sys.argv[1:]), "race": RACE,
             "race_steps": 311, "largest_steps": 312, "seeds": list(SEEDS), "race_seeds": [RACE_SEED + s for s in SEEDS],
-            "inputs": {"raced": shown(RACED), "largest_312": shown(inherit_mbconv.LONG_ROWS),
-                       "largest_234": shown(inherit_mbconv.ROWS)},
+            "inputs": {"raced": shown(RACED), "largest_312": shown(inherit_mbconv.LONG_ROWS)},
             "unit": "test top-1, points", "kinds": kinds, "shared_runs": trained, "real_races": real,
             "real_reproduced": sum(r["reproduced"] for r in real)})
 

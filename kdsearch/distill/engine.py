@@ -44,6 +44,7 @@ import math
 import os
 import time
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -212,6 +213,9 @@ class TeacherTargets:
         if on_device is None:
             on_device = device.type == "cuda" and teacher_cache_bytes(teacher, paths, data, dataset, device) \
                 <= _CACHE_ON_GPU_BYTES
+        key = _LastHostCache.key(teacher, paths, data, dataset, device, batch_size)
+        if not on_device and (kept := _LAST_HOST_CACHE.get(teacher, data, key)) is not None:
+            return cls(teacher, paths, None, kept)
         home = device if on_device else torch.device("cpu")
         cache: _TeacherCache | None = None
         with torch.inference_mode():
@@ -227,6 +231,8 @@ class TeacherTargets:
             cache = _TeacherCache(torch.empty(0, 0), [torch.empty(0) for _ in paths])
         elif len(data) and outputs_probabilities(cache.logits[:batch_size]):
             cache = _TeacherCache(probabilities_as_logits(cache.logits), cache.feats)
+        if not on_device:
+            _LAST_HOST_CACHE.put(teacher, data, key, cache)
         return cls(teacher, paths, None, cache)
 
     def __enter__(self) -> TeacherTargets:
@@ -297,6 +303,40 @@ class _TeacherCache:
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in [self.logits, *self.feats])
+
+
+class _LastHostCache:
+    """The last teacher cache built in host memory, reused by the next run over the same teacher and images.
+
+    A race trains each finalist rung by rung and a study one student after another, all distilling from
+    one teacher over one training set: without this, every run would pass the teacher over the whole set
+    again. Only the teacher and image set it was built from (held weakly, compared by identity), with
+    their weights, buffers and pixels unchanged (the same tensors, not written to since) and the same feature paths, normalisation,
+    device and batch, get it back. One entry, in host memory: a cache on the GPU is never kept past its run.
+    """
+
+    def __init__(self) -> None:
+        self._refs: tuple[weakref.ref, weakref.ref] | None = None
+        self._key: tuple = ()
+        self._cache: _TeacherCache | None = None
+
+    @staticmethod
+    def key(teacher: nn.Module, paths: list[str], data: ImageSet, dataset: Dataset, device: torch.device,
+            batch_size: int) -> tuple:
+        versions = tuple((t.data_ptr(), t._version) for t in [*teacher.parameters(), *teacher.buffers(), data.images])
+        return (tuple(paths), tuple(dataset.mean), tuple(dataset.std), str(device), batch_size, teacher.training,
+                versions)
+
+    def get(self, teacher: nn.Module, data: ImageSet, key: tuple) -> _TeacherCache | None:
+        if self._refs is None or self._refs[0]() is not teacher or self._refs[1]() is not data or self._key != key:
+            return None
+        return self._cache
+
+    def put(self, teacher: nn.Module, data: ImageSet, key: tuple, cache: _TeacherCache) -> None:
+        self._refs, self._key, self._cache = (weakref.ref(teacher), weakref.ref(data)), key, cache
+
+
+_LAST_HOST_CACHE = _LastHostCache()
 
 
 class Phases:

@@ -145,6 +145,44 @@ def test_cache_teacher_matches_live_teacher(data, tmp_path):
         assert torch.allclose(a.float(), b.float(), atol=1e-5)
 
 
+def _teacher_images(teacher: torch.nn.Module) -> list[int]:
+    """Images the teacher sees from now on, batch by batch."""
+    seen: list[int] = []
+    teacher.register_forward_hook(lambda module, args, out: seen.append(len(args[0])))
+    return seen
+
+
+def test_runs_from_one_teacher_over_one_training_set_pass_the_teacher_over_it_once(data, tmp_path):
+    """A race trains each finalist rung by rung, a study one student after another: the cache is kept."""
+    teacher = _net(16, seed=1).eval()
+    seen = _teacher_images(teacher)
+    config = TrainConfig(epochs=1, batch_size=64, loss="kd:1,ce:1", augment=False, seed=1, cache_teacher=True)
+    first, second = _net(), _net()
+    train(first, data, tmp_path / "first", config, teacher=teacher)
+    assert sum(seen) >= len(data.train)
+    seen.clear()
+    train(second, data, tmp_path / "second", config, teacher=teacher)
+    assert 0 < sum(seen) < len(data.train)  # its validation logits only
+    for a, b in zip(first.state_dict().values(), second.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_a_teacher_changed_in_place_is_passed_over_the_training_set_again(data, tmp_path):
+    teacher = _net(16, seed=1).eval()
+    config = TrainConfig(epochs=1, batch_size=64, loss="kd:1,ce:1", augment=False, seed=1, cache_teacher=True)
+    train(_net(), data, tmp_path / "before", config, teacher=teacher)
+    with torch.no_grad():
+        next(teacher.parameters()).mul_(0.5)
+    seen = _teacher_images(teacher)
+    changed = _net()
+    train(changed, data, tmp_path / "after", config, teacher=teacher)
+    assert sum(seen) >= len(data.train)
+    live = _net()
+    train(live, data, tmp_path / "live", replace(config, cache_teacher=False), teacher=teacher)
+    for a, b in zip(changed.state_dict().values(), live.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5)
+
+
 @pytest.mark.parametrize("cache", [False, True])
 def test_a_teacher_ending_in_softmax_distils_as_its_logits_do(data, tmp_path, cache):
     from kdsearch.errors import KdsearchWarning
