@@ -1,7 +1,8 @@
 """The second setting: does inheriting beat fresh weights with a teacher of another family? Arms (a) and (b).
 
 Teacher: the zoo's ``mbconv4``, a four-stage MBConv network (221k parameters), trained by
-``kdsearch teach --config benchmarks/race_truth/mbconv4_teacher.yaml --out benchmarks/race_truth/mbconv4_teacher``.
+``kdsearch teach --config benchmarks/race_truth/mbconv4_teacher.yaml`` and committed in
+``race_truth/mbconv4_teacher`` (its README says how).
 Students: the race benchmark's 30 ``mbconv`` archs (``race_truth/mbconv.archs.json``, drawn near the params
 and FLOPs edges), timed against the teacher (``race_truth_latency.py --space mbconv --teacher mbconv4``),
 distilled with the ground truth's recipe (``race_truth/mbconv4.yaml``: 5,000 Fashion-MNIST images, 234
