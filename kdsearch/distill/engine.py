@@ -335,6 +335,9 @@ class _LastHostCache:
     def put(self, teacher: nn.Module, data: ImageSet, key: tuple, cache: _TeacherCache) -> None:
         self._refs, self._key, self._cache = (weakref.ref(teacher), weakref.ref(data)), key, cache
 
+    def clear(self) -> None:
+        self._refs, self._key, self._cache = None, (), None
+
 
 _LAST_HOST_CACHE = _LastHostCache()
 
