@@ -137,10 +137,12 @@ def train_largest(by_key: dict, draws: dict, shard: tuple[int, int]) -> None:
 
 
 def real_races(n: int, by_key: dict, draws: dict, space_spec: str = "resnet_cifar", out: Path = REAL,
-               work: Path = WORK / "real", recipe: Path = SETTINGS["resnet_cifar"].inherited_config) -> None:
+               work: Path = WORK / "real", recipe: Path = SETTINGS["resnet_cifar"].inherited_config,
+               init: str | None = None) -> None:
     """Run the first ``n`` draws' races for real at race seed 1000 (alternating params and speed-up
     budgets) over the archs of ``space_spec`` and continue each winner into its distillation, with the
-    teacher, data and recipe of the config ``recipe``; append what happened to ``out``."""
+    teacher, data and recipe of the config ``recipe`` (its init unless ``init`` is given); append what
+    happened to ``out``."""
     from kdsearch.arch import Arch
     from kdsearch.distill.stage import distill_student
     from kdsearch.rundir import CHECKPOINT
@@ -158,7 +160,7 @@ def real_races(n: int, by_key: dict, draws: dict, space_spec: str = "resnet_cifa
         config = replace(search_config(draw), race=RACE["k"], race_eta=RACE["eta"], race_budget=RACE["budget"],
                          race_rank=RACE["rank"], space=space_spec, study_name=f"{kind}-{i}")
         race_dir = work / f"{kind}-{i}"
-        train = replace(train_recipe, seed=0)
+        train = replace(train_recipe, seed=0, init=init or train_recipe.init)
         result = run_race(rows, teacher, dataset, race_dir, config, train, space_spec=space_spec, resume=True)
         record = result.record()
         winner = next(r for r in rows if r["arch"] == result.winner["arch"])

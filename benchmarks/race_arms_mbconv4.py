@@ -192,7 +192,7 @@ def main() -> None:
         race(SharedRuns(RACE_SEED + args.seed, by_key), draws)
         return
     if args.real:
-        real_races(args.real, by_key, draws, "mbconv", REAL, WORK / "real-mbconv4", inherit_mbconv.RECIPE)
+        real_races(args.real, by_key, draws, "mbconv", REAL, WORK / "real-mbconv4", inherit_mbconv.RECIPE, "inherit")
         return
     if args.collect:
         collect()
