@@ -203,7 +203,6 @@ def main() -> None:
         runs.rows = {r["key"]: r for r in rows if r["seed"] == RACE_SEED + s}
         raced.append(race(runs, draws))
     arms = {"b312": {(r["key"], r["seed"]): 100 * r["test_acc"] for r in read_rows(inherit_mbconv.LONG_ROWS)}}
-    steps = {r["key"]: r for r in rows}
     print(f"mbconv4 teacher, mbconv students, inherited. (c) race K {RACE['k']}, eta {RACE['eta']}, "
           f"budget {RACE['budget']:.3g}, {RACE['rank']}: 311 steps; (b) largest, 4 epochs: 312 steps. Test top-1 "
           "(points), mean over draws and seeds 0,1,2; 95 % CI a bootstrap over draws and seeds")
@@ -222,9 +221,12 @@ def main() -> None:
             other = np.array([[arm[(k, s)] for s in SEEDS] for k in big])
             diff = c - other
             m[name] = float(other.mean())
+            picked = np.array([[raced[j][(kind, i)]["winner"] == big[i] for j in range(len(SEEDS))] for i in range(len(ds))])
             m[f"c_minus_{name}"] = {"difference": float(diff.mean()), "ci95": bootstrap(diff, args.replicates, 0),
                                     "wins": int((diff > 1e-9).sum()), "ties": int((abs(diff) <= 1e-9).sum()),
-                                    "losses": int((diff < -1e-9).sum())}
+                                    "losses": int((diff < -1e-9).sum()),
+                                    "where_the_race_picked_the_largest": float(diff[picked].mean()),
+                                    "where_it_picked_another": float(diff[~picked].mean())}
         kinds[kind] = m
         print(f"\n{kind}: (c) race 311 {m['race_311']:.2f}, {m['race_distinct_winners']} distinct winners, the largest "
               f"in {m['race_picked_largest']} of {len(winners)}")
@@ -233,8 +235,9 @@ def main() -> None:
                 v = m[f"c_minus_{name}"]
                 lo, hi = v["ci95"]
                 print(f"  {name}: {m[name]:.2f}   (c) − {name} {v['difference']:+.2f} [{lo:+.2f}, {hi:+.2f}]  "
-                      f"W/T/L {v['wins']}/{v['ties']}/{v['losses']}")
-    trained = {"runs": len(rows), "winners_distilled": sum("test_acc" in r for r in steps.values()),
+                      f"W/T/L {v['wins']}/{v['ties']}/{v['losses']}; {v['where_the_race_picked_the_largest']:+.2f} where the "
+                      f"race picked the largest, {v['where_it_picked_another']:+.2f} where it picked another")
+    trained = {"runs": len(rows), "winners_distilled": sum("test_acc" in r for r in rows),
                "steps": sum(FULL_STEPS if "test_acc" in r else max(map(int, r["tse"])) for r in rows)}
     print(f"\nshared runs: {trained['runs']} (arch, seed) runs, {trained['winners_distilled']} to the end; "
           f"{trained['steps']:,} optimizer steps in all ({trained['steps'] / FULL_STEPS:.1f} distillations)")
