@@ -67,10 +67,13 @@ def rung_steps() -> list[int]:
 class SharedRuns:
     """One run per arch at one race seed, trained only as far as some race needs it (see the docstring)."""
 
-    def __init__(self, seed: int, by_key: dict[str, dict], train: bool = True) -> None:
-        self.seed, self.by_key, self.train = seed, by_key, train
+    def __init__(self, seed: int, by_key: dict[str, dict], rows: list[dict] | None = None) -> None:
+        """``rows``: the runs' committed rows, read only (no training); by default this seed's file under runs/."""
+        self.seed, self.by_key, self.train = seed, by_key, rows is None
         self.stops = rung_steps()
-        self.rows = {r["key"]: r for r in (read_rows(self.file) if self.file.exists() else [])}
+        if rows is None:
+            rows = read_rows(self.file) if self.file.exists() else []
+        self.rows = {r["key"]: r for r in rows if r["seed"] == seed}  # the latest row per arch wins
         self._runtime = None
 
     @property
@@ -102,17 +105,13 @@ class SharedRuns:
         return row["tse"][str(step)]
 
     def _advance(self, key: str, step: int) -> None:
-        """Train the arch's run on to ``step`` (the race's ``train_rung``: build, start, resume, stop)."""
+        """Train the arch's run on to ``step``, as a race rung does."""
         from kdsearch.arch import Arch
-        from kdsearch.distill.stage import build_student, start_student, student_space
-        from kdsearch.distill.trainer import train
+        from kdsearch.search.race import train_to_step
 
         dataset, teacher, config = self.runtime()
-        arch = Arch.from_dict(self.by_key[key]["arch"])
-        student = build_student(arch, dataset, config.seed, "mbconv")
-        start_student(student, student_space(arch, "mbconv"), teacher, config.init, seed=config.seed)
-        result = train(student, dataset, self.directory(key), config, teacher=teacher.module, resume=True,
-                       stop_step=step)
+        result, _ = train_to_step(Arch.from_dict(self.by_key[key]["arch"]), teacher, dataset, self.directory(key),
+                                  config, step, "mbconv")
         self._record(key, result["curve"], result["train_loss_total"])
 
     def _record(self, key: str, curve: list[dict], total: float) -> None:
@@ -199,9 +198,7 @@ def main() -> None:
     rows = read_rows(RACED)
     raced = []
     for s in SEEDS:
-        runs = SharedRuns(RACE_SEED + s, by_key, train=False)
-        runs.rows = {r["key"]: r for r in rows if r["seed"] == RACE_SEED + s}
-        raced.append(race(runs, draws))
+        raced.append(race(SharedRuns(RACE_SEED + s, by_key, rows), draws))
     arms = {"b312": {(r["key"], r["seed"]): 100 * r["test_acc"] for r in read_rows(inherit_mbconv.LONG_ROWS)}}
     print(f"mbconv4 teacher, mbconv students, inherited. (c) race K {RACE['k']}, eta {RACE['eta']}, "
           f"budget {RACE['budget']:.3g}, {RACE['rank']}: 311 steps; (b) largest, 4 epochs: 312 steps. Test top-1 "

@@ -255,6 +255,20 @@ def finalist_dir(race_dir: Path, finalist: int) -> Path:
     return race_dir / f"finalist-{finalist}"
 
 
+def train_to_step(arch: Arch, teacher, dataset, directory: Path, config, step: int,
+                  space_spec: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Train ``arch``'s run in ``directory`` on to optimizer step ``step``: the student is built and
+    started as ``config.init`` says, then the run resumes from its checkpoint (if any) and stops there.
+    The trainer's result, and what the student started from."""
+    from kdsearch.distill.stage import build_student, start_student, student_space
+    from kdsearch.distill.trainer import train
+
+    student = build_student(arch, dataset, config.seed, space_spec)
+    init = start_student(student, student_space(arch, space_spec), teacher, config.init, seed=config.seed)
+    result = train(student, dataset, directory, config, teacher=teacher.module, resume=True, stop_step=step)
+    return result, init
+
+
 @dataclass
 class _Race:
     """What every rung of every finalist needs; built once per process."""
@@ -272,14 +286,8 @@ class _Race:
         """Distil ``arch`` on to the end of rung ``rung`` (from where its checkpoint stopped: the
         end of rung ``rung - 1``, whose training losses summed to ``before``); its val top-1 there,
         the sum of its training losses over the rung's steps, and what it started from (``init``)."""
-        from kdsearch.distill.stage import build_student, start_student, student_space
-        from kdsearch.distill.trainer import train
-
-        config = self.train_config
-        student = build_student(arch, self.dataset, config.seed, self.space_spec)
-        init = start_student(student, student_space(arch, self.space_spec), self.teacher, config.init, seed=config.seed)
-        result = train(student, self.dataset, finalist_dir(self.race_dir, finalist), config,
-                       teacher=self.teacher.module, resume=True, stop_step=self.plan.rungs[rung])
+        result, init = train_to_step(arch, self.teacher, self.dataset, finalist_dir(self.race_dir, finalist),
+                                     self.train_config, self.plan.rungs[rung], self.space_spec)
         # the checkpoint keeps the run's summed loss: right after a kill between checkpoint and record, and
         # on a machine without the checkpoint (the run is trained again from step 0, the same seeded steps)
         return {"step": self.plan.rungs[rung], "val_acc": float(result["val_acc"]),
