@@ -169,6 +169,12 @@ def race(runs: SharedRuns, draws: dict[str, list[dict]]) -> dict[tuple[str, int]
     return out
 
 
+def raced(by_key: dict[str, dict], draws: dict[str, list[dict]]) -> list[dict[tuple[str, int], dict]]:
+    """Per training seed (``SEEDS``' order), every draw's race from the committed rows (``race``'s answer)."""
+    rows = read_rows(RACED)
+    return [race(SharedRuns(RACE_SEED + s, by_key, rows), draws) for s in SEEDS]
+
+
 def collect() -> None:
     """Join the seeds' rows (the latest per arch) into RACED."""
     from race_arms import write_rows
@@ -196,9 +202,7 @@ def main() -> None:
     if args.collect:
         collect()
     rows = read_rows(RACED)
-    raced = []
-    for s in SEEDS:
-        raced.append(race(SharedRuns(RACE_SEED + s, by_key, rows), draws))
+    races = raced(by_key, draws)
     arms = {"b312": {(r["key"], r["seed"]): 100 * r["test_acc"] for r in read_rows(inherit_mbconv.LONG_ROWS)}}
     print(f"mbconv4 teacher, mbconv students, inherited. (c) race K {RACE['k']}, eta {RACE['eta']}, "
           f"budget {RACE['budget']:.3g}, {RACE['rank']}: 311 steps; (b) largest, 4 epochs: 312 steps. Test top-1 "
@@ -207,8 +211,8 @@ def main() -> None:
     for kind in KINDS:
         ds = draws[kind]
         big = [largest(d, by_key) for d in ds]
-        c = np.array([[100 * raced[j][(kind, i)]["test_acc"] for j in range(len(SEEDS))] for i in range(len(ds))])
-        winners = [raced[j][(kind, i)]["winner"] for i in range(len(ds)) for j in range(len(SEEDS))]
+        c = np.array([[100 * races[j][(kind, i)]["test_acc"] for j in range(len(SEEDS))] for i in range(len(ds))])
+        winners = [races[j][(kind, i)]["winner"] for i in range(len(ds)) for j in range(len(SEEDS))]
         m = {"draws": len(ds), "race_311": float(c.mean()), "race_picked_largest":
              sum(w == big[i // len(SEEDS)] for i, w in enumerate(winners)), "race_distinct_winners": len(set(winners)),
              "largest_distinct": len(set(big))}
@@ -218,7 +222,7 @@ def main() -> None:
             other = np.array([[arm[(k, s)] for s in SEEDS] for k in big])
             diff = c - other
             m[name] = float(other.mean())
-            picked = np.array([[raced[j][(kind, i)]["winner"] == big[i] for j in range(len(SEEDS))] for i in range(len(ds))])
+            picked = np.array([[races[j][(kind, i)]["winner"] == big[i] for j in range(len(SEEDS))] for i in range(len(ds))])
             m[f"c_minus_{name}"] = {"difference": float(diff.mean()), "ci95": bootstrap(diff, args.replicates, 0),
                                     "wins": int((diff > 1e-9).sum()), "ties": int((abs(diff) <= 1e-9).sum()),
                                     "losses": int((diff < -1e-9).sum()),
@@ -240,7 +244,7 @@ def main() -> None:
           f"{trained['steps']:,} optimizer steps in all ({trained['steps'] / FULL_STEPS:.1f} distillations)")
     real = read_rows(REAL) if REAL.exists() else []
     for r in real:
-        mine = raced[0][(r["kind"], r["draw"])]
+        mine = races[0][(r["kind"], r["draw"])]
         r["shared_winner"], r["shared_test_acc"] = mine["winner"], mine["test_acc"]
         r["reproduced"] = r["winner"] == mine["winner"] and r["test_acc"] == mine["test_acc"]
         print(f"real race, {r['kind']} draw {r['draw']} ({r['budget']}): winner {label(by_key[r['winner']])} "

@@ -137,27 +137,31 @@ def resnet20_baselines() -> Baselines:
 
 
 def mbconv4_baselines() -> Baselines:
-    """Setting 2: ``mbconv`` students of the ``mbconv4`` teacher (``inherit_mbconv.py``); no race of theirs."""
+    """Setting 2: ``mbconv`` students of the ``mbconv4`` teacher (``inherit_mbconv.py``) and their race
+    (``race_arms_mbconv4.py``)."""
     import inherit_mbconv
+    import race_arms_mbconv4
 
     by_key, draws = inherit_mbconv.load()
     rows = read_rows(inherit_mbconv.ROWS)
     fresh = [r for r in rows if r["init"] == "random"]
-    # no arm (b) at 312 steps: its rows (race_arms_mbconv4.py) come from the committed teacher, while these
-    # 234-step rows and the prunings' curves come from the earlier one (RESULTS.md)
-    return Baselines(by_key, draws, largest_312=None,
+    races = race_arms_mbconv4.raced(by_key, draws)
+    return Baselines(by_key, draws, largest_312=by_seed(read_rows(inherit_mbconv.LONG_ROWS)),
                      inherited_234=by_seed([r for r in rows if r["init"] == "inherit"]),
-                     fresh_234=by_seed(fresh), fresh_val_234=by_seed(fresh, "val_acc"), race=None,
-                     files={"largest_234": shown(inherit_mbconv.ROWS)})
+                     fresh_234=by_seed(fresh), fresh_val_234=by_seed(fresh, "val_acc"),
+                     race={(kind, i, s): 100 * races[j][(kind, i)]["test_acc"] for j, s in enumerate(SEEDS)
+                           for kind in inherit_mbconv.KINDS for i in range(len(draws[kind]))},
+                     files={"largest_234": shown(inherit_mbconv.ROWS), "largest_312": shown(inherit_mbconv.LONG_ROWS),
+                            "race": shown(race_arms_mbconv4.RACED)})
 
 
 BASELINES = {"resnet20": resnet20_baselines, "mbconv4": mbconv4_baselines}
 
 
-def collect(setting: PrunedSetting) -> None:
-    """Copy the three curve runs' curves and students into race_truth/."""
+def collect(setting: PrunedSetting, seeds: list[int]) -> None:
+    """Copy the curve runs' curves and students at training seeds ``seeds`` into race_truth/."""
     rows = []
-    for s in SEEDS:
+    for s in seeds:
         run = setting.curve_run(RACE_SEED + s)
         shutil.copyfile(run / "curves.jsonl", setting.curves_file(RACE_SEED + s))
         rows += read_rows(run / "students.jsonl")
@@ -237,8 +241,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="where to write the figures (default: the setting's own file)")
     args = parser.parse_args()
     setting = PRUNED[args.setting]
+    seeds = [int(x) for x in args.seeds.split(",")]
     if args.collect:
-        collect(setting)
+        collect(setting, seeds)
     base = BASELINES[args.setting]()
     pruned = load_pruned(setting)
     pdraws = pruned_draws(base.draws, pruned, setting.kinds)
@@ -248,7 +253,6 @@ def main() -> None:
     if args.real:
         real_races(args.real, pruned, pdraws, setting.space, setting.real, WORK / f"real-{setting.name}", setting.recipe)
         return
-    seeds = [int(x) for x in args.seeds.split(",")]
     curves = {s: read_curves(setting.curves_file(RACE_SEED + s)) for s in seeds}
     raw = {(r["key"], r["seed"]): r["test_acc"] for r in read_rows(setting.students)}  # fractions, as the runs wrote them
     tested = {k: 100 * v for k, v in raw.items()}
@@ -309,27 +313,32 @@ def main() -> None:
                       "pruned_race_minus_pruned_largest": versus(d_race, d_big), "distinct_winners": len(set(winners)),
                       "winner_params": [min(pruned[k]["params"] for k in winners),
                                         max(pruned[k]["params"] for k in winners)]})
-        if raced and base.largest_312:
+        # the largest pruning's 234 steps against the other space's 312 and 311: fewer steps, on the pruning's side
+        if base.largest_312:
             b312 = np.array([[base.largest_312[(k, s)] for s in seeds] for k in big])
-            m["largest_312"], m["d_minus_b_312"] = float(b312[ok].mean()), versus(d_race, b312)
-        if raced and base.race:
+            m["largest_312"], m["pruned_largest_234_minus_b_312"] = float(b312[ok].mean()), versus(d_big, b312)
+            if raced:
+                m["d_minus_b_312"] = versus(d_race, b312)
+        if base.race:
             c311 = np.array([[base.race[(kind, i, s)] for s in seeds] for i in range(len(ds))])
-            m["race_311"], m["d_minus_c_311"] = float(c311[ok].mean()), versus(d_race, c311)
+            m["race_311"], m["pruned_largest_234_minus_c_311"] = float(c311[ok].mean()), versus(d_big, c311)
+            if raced:
+                m["d_minus_c_311"] = versus(d_race, c311)
         kinds[kind] = m
         print(f"\n{kind}: {m['draws_with_a_pruning']} of {len(ds)} budgets leave a pruning in the pool "
               f"({m['draws_raced']} leave two or more to race); {m['distinct_largest']} distinct largest prunings, "
               f"{m['largest_params'][0]:,}–{m['largest_params'][1]:,} params")
         if raced:
-            print(f"  (d) pruned race 311: {m['pruned_race_311']:.2f}, {m['distinct_winners']} distinct winners"
-                  + (f"   (b) largest 312: {m['largest_312']:.2f}" if "largest_312" in m else "")
-                  + (f"   (c) race 311: {m['race_311']:.2f}" if "race_311" in m else ""))
+            print(f"  (d) pruned race 311: {m['pruned_race_311']:.2f}, {m['distinct_winners']} distinct winners")
+        print("  " + (f"(b) largest 312: {m['largest_312']:.2f}   " if "largest_312" in m else "")
+              + (f"(c) race 311: {m['race_311']:.2f}" if "race_311" in m else ""))
         print(f"  pruned largest 234: {m['pruned_largest_234']:.2f}   (b) 234: {m['largest_234_inherited']:.2f}   "
               f"(a) 234: {m['largest_234_fresh']:.2f}")
         t = m["pruned_steps_to_match_fresh_final_val"]
         print(f"  the largest pruning reaches (a)'s final val top-1 after a median {t['median']:.0f} of {FULL_STEPS} steps; "
               f"within half in {t['at_most_half']} of {t['runs']} runs, never in {t['never']}")
         for name in ("d_minus_b_312", "d_minus_c_311", "pruned_largest_minus_b_234", "pruned_largest_minus_a_234",
-                     "pruned_race_minus_pruned_largest"):
+                     "pruned_race_minus_pruned_largest", "pruned_largest_234_minus_b_312", "pruned_largest_234_minus_c_311"):
             if name not in m:
                 continue
             v = m[name]
