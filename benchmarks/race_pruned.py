@@ -23,11 +23,11 @@ Per setting:
 - Its budgets are the other arms': ``resnet20`` 40 params, 40 FLOPs and 40 speed-up budgets (3–6× at
   batch 1 and 32); ``mbconv4`` 40 params and 40 speed-up budgets (1.5–2.4×). Each draw's candidates are
   20 of the 30 prunings, seeded by the draw.
-- Against: in ``resnet20``, (b) the largest arch of the other space within the budget, inherited, 4 epochs
-  = 312 steps (``race_arms.py --train-largest``), and (c) the ``resnet_cifar`` race, 311 steps (in
-  ``mbconv4`` those two were run on another teacher than these curves: ``race_arms_mbconv4.py``). And at one distillation (234 steps): the largest pruning within
-  the budget (its curve run) against the largest arch of the other space, inherited (b) and fresh (a),
-  and how many steps that pruning takes to reach (a)'s final validation top-1.
+- Against: (b) the largest arch of the other space within the budget, inherited, 4 epochs = 312 steps, and
+  (c) that space's race, 311 steps (``race_arms.py``; ``race_arms_mbconv4.py`` in ``mbconv4``), each paired
+  with the pruned race and with the largest pruning's 234-step run. And at one distillation (234 steps): the
+  largest pruning within the budget (its curve run) against the largest arch of the other space, inherited (b)
+  and fresh (a), and how many steps that pruning takes to reach (a)'s final validation top-1.
 
 Differences are paired by budget draw and seed index, 95 % intervals a bootstrap over draws and seeds.
 
