@@ -169,9 +169,11 @@ def race(runs: SharedRuns, draws: dict[str, list[dict]]) -> dict[tuple[str, int]
     return out
 
 
-def raced(by_key: dict[str, dict], draws: dict[str, list[dict]]) -> list[dict[tuple[str, int], dict]]:
-    """Per training seed (``SEEDS``' order), every draw's race from the committed rows (``race``'s answer)."""
-    rows = read_rows(RACED)
+def raced(by_key: dict[str, dict], draws: dict[str, list[dict]],
+          rows: list[dict] | None = None) -> list[dict[tuple[str, int], dict]]:
+    """Per training seed (``SEEDS``' order), every draw's race from the committed rows (``race``'s answer);
+    ``rows``: RACED's, if already read."""
+    rows = read_rows(RACED) if rows is None else rows
     return [race(SharedRuns(RACE_SEED + s, by_key, rows), draws) for s in SEEDS]
 
 
@@ -202,7 +204,7 @@ def main() -> None:
     if args.collect:
         collect()
     rows = read_rows(RACED)
-    races = raced(by_key, draws)
+    races = raced(by_key, draws, rows)
     arms = {"b312": {(r["key"], r["seed"]): 100 * r["test_acc"] for r in read_rows(inherit_mbconv.LONG_ROWS)}}
     print(f"mbconv4 teacher, mbconv students, inherited. (c) race K {RACE['k']}, eta {RACE['eta']}, "
           f"budget {RACE['budget']:.3g}, {RACE['rank']}: 311 steps; (b) largest, 4 epochs: 312 steps. Test top-1 "
