@@ -102,6 +102,18 @@ torch.manual_seed(0)
 teacher = load_teacher("resnet8", num_classes=data.num_classes, in_channels=data.in_channels)
 config = SearchConfig(space=sys.argv[2], trials=int(sys.argv[3]), population=4, proxy_batch=32, seed=int(sys.argv[5]),
                       storage=sys.argv[4], study_name="killed", heartbeat_s=2)
+if len(sys.argv) > 7:  # the victim: once it has scored a candidate, it holds its trial RUNNING until killed
+    import time
+    import kdsearch.proxies
+    score = kdsearch.proxies.score_candidate
+
+    def hold(*args, **kwargs):
+        scores = score(*args, **kwargs)
+        Path(sys.argv[7]).write_text("in a trial")
+        time.sleep(3600)
+        return scores
+
+    kdsearch.proxies.score_candidate = hold
 run_search(teacher, data, Path(sys.argv[6]), config, resume=True)
 """
 
@@ -113,18 +125,20 @@ def test_killed_worker_leaves_the_study_to_the_others(pg_url, fashion_npz, space
     trials = 12
     optuna.create_study(study_name="killed", storage=pg_url, directions=["maximize", "minimize"])
 
-    def start(i: int) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, str(script), str(fashion_npz), str(space_file), str(trials), pg_url,
-                                 str(i), str(tmp_path / f"w{i}")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    marker = tmp_path / "victim-in-trial"
 
-    workers = [start(i) for i in range(3)]
+    def start(i: int, *hold: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, str(script), str(fashion_npz), str(space_file), str(trials), pg_url,
+                                 str(i), str(tmp_path / f"w{i}"), *hold], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    # The victim holds its first scored trial RUNNING, so it is surely killed mid-trial. Polling the study for a
+    # RUNNING trial instead missed the moment once on a loaded machine: the victim finished and exited 0.
+    workers = [start(0, str(marker)), start(1), start(2)]
     victim = workers[0]
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:  # kill once the victim is surely inside the search loop
-        states = [t.state for t in _trials(pg_url, "killed")]
-        if states.count(COMPLETE) >= 2 and RUNNING in states:
-            break
+    while not marker.exists() and victim.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
+    assert marker.exists(), "the victim never reached a trial"
     victim.send_signal(signal.SIGKILL)
     outputs = [w.communicate(timeout=400)[0].decode() for w in workers[1:]]
     assert [w.returncode for w in workers[1:]] == [0, 0], outputs
@@ -134,6 +148,7 @@ def test_killed_worker_leaves_the_study_to_the_others(pg_url, fashion_npz, space
     assert not [t for t in final if t.state == RUNNING]
     assert sorted(t.number for t in final) == list(range(len(final)))
     retried = {t.system_attrs.get("failed_trial") for t in final}
+    assert [t.state for t in final].count(FAIL) == 1  # the victim's held trial
     for t in final:
         if t.state == FAIL:  # the victim's stale trial: failed by heartbeat and re-queued
             assert t.number in retried
