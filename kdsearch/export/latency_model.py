@@ -57,7 +57,7 @@ if TYPE_CHECKING:
 
 __all__ = ["LatencyModel", "clock_for", "cpu_model", "default_cache_dir"]
 
-_FORMAT = 1  # bump when the table's meaning changes: older files are then re-measured
+_FORMAT = 2  # bump when the table's meaning changes: older files are then re-measured
 _CALIBRATION_ARCHS = 5  # whole candidates timed for real to fit the scale of the parts' sum
 _SESSION_BUDGET_S = 0.1  # the timed runs of one part aim at about this long...
 _MIN_RUNS, _MAX_RUNS = 5, 100  # ...within these many runs
@@ -274,10 +274,12 @@ class LatencyModel:
         return self._combine_signatures([p.signature for p in parts])
 
     def _combine_signatures(self, signatures: list[str]) -> float:
-        total = sum(self.parts[s] for s in signatures)
+        """One call's overhead plus each part's time beyond its own call, scaled. A part timed at less
+        than an empty call adds nothing, so a deeper arch is never predicted faster."""
         a = self.calibration.get("intercept_ms", 0.0)
         o = self.calibration.get("per_part_ms", 0.0)
-        return max(self.calibration.get("scale", 1.0) * (total + a - o * len(signatures)), 1e-3)
+        work = sum(max(self.parts[s] - o, 0.0) for s in signatures)
+        return max(self.calibration.get("scale", 1.0) * (work + a), 1e-3)
 
     # -- measurement -------------------------------------------------------------------
 

@@ -101,8 +101,21 @@ def test_predictions_are_positive_and_grow_with_depth(tmp_path, monkeypatch):
     assert 0 < shallow < deep
 
 
-@pytest.mark.parametrize("garbage", [b"\x80\x04\x95 not json", b'{"format": 1, "key": {}}', b"[]",
-                                     b'{"format": 1, "parts": {"x": -1}}'])
+def test_a_part_faster_than_an_empty_call_never_makes_a_deeper_arch_faster(tmp_path, monkeypatch):
+    """A part timed at less than an empty session's call (toy shapes, a noisy clock) adds nothing:
+    its share is clamped at zero, not subtracted from the other parts."""
+    def times(sessions, clock):  # the stem (the only part fed the image's one channel) 1 ms, every other part 50 µs
+        return {name: 0.1 if name == "call" else 2.0 if name.startswith("whole:") else 1.0 if shape[1] == 1 else 0.05
+                for name, (_, shape) in sessions.items()}
+
+    monkeypatch.setattr(latency_model, "_time_sessions", times)
+    model = LatencyModel.for_space(tiny_space(), **SHAPE, batch=1, cache_dir=tmp_path)
+    shallow, deep = model.predict_ms(arch([1, 1], [8, 8])), model.predict_ms(arch([3, 3], [8, 8]))
+    assert 0 < shallow <= deep
+
+
+@pytest.mark.parametrize("garbage", [b"\x80\x04\x95 not json", b'{"format": 2, "key": {}}', b"[]",
+                                     b'{"format": 2, "parts": {"x": -1}}', b'{"format": 1}'])
 def test_a_corrupted_table_is_ignored_and_measured_again(tmp_path, counted, garbage):
     space = tiny_space()
     path = LatencyModel.for_space(space, **SHAPE, batch=1, cache_dir=tmp_path).path
@@ -111,7 +124,7 @@ def test_a_corrupted_table_is_ignored_and_measured_again(tmp_path, counted, garb
     model = LatencyModel.for_space(space, **SHAPE, batch=1, cache_dir=tmp_path)
     assert counted  # measured again
     assert model.predict_ms(arch([1, 1], [4, 4])) > 0
-    assert json.loads(path.read_text())["format"] == 1
+    assert json.loads(path.read_text())["format"] == latency_model._FORMAT == 2
 
 
 def test_a_table_for_another_key_is_not_used(tmp_path, counted):
