@@ -330,8 +330,10 @@ def main() -> None:
               f"{m['largest_params'][0]:,}–{m['largest_params'][1]:,} params")
         if raced:
             print(f"  (d) pruned race 311: {m['pruned_race_311']:.2f}, {m['distinct_winners']} distinct winners")
-        print("  " + (f"(b) largest 312: {m['largest_312']:.2f}   " if "largest_312" in m else "")
-              + (f"(c) race 311: {m['race_311']:.2f}" if "race_311" in m else ""))
+        longer = [f"{label}: {m[name]:.2f}" for name, label in (("largest_312", "(b) largest 312"),
+                                                                  ("race_311", "(c) race 311")) if name in m]
+        if longer:
+            print("  " + "   ".join(longer))
         print(f"  pruned largest 234: {m['pruned_largest_234']:.2f}   (b) 234: {m['largest_234_inherited']:.2f}   "
               f"(a) 234: {m['largest_234_fresh']:.2f}")
         t = m["pruned_steps_to_match_fresh_final_val"]
