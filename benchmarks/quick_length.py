@@ -1,12 +1,13 @@
 """The arms at the quick recipe's length and at 4× it: fresh, inherited and pruned students of the quick runs.
 
 The quick preset's runs of ``quick_spaces.py`` (``kdsearch run --preset quick --teacher
-teachers/fashion-mnist-resnet20 --space resnet_cifar|pruned --seed N``) shipped, per seed, a ``resnet_cifar``
-student distilled from the teacher's weights (arm b) and a pruning of the teacher (arm d's space, its largest
+teachers/fashion-mnist-resnet20 --space resnet_cifar|pruned --seed N``; with ``--setting mbconv4`` the
+``mbconv4`` teacher, ``mbconv`` and a 2× speed-up budget) shipped, per seed, a student of the teacher's family
+distilled from the teacher's weights (arm b) and a pruning of the teacher (arm d's space, its largest
 within the budget), each with the quick recipe: 4 epochs of 53,888 images at batch 128, 1,684 optimizer
-steps. This distils, from the same run directories and seeds:
+steps. This distils, from the same run directories and seeds (into ``runs/quick_length[_mbconv4]``):
 
-- (a) the ``resnet_cifar`` winner from fresh weights, 4 epochs (``kdsearch distill RUN --init random``);
+- (a) the family's winner from fresh weights, 4 epochs (``kdsearch distill RUN --init random``);
 - the pruning for half the steps, 2 epochs (``kdsearch distill RUN --epochs 2``: its one-cycle schedule
   planned for the 2 epochs), to see whether inheriting lets the quick preset train half as long;
 - with ``--arms`` naming them, all three arms at 4× the quick length, 16 epochs = 6,736 steps
@@ -33,32 +34,36 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from init_seeds import bootstrap_mean  # noqa: E402
+from quick_spaces import SETTINGS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # arm -> (space whose quick run it starts from, extra `kdsearch distill` flags or None for the run's own
 # distillation, the fresh arm it is compared with)
+# (``family``: the setting's family, resnet_cifar or mbconv)
 ARMS = {
-    "a_fresh_4ep": ("resnet_cifar", ["--init", "random"], "a_fresh_4ep"),
-    "b_inherited_4ep": ("resnet_cifar", None, "a_fresh_4ep"),
+    "a_fresh_4ep": ("family", ["--init", "random"], "a_fresh_4ep"),
+    "b_inherited_4ep": ("family", None, "a_fresh_4ep"),
     "d_pruned_4ep": ("pruned", None, "a_fresh_4ep"),
     "d_pruned_2ep": ("pruned", ["--epochs", "2"], "a_fresh_4ep"),
-    "a_fresh_16ep": ("resnet_cifar", ["--init", "random", "--epochs", "16"], "a_fresh_16ep"),
-    "b_inherited_16ep": ("resnet_cifar", ["--epochs", "16"], "a_fresh_16ep"),
+    "a_fresh_16ep": ("family", ["--init", "random", "--epochs", "16"], "a_fresh_16ep"),
+    "b_inherited_16ep": ("family", ["--epochs", "16"], "a_fresh_16ep"),
     "d_pruned_16ep": ("pruned", ["--epochs", "16"], "a_fresh_16ep"),
 }
 DEFAULT_ARMS = "a_fresh_4ep,b_inherited_4ep,d_pruned_4ep,d_pruned_2ep"
 MIN_PAIRS_FOR_CI = 5  # a bootstrap over fewer seeds only restates their range
 
 
-def distilled(arm: str, seed: int, work: Path) -> dict:
+def distilled(setting: str, arm: str, seed: int, work: Path) -> dict:
     """The arm's distillation at ``seed``: its metrics.json (distilled now unless it exists)."""
+    quick = SETTINGS[setting]
     space, flags, _ = ARMS[arm]
-    run = work / f"quick_{space}_s{seed}"
+    run = quick.run_dir(work, quick.family if space == "family" else space, seed)
     if not (run / "summary.json").exists():
-        raise SystemExit(f"{run} has no finished quick run: run benchmarks/quick_spaces.py --seeds {seed} first")
+        raise SystemExit(f"{run} has no finished quick run: run benchmarks/quick_spaces.py --setting {setting} "
+                         f"--seeds {seed} first")
     if flags is None:
         return json.loads((run / "distill" / "metrics.json").read_text())
-    out = work / "quick_length" / f"{arm}_s{seed}"
+    out = work / ("quick_length" if setting == "resnet20" else f"quick_length_{setting}") / f"{arm}_s{seed}"
     if not (out / "distill" / "metrics.json").exists():
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "kdsearch", "distill", str(run), "--out", str(out), "--seed", str(seed),
@@ -71,10 +76,10 @@ def first_epoch_at(history: list[dict], target: float) -> int | None:
     return next((h["epoch"] for h in history if h["val_acc"] >= target), None)
 
 
-def measure(arms: list[str], seeds: list[int], work: Path) -> list[dict]:
+def measure(setting: str, arms: list[str], seeds: list[int], work: Path) -> list[dict]:
     """One row per arm and seed (distilling what is missing), each with the epoch it reaches (a)'s final val."""
     every = list(dict.fromkeys(sorted({ARMS[arm][2] for arm in arms}) + arms))  # the fresh arms they need first
-    runs = {(arm, s): distilled(arm, s, work) for s in seeds for arm in every}
+    runs = {(arm, s): distilled(setting, arm, s, work) for s in seeds for arm in every}
     return [{"arm": arm, "seed": s, "params": m["params"], "val_acc": m["val_acc"], "test_acc": m["test_acc"],
              "teacher_val_acc": m["teacher_val_acc"], "val_by_epoch": [h["val_acc"] for h in m["history"]],
              "epoch_reaching_fresh_final_val": first_epoch_at(m["history"], runs[(ARMS[arm][2], s)]["val_acc"])}
@@ -105,6 +110,8 @@ def summarize(rows: list[dict]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--setting", choices=sorted(SETTINGS), default="resnet20",
+                        help="quick_spaces.py's setting: the teacher and its family")
     parser.add_argument("--work", type=Path, default=ROOT / "runs", help="where quick_spaces.py's runs are")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds of quick_spaces.py's runs")
     parser.add_argument("--arms", default=DEFAULT_ARMS, help=f"comma-separated, of: {', '.join(ARMS)}")
@@ -115,7 +122,7 @@ def main() -> None:
     arms = args.arms.split(",")
     if unknown := [a for a in arms if a not in ARMS]:
         raise SystemExit(f"unknown arm {unknown[0]!r}: choose from {', '.join(ARMS)}")
-    rows = measure(arms, [int(s) for s in args.seeds.split(",")], args.work)
+    rows = measure(args.setting, arms, [int(s) for s in args.seeds.split(",")], args.work)
     docs = [json.loads(path.read_text()) for path in args.earlier]
     earlier = [r for doc in docs for r in doc["rows"]]
     mine = {(r["arm"], r["seed"]) for r in rows}
@@ -133,7 +140,7 @@ def main() -> None:
 
         command = "python benchmarks/quick_length.py " + " ".join(sys.argv[1:])
         before = [c for doc in docs for c in doc.get("commands_before", []) + [doc["command"]] if c != command]
-        write_json(args.json, {"command": command,
+        write_json(args.json, {"command": command, "setting": args.setting,
                                "commands_before": list(dict.fromkeys(before)),  # whose rows --with joined
                                "machine": {"cpus": os.cpu_count(), "loadavg_at_end": list(os.getloadavg())},
                                "steps_per_epoch": 421, "summary": summary, "rows": rows})
