@@ -10,8 +10,9 @@ the model's batch size; the table keys parts by their structure and input shape,
 that share a block share its entry.
 
 A standalone part pays one ``session.run`` call's overhead ``o`` that the whole model pays once, so
-the prediction is ``scale * (sum(part_ms) - (n_parts - 1) * o)``: ``o`` is the latency of a session
-that computes next to nothing, and ``scale`` the median ratio of measured to summed latency over a
+the prediction is ``scale * (o + sum(max(part_ms - o, 0)))``: ``o`` is the latency of a session that
+computes next to nothing (a part timed under it adds nothing, so a deeper arch never predicts faster),
+and ``scale`` the median ratio of measured to summed latency over a
 few whole candidates timed when the table is made (what the sum misses: a whole model's weights
 do not all stay in cache from one run to the next as one block's do).
 Parts are timed lazily: :meth:`LatencyModel.predict_ms` times the parts of a candidate the table
