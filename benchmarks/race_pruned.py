@@ -251,7 +251,9 @@ def main() -> None:
         train_prunings(setting, pdraws, pruned, tuple(int(x) for x in args.shard.split("/")), args.train_finalists)
         return
     if args.real:
-        real_races(args.real, pruned, pdraws, setting.space, setting.real, WORK / f"real-{setting.name}", setting.recipe)
+        # a pruning starts from the teacher's weights (init auto), as its curve runs did, whatever the recipe's init
+        real_races(args.real, pruned, pdraws, setting.space, setting.real, WORK / f"real-{setting.name}", setting.recipe,
+                   init="auto")
         return
     curves = {s: read_curves(setting.curves_file(RACE_SEED + s)) for s in seeds}
     raw = {(r["key"], r["seed"]): r["test_acc"] for r in read_rows(setting.students)}  # fractions, as the runs wrote them
