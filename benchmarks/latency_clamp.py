@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import sys
 import tempfile
 from pathlib import Path
@@ -20,20 +19,17 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from kdsearch.export import latency_model as lm  # noqa: E402
 from kdsearch.files import write_json  # noqa: E402
 from kdsearch.spaces import load_space  # noqa: E402
+from latency_model import sample_archs  # noqa: E402
 
 
 def one_space(name: str, candidates: int, seed: int) -> dict:
     space, chw = load_space(name), (1, 28, 28)
-    rng, archs, seen = random.Random(seed), [], set()
-    while len(archs) < candidates:  # the same draw as latency_model.py
-        arch = space.sample(rng, 28)
-        if arch.key not in seen:
-            seen.add(arch.key)
-            archs.append(arch)
+    archs = sample_archs(space, 28, candidates, seed)  # the same draw as latency_model.py
     with tempfile.TemporaryDirectory() as cache:
         model = lm.LatencyModel.for_space(space, num_classes=10, in_channels=1, image_size=(28, 28), batch=1,
                                           threads=1, cache_dir=Path(cache))

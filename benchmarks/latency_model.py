@@ -86,9 +86,8 @@ def diswot_seconds(space, archs, size: int, chw, repeats: int = 3) -> float:
     return statistics.median(times)
 
 
-def one_row(space_name: str, size: int, batch: int, candidates: int, seed: int, runs: int, diswot_n: int) -> dict:
-    space = load_space(space_name)
-    chw = (CHANNELS[size], size, size)
+def sample_archs(space, size: int, candidates: int, seed: int) -> list:
+    """``candidates`` distinct archs of ``space`` at ``size`` px, drawn in order from ``random.Random(seed)``."""
     rng = random.Random(seed)
     archs, seen = [], set()
     while len(archs) < candidates:
@@ -96,6 +95,13 @@ def one_row(space_name: str, size: int, batch: int, candidates: int, seed: int, 
         if arch.key not in seen:
             seen.add(arch.key)
             archs.append(arch)
+    return archs
+
+
+def one_row(space_name: str, size: int, batch: int, candidates: int, seed: int, runs: int, diswot_n: int) -> dict:
+    space = load_space(space_name)
+    chw = (CHANNELS[size], size, size)
+    archs = sample_archs(space, size, candidates, seed)
     with tempfile.TemporaryDirectory() as cache:
         c0, t0 = time.process_time(), time.perf_counter()
         model = LatencyModel.for_space(space, num_classes=10, in_channels=chw[0], image_size=(size, size),
