@@ -63,7 +63,7 @@ def distilled(setting: str, arm: str, seed: int, work: Path) -> dict:
                          f"--seeds {seed} first")
     if flags is None:
         return json.loads((run / "distill" / "metrics.json").read_text())
-    out = work / ("quick_length" if setting == "resnet20" else f"quick_length_{setting}") / f"{arm}_s{seed}"
+    out = work / quick.length_dir / f"{arm}_s{seed}"
     if not (out / "distill" / "metrics.json").exists():
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "kdsearch", "distill", str(run), "--out", str(out), "--seed", str(seed),

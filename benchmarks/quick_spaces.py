@@ -32,6 +32,7 @@ class QuickSetting:
     teacher: str
     family: str  # the space whose students inherit from the teacher
     prefix: str  # run directories: <prefix>_<space>_s<seed>
+    length_dir: str  # where quick_length.py distils its arms: <length_dir>/<arm>_s<seed>
     flags: tuple[str, ...] = ()  # on top of the quick preset
 
     def run_dir(self, work: Path, space: str, seed: int) -> Path:
@@ -39,8 +40,9 @@ class QuickSetting:
 
 
 SETTINGS = {
-    "resnet20": QuickSetting("teachers/fashion-mnist-resnet20", "resnet_cifar", "quick"),
-    "mbconv4": QuickSetting("benchmarks/race_truth/mbconv4_teacher", "mbconv", "quick_mbconv4", ("--speedup", "2")),
+    "resnet20": QuickSetting("teachers/fashion-mnist-resnet20", "resnet_cifar", "quick", "quick_length"),
+    "mbconv4": QuickSetting("benchmarks/race_truth/mbconv4_teacher", "mbconv", "quick_mbconv4", "quick_length_mbconv4",
+                            ("--speedup", "2")),
 }
 
 
