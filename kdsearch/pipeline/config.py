@@ -53,7 +53,8 @@ class RunConfig:
     teach: TrainConfig = field(default_factory=lambda: TrainConfig(loss="ce", epochs=15))
     search: SearchConfig = field(default_factory=SearchConfig)
     # the student starts from the teacher's weights where its family can be cut from the teacher (--init auto):
-    # +0.14 points of validation top-1 on the quick recipe, 6 of 9 students and seeds better (RESULTS.md)
+    # on the quick recipe +0.30 points of test top-1 [+0.14, +0.47] over fresh weights, 7 of 7 seeds
+    # (benchmarks/quick_length.json)
     distill: TrainConfig = field(default_factory=lambda: TrainConfig(init="auto"))
     export: ExportConfig = field(default_factory=ExportConfig)
     qat: bool = False  # quantization-aware training with KD after distill, then an int8 QAT export
@@ -72,8 +73,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         # (one thread). No parameter budget: at narrow widths parameters buy depth, and depth costs latency.
         "student_fraction": None,
         "teach": {"loss": "ce", "epochs": 4, "batch_size": 128, "schedule": "onecycle", "lr": 0.2},
-        # students cut from the teacher (pruned): at seeds 0-2, +0.57 val / +0.60 test points over resnet_cifar's
-        # on average and ahead at every seed, all six >= 4x faster and within 1.5 points (benchmarks/quick_spaces.json)
+        # students cut from the teacher (pruned): over seeds 0-6, +0.29 val / +0.45 test points over resnet_cifar's
+        # inherited student, ahead at six of seven (benchmarks/quick_spaces.json, quick_spaces_s3-6.json); +0.75
+        # test [+0.44, +1.08] over fresh weights (benchmarks/quick_length.json)
         "search": {"trials": 48, "population": 12, "speedup": 4.0, "space": "pruned"},
         "distill": {"epochs": 4, "batch_size": 128, "schedule": "onecycle", "lr": 0.2},
         "export": {"latency_runs": 100},
