@@ -54,7 +54,7 @@ class RunConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
     # the student starts from the teacher's weights where its family can be cut from the teacher (--init auto):
     # on the quick recipe +0.30 points of test top-1 [+0.14, +0.47] over fresh weights, 7 of 7 seeds
-    # (benchmarks/quick_length.json)
+    # (benchmarks/quick_length.json); level with them under the mbconv4 teacher (quick_length_mbconv4.json)
     distill: TrainConfig = field(default_factory=lambda: TrainConfig(init="auto"))
     export: ExportConfig = field(default_factory=ExportConfig)
     qat: bool = False  # quantization-aware training with KD after distill, then an int8 QAT export
