@@ -18,7 +18,7 @@ seed with a bootstrap 95 % interval of their mean over seeds, and at which epoch
 reaches (a)'s final validation top-1. ``--with`` pools the rows of earlier runs of this script (other seeds
 or arms) into the summary.
 
-    OMP_NUM_THREADS=1 python benchmarks/quick_length.py --json benchmarks/quick_length.json
+    OMP_NUM_THREADS=1 python benchmarks/quick_length.py --jobs 2 --json benchmarks/quick_length.json
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -76,10 +77,13 @@ def first_epoch_at(history: list[dict], target: float) -> int | None:
     return next((h["epoch"] for h in history if h["val_acc"] >= target), None)
 
 
-def measure(setting: str, arms: list[str], seeds: list[int], work: Path) -> list[dict]:
-    """One row per arm and seed (distilling what is missing), each with the epoch it reaches (a)'s final val."""
-    every = list(dict.fromkeys(sorted({ARMS[arm][2] for arm in arms}) + arms))  # the fresh arms they need first
-    runs = {(arm, s): distilled(setting, arm, s, work) for s in seeds for arm in every}
+def measure(setting: str, arms: list[str], seeds: list[int], work: Path, jobs: int = 1) -> list[dict]:
+    """One row per arm and seed (distilling what is missing, ``jobs`` at a time), each with the epoch it
+    reaches (a)'s final val."""
+    every = list(dict.fromkeys(sorted({ARMS[arm][2] for arm in arms}) + arms))  # the fresh arms they need too
+    keys = [(arm, s) for s in seeds for arm in every]
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        runs = dict(zip(keys, pool.map(lambda key: distilled(setting, *key, work), keys)))
     return [{"arm": arm, "seed": s, "params": m["params"], "val_acc": m["val_acc"], "test_acc": m["test_acc"],
              "teacher_val_acc": m["teacher_val_acc"], "val_by_epoch": [h["val_acc"] for h in m["history"]],
              "epoch_reaching_fresh_final_val": first_epoch_at(m["history"], runs[(ARMS[arm][2], s)]["val_acc"])}
@@ -117,12 +121,14 @@ def main() -> None:
     parser.add_argument("--arms", default=DEFAULT_ARMS, help=f"comma-separated, of: {', '.join(ARMS)}")
     parser.add_argument("--with", dest="earlier", type=Path, action="append", default=[],
                         help="a JSON of this script whose rows (other seeds or arms) join the summary")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="distillations at once (each on one thread with OMP_NUM_THREADS=1)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     arms = args.arms.split(",")
     if unknown := [a for a in arms if a not in ARMS]:
         raise SystemExit(f"unknown arm {unknown[0]!r}: choose from {', '.join(ARMS)}")
-    rows = measure(args.setting, arms, [int(s) for s in args.seeds.split(",")], args.work)
+    rows = measure(args.setting, arms, [int(s) for s in args.seeds.split(",")], args.work, max(1, args.jobs))
     docs = [json.loads(path.read_text()) for path in args.earlier]
     earlier = [r for doc in docs for r in doc["rows"]]
     mine = {(r["arm"], r["seed"]) for r in rows}
