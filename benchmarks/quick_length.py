@@ -128,7 +128,9 @@ def main() -> None:
     arms = args.arms.split(",")
     if unknown := [a for a in arms if a not in ARMS]:
         raise SystemExit(f"unknown arm {unknown[0]!r}: choose from {', '.join(ARMS)}")
-    rows = measure(args.setting, arms, [int(s) for s in args.seeds.split(",")], args.work, max(1, args.jobs))
+    if args.jobs < 1:
+        raise SystemExit(f"--jobs must be at least 1, not {args.jobs}")
+    rows = measure(args.setting, arms, [int(s) for s in args.seeds.split(",")], args.work, args.jobs)
     docs = [json.loads(path.read_text()) for path in args.earlier]
     earlier = [r for doc in docs for r in doc["rows"]]
     mine = {(r["arm"], r["seed"]) for r in rows}
